@@ -1,0 +1,204 @@
+"""`bi-pipeline bench ingest`: landing zone -> integrated_sales at a chosen scale, seconds per stage and peak RSS.
+
+It runs the same core functions the assets call (contract reading, quality rules, GX suites, integration), period
+by period as a single-run backfill does, without Dagster's per-step bookkeeping. The generator runs in a child
+process so that the reported peak RSS is the ingestion's own.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from bi_pipeline.config import Settings
+from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
+from bi_pipeline.quality import clean_period, known_ids
+
+
+def _rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # kilobytes on Linux
+
+
+def _generate_child(landing: str, spec_kwargs: dict, out: str) -> None:
+    from bi_pipeline.generate import GenerationSpec, generate
+
+    report = generate(Path(landing), GenerationSpec(**spec_kwargs))
+    Path(out).write_text(json.dumps(report.to_dict()))
+
+
+def split_series(series: int) -> tuple[int, int]:
+    """(stores, items) for a series count: 10 stores like M5 (30,490 = 10 x 3,049) once there are enough series."""
+    stores = 10 if series >= 100 else max(1, min(series, 3))
+    return stores, max(1, series // stores)
+
+
+def bench_ingest(
+    series: int,
+    periods: int,
+    frequency: str = "D",
+    workdir: Path | None = None,
+    keep: bool = False,
+    gx_sample_rows: int = 0,
+    progress: Callable[[str], Callable[[int, int], None]] | None = None,
+    gx_chunk_rows: int = 2_000_000,
+) -> dict:
+    from bi_pipeline.expectations import (
+        Validator,
+        clean_validation_frame,
+        sales_suite_spec,
+        sales_validation_frame,
+    )
+    from bi_pipeline.integration import integrate
+
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bi_pipeline_bench_"))
+    landing, home = root / "landing", root / "home"
+    stores, items = split_series(series)
+    spec = {
+        "stores": stores,
+        "items": items,
+        "periods": periods,
+        "frequency": frequency,
+        "defects": 3,
+        "seed": 7,
+    }
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    report_path = root / "generation_report.json"
+    root.mkdir(parents=True, exist_ok=True)
+    child = mp.get_context("spawn").Process(target=_generate_child, args=(str(landing), spec, str(report_path)))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"generation failed with exit code {child.exitcode}")
+    timings["generate"] = time.perf_counter() - started
+    report = json.loads(report_path.read_text())
+    generate_rss = _rss_mb(resource.RUSAGE_CHILDREN)
+
+    settings = Settings(home=home, landing=landing, frequency=frequency)
+    validator = Validator(settings.gx_dir, data_docs=False)
+    scan = scan_sales_dir(landing, settle_seconds=0)
+    keys = sorted(f.key for f in scan.ready)
+    freq = infer_frequency(keys, default=frequency)
+    stores_df, items_df = read_master(landing, "stores"), read_master(landing, "items")
+    calendar_df = read_master(landing, "calendar")
+    known_stores, known_items = known_ids(stores_df, "store_id"), known_ids(items_df, "item_id")
+    suite = sales_suite_spec(settings, known_stores, known_items)
+
+    collect = clean = validate = 0.0
+    rows_in = 0
+    clean_frames: list[pd.DataFrame] = []
+    quarantine_frames: list[pd.DataFrame] = []
+    pending_raw: list[pd.DataFrame] = []
+    pending_rows = 0
+    validated_rows = 0
+    bar = progress("ingest") if progress else None
+
+    def validate_pending() -> None:
+        nonlocal validate, pending_rows, validated_rows
+        if not pending_raw:
+            return
+        t = time.perf_counter()
+        validator.run("raw_sales", pd.concat(pending_raw, ignore_index=True), suite)
+        validate += time.perf_counter() - t
+        validated_rows += pending_rows
+        pending_raw.clear()
+        pending_rows = 0
+
+    for i, key in enumerate(keys, start=1):
+        t = time.perf_counter()
+        read = read_period(landing, key)
+        collect += time.perf_counter() - t
+        rows_in += len(read.rows) + len(read.issues)
+
+        if not gx_sample_rows or validated_rows + pending_rows < gx_sample_rows:
+            t = time.perf_counter()
+            pending_raw.append(sales_validation_frame(read.rows, key, freq))
+            validate += time.perf_counter() - t
+            pending_rows += len(read.rows)
+            if pending_rows >= gx_chunk_rows:
+                validate_pending()
+
+        t = time.perf_counter()
+        result = clean_period(read.rows, key, freq, settings, known_stores, known_items, read.issues)
+        # Integration needs only these; dropping the lineage columns here keeps M5 scale within memory.
+        clean_frames.append(result.clean[["date", "store_id", "item_id", "sales", "price", "promo"]])
+        if len(result.quarantine):
+            quarantine_frames.append(result.quarantine)
+        clean += time.perf_counter() - t
+        if bar:
+            bar(i, len(keys))
+    validate_pending()
+
+    # GX on the cleaned rows, in chunks (the blocking check of clean_sales).
+    t = time.perf_counter()
+    chunk, chunk_rows, clean_validated = [], 0, 0
+    for frame in clean_frames:
+        if gx_sample_rows and clean_validated >= gx_sample_rows:
+            break
+        chunk.append(frame.assign(period=frame["date"]))
+        chunk_rows += len(frame)
+        if chunk_rows >= gx_chunk_rows:
+            validator.run("clean_sales", clean_validation_frame(pd.concat(chunk, ignore_index=True), freq), suite)
+            clean_validated += chunk_rows
+            chunk, chunk_rows = [], 0
+    if chunk:
+        validator.run("clean_sales", clean_validation_frame(pd.concat(chunk, ignore_index=True), freq), suite)
+        clean_validated += chunk_rows
+    validate += time.perf_counter() - t
+
+    t = time.perf_counter()
+    quarantine = pd.concat(quarantine_frames, ignore_index=True) if quarantine_frames else None
+    integrated = integrate(
+        clean_frames,
+        freq,
+        keys,
+        stores=stores_df,
+        items=items_df,
+        calendar=calendar_df,
+        quarantined=quarantine,
+    )
+    timings["integrate"] = time.perf_counter() - t
+    timings.update({"collect": collect, "validate": validate, "clean": clean})
+    quarantined = {k: int(v) for k, v in quarantine["reason"].value_counts().items()} if quarantine is not None else {}
+    expected = {k: v for k, v in report["expected_quarantine"].items() if v}
+
+    ingest_seconds = collect + validate + clean + timings["integrate"]
+    vci = validate + clean + timings["integrate"]
+    result = {
+        "benchmark": "ingest",
+        "rows": rows_in,
+        "series": report["series"],
+        "periods": len(keys),
+        "frequency": freq,
+        "integrated_rows": len(integrated),
+        "integrated_memory_mb": round(integrated.memory_usage(deep=True).sum() / 2**20, 1),
+        "gx_rows_validated": {"raw": validated_rows, "clean": clean_validated},
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "landing_to_integrated_seconds": round(ingest_seconds, 2),
+        "rows_per_second": {
+            "collect": round(rows_in / collect) if collect else None,
+            "validate": round(rows_in / validate) if validate else None,
+            "clean": round(rows_in / clean) if clean else None,
+            "integrate": round(rows_in / timings["integrate"]) if timings["integrate"] else None,
+            "validate_clean_integrate": round(rows_in / vci) if vci else None,
+            "landing_to_integrated": round(rows_in / ingest_seconds) if ingest_seconds else None,
+        },
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "generate_peak_rss_mb": round(generate_rss, 1),
+        "quarantine_matches_injected": quarantined == expected,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pandas": pd.__version__},
+    }
+    if not keep and not workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    return result

@@ -1,0 +1,260 @@
+"""`bi-pipeline`: what users do outside the Dagster UI.
+
+bi-pipeline demo                      generate demo data and run every stage end to end
+bi-pipeline run                       run every stage on what is in the landing zone
+bi-pipeline generate --landing DIR    write a synthetic retail business into a landing zone
+bi-pipeline import-csv FILE --to DIR --date COL --store COL [--item COL] --sales COL [...]
+bi-pipeline bench ingest --series N --periods P --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bi_pipeline.config import FREQUENCIES, Settings
+
+
+def _progress(label: str):
+    """A one-line progress bar on stderr (no extra dependency)."""
+    started = time.perf_counter()
+
+    def update(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        elapsed = time.perf_counter() - started
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return update
+
+
+def _add_generation_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    parser.add_argument("--stores", type=int, default=defaults["stores"])
+    parser.add_argument("--items", type=int, default=defaults["items"], help="items per store")
+    parser.add_argument("--periods", type=int, default=defaults["periods"])
+    parser.add_argument("--frequency", choices=FREQUENCIES, default=defaults["frequency"])
+    parser.add_argument("--start", default=defaults["start"], help="first period date (YYYY-MM-DD)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--defects", type=int, default=3, help="instances of each defect type (0: clean data)")
+    parser.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv")
+
+
+DEMO_DEFAULTS = {"stores": 10, "items": 30, "periods": 156, "frequency": "W", "start": "2022-01-03"}
+
+
+def _spec(args: argparse.Namespace):
+    from bi_pipeline.generate import GenerationSpec
+
+    return GenerationSpec(
+        stores=args.stores,
+        items=args.items,
+        periods=args.periods,
+        frequency=args.frequency,
+        start=args.start,
+        seed=args.seed,
+        defects=args.defects,
+        fmt=args.fmt,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from bi_pipeline.generate import generate
+
+    settings = Settings.from_env()
+    landing = Path(args.landing).resolve() if args.landing else settings.landing
+    report = generate(landing, _spec(args), progress=_progress("generate"))
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _print_summary(summary, settings: Settings) -> None:
+    print()
+    print(f"run {summary.run_id}: {'succeeded' if summary.success else 'FAILED'} over {summary.partitions} period(s)")
+    for message in summary.rejected_files:
+        print(f"  not ingested: {message}")
+    for name in ("raw_sales", "clean_sales", "sales_quarantine", "integrated_sales"):
+        meta = summary.materialized.get(name)
+        if meta:
+            extra = f", by reason {meta['by_reason']}" if "by_reason" in meta else ""
+            series = f", {meta['series']} series" if "series" in meta else ""
+            print(f"  {name:<17} {meta.get('rows', '?')} rows{series}{extra}")
+    for name, check in sorted(summary.checks.items()):
+        print(f"  check {name:<45} {'passed' if check['passed'] else 'FAILED'}: {check['description']}")
+    if summary.error:
+        print(f"  error: {summary.error}")
+    docs = settings.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    if docs.exists():
+        print(f"  GX Data Docs: file://{docs}")
+    print(f"  assets stored under {settings.asset_dir}")
+    print(
+        "\nOpen the Dagster UI on this instance with `make ui` (dagster dev -w workspace.yaml), then http://127.0.0.1:3000"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bi_pipeline.defs.runner import run_pipeline
+
+    settings = Settings.from_env()
+    summary = run_pipeline(settings)
+    _print_summary(summary, settings)
+    return 0 if summary.success else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bi_pipeline.defs.runner import run_pipeline
+    from bi_pipeline.generate import generate
+
+    settings = Settings.from_env()
+    if args.fresh and settings.home.exists():
+        shutil.rmtree(settings.home)
+    print(f"home: {settings.home}\nlanding zone: {settings.landing}")
+    report = generate(settings.landing, _spec(args), progress=_progress("generate"))
+    print(
+        f"generated {report.rows_written} rows in {report.sales_files} files "
+        f"({report.series} series x {report.periods} periods, {report.frequency}); injected defects: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(report.expected_quarantine.items()) if v)
+    )
+    summary = run_pipeline(settings)
+    _print_summary(summary, settings)
+    found = summary.materialized.get("sales_quarantine", {}).get("by_reason", {})
+    expected = {k: v for k, v in report.expected_quarantine.items() if v}
+    print(f"\nquarantine matches the injected defects: {found == expected}")
+    return 0 if summary.success and found == expected else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on the instance under $BI_PIPELINE_HOME, so the UI shows what `demo`/`run` materialized."""
+    from bi_pipeline.config import prepare_dagster_home, repo_root
+
+    settings = Settings.from_env()
+    prepare_dagster_home(settings)
+    workspace = repo_root() / "workspace.yaml"
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(workspace),
+        "-p",
+        str(args.port),
+    ]
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
+    os.chdir(repo_root())
+    os.execv(command[0], command)
+    return 0
+
+
+def cmd_import_csv(args: argparse.Namespace) -> int:
+    from bi_pipeline.importer import import_csv
+
+    covariates = [c for value in (args.covariates or []) for c in value.split(",") if c]
+    result = import_csv(
+        Path(args.file),
+        Path(args.to),
+        date_col=args.date,
+        store_col=args.store,
+        item_col=args.item,
+        sales_col=args.sales,
+        dayfirst=args.dayfirst,
+        covariates=covariates,
+        price_col=args.price,
+        promo_col=args.promo,
+        date_format=args.date_format,
+        frequency=args.frequency,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from bi_pipeline.bench import bench_ingest
+
+    result = bench_ingest(
+        series=args.series,
+        periods=args.periods,
+        frequency=args.frequency,
+        workdir=Path(args.workdir) if args.workdir else None,
+        keep=args.keep,
+        gx_sample_rows=args.gx_rows,
+        progress=_progress,
+    )
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bi-pipeline", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate demo data into the landing zone and run every stage end to end")
+    _add_generation_args(demo, DEMO_DEFAULTS)
+    demo.add_argument("--fresh", action="store_true", help="delete $BI_PIPELINE_HOME first")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run every stage on the files in the landing zone")
+    run.set_defaults(func=cmd_run)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on this home's instance")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+
+    gen = sub.add_parser("generate", help="write a synthetic retail business into a landing zone")
+    gen.add_argument("--landing", help="landing zone directory (default: $BI_PIPELINE_LANDING)")
+    _add_generation_args(gen, DEMO_DEFAULTS)
+    gen.set_defaults(func=cmd_generate)
+
+    imp = sub.add_parser("import-csv", help="turn one big sales export into the landing-zone contract")
+    imp.add_argument("file")
+    imp.add_argument("--to", required=True, help="landing zone directory to write")
+    imp.add_argument("--date", required=True, help="date column")
+    imp.add_argument("--store", required=True, help="store column")
+    imp.add_argument("--item", help="item column (omit for store totals: item_id becomes 'all')")
+    imp.add_argument("--sales", required=True, help="sales column (units or money)")
+    imp.add_argument("--price", help="price column")
+    imp.add_argument("--promo", help="promotion column (flag or depth)")
+    imp.add_argument("--dayfirst", action="store_true", help="dates are day-first (05-02-2010 is 5 February)")
+    imp.add_argument("--date-format", help="explicit strptime format, e.g. %%d-%%m-%%Y")
+    imp.add_argument("--frequency", choices=FREQUENCIES, help="default: inferred from the dates")
+    imp.add_argument("--covariates", nargs="+", metavar="COL", help="columns known in advance -> calendar.csv")
+    imp.set_defaults(func=cmd_import_csv)
+
+    bench = sub.add_parser("bench", help="benchmarks that write JSON")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    ingest = bench_sub.add_parser(
+        "ingest", help="landing zone -> integrated_sales: seconds per stage, rows/s, peak RSS"
+    )
+    ingest.add_argument("--series", type=int, default=1000)
+    ingest.add_argument("--periods", type=int, default=1000)
+    ingest.add_argument("--frequency", choices=FREQUENCIES, default="D")
+    ingest.add_argument("--out", help="write the JSON here too")
+    ingest.add_argument("--workdir", help="where to generate (default: a temporary directory)")
+    ingest.add_argument("--keep", action="store_true", help="keep the generated landing zone")
+    ingest.add_argument("--gx-rows", type=int, default=0, help="validate only this many rows with GX (0: all rows)")
+    ingest.set_defaults(func=cmd_bench_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Settings and the one home directory where every piece of state lives.
+
+Read from environment variables with defaults; the Dagster resources in ``defs/resources.py`` are built from
+these so there is one place to look.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+FREQUENCIES = ("D", "W", "M")
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={value!r} is not a number") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the data half of the pipeline needs to know; every field has an env var (see README)."""
+
+    home: Path
+    landing: Path
+    # 'D', 'W' or 'M'; None means infer from the sales file dates.
+    frequency: str | None = None
+    # Negative sales are returns: quarantined unless allowed.
+    allow_returns: bool = False
+    # A partition whose share of quarantined rows exceeds this fails its blocking check.
+    max_bad_row_rate: float = 0.05
+    price_min: float = 0.0
+    price_max: float = 100_000.0
+    # A series' missing period inside its active span is a zero only when the landing zone says so.
+    implicit_zeros: bool = False
+    # Files modified more recently than this are assumed to be still being written.
+    settle_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.frequency is not None and self.frequency not in FREQUENCIES:
+            raise ValueError(f"frequency must be one of {FREQUENCIES} or unset, got {self.frequency!r}")
+        if not 0.0 <= self.max_bad_row_rate <= 1.0:
+            raise ValueError(f"max_bad_row_rate must be within [0, 1], got {self.max_bad_row_rate}")
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        home = Path(os.environ.get("BI_PIPELINE_HOME") or ".bi_pipeline").expanduser().resolve()
+        landing_env = os.environ.get("BI_PIPELINE_LANDING")
+        landing = Path(landing_env).expanduser().resolve() if landing_env else home / "landing"
+        settings = cls(
+            home=home,
+            landing=landing,
+            frequency=(os.environ.get("BI_PIPELINE_FREQUENCY") or None),
+            allow_returns=_env_bool("BI_PIPELINE_ALLOW_RETURNS", False),
+            max_bad_row_rate=_env_float("BI_PIPELINE_MAX_BAD_ROW_RATE", 0.05),
+            price_min=_env_float("BI_PIPELINE_PRICE_MIN", 0.0),
+            price_max=_env_float("BI_PIPELINE_PRICE_MAX", 100_000.0),
+            implicit_zeros=_env_bool("BI_PIPELINE_IMPLICIT_ZEROS", False),
+            settle_seconds=_env_float("BI_PIPELINE_SETTLE_SECONDS", 2.0),
+        )
+        return replace(settings, **overrides) if overrides else settings
+
+    # Everything below is derived from ``home`` so state never scatters across the working tree.
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def asset_dir(self) -> Path:
+        return self.home / "assets"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.home / "gx"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.home / "state" / "ingested.json"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    """Point DAGSTER_HOME at ``$BI_PIPELINE_HOME/dagster`` and give it the project's dagster.yaml.
+
+    The repository's dagster.yaml is the source of truth; it is copied only when the home has none yet (so a user's
+    production edit, e.g. Postgres storage, is kept) or when the home copy is still an older project default.
+    """
+    target = settings.dagster_home
+    target.mkdir(parents=True, exist_ok=True)
+    config = target / "dagster.yaml"
+    source = repo_root() / "dagster.yaml"
+    marker = "# bi_pipeline default"
+    if source.exists():
+        text = source.read_text()
+        if not config.exists() or (config.read_text().startswith(marker) and config.read_text() != text):
+            config.write_text(text)
+    elif not config.exists():
+        config.write_text(f"{marker}\ntelemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(target)
+    return target

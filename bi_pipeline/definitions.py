@@ -1,0 +1,40 @@
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from bi_pipeline.config import Settings
+from bi_pipeline.defs.cleaning import clean_sales
+from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
+from bi_pipeline.defs.integration import integrated_sales
+from bi_pipeline.defs.resources import ParquetIOManager, PipelineResource
+
+INGEST_SELECTION = dg.AssetSelection.assets(stores, items, calendar, raw_sales, clean_sales)
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=INGEST_SELECTION,
+    description="Master data, then collection and validated cleaning of the requested periods.",
+)
+pipeline_job = dg.define_asset_job(
+    "pipeline_job",
+    selection=dg.AssetSelection.all(),
+    description="Every stage end to end (what `bi-pipeline demo` runs).",
+)
+
+
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    return dg.Definitions(
+        assets=[stores, items, calendar, raw_sales, clean_sales, integrated_sales],
+        jobs=[ingest_job, pipeline_job],
+        sensors=[landing_zone_sensor],
+        resources={
+            "pipeline": PipelineResource.from_settings(settings),
+            "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
+        },
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,125 @@
+"""Validated cleaning: rule-checked rows go on, the rest to ``sales_quarantine`` with a reason; GX gates the result."""
+
+import dagster as dg
+import pandas as pd
+
+from bi_pipeline.contract import empty_quarantine, split_raw
+from bi_pipeline.defs.collection import _check_result, _nonempty, partition_frequency, sales_periods
+from bi_pipeline.defs.resources import PipelineResource
+from bi_pipeline.expectations import Validator, clean_validation_frame, sales_suite_spec
+from bi_pipeline.quality import CleanResult, clean_period, known_ids, summarize_rejections
+
+GROUP = "cleaning"
+
+
+@dg.multi_asset(
+    outs={
+        "clean_sales": dg.AssetOut(
+            description="Typed sales rows that passed every rule (date, store_id, item_id, sales, price, promo).",
+            kinds={"pandas", "parquet"},
+        ),
+        "sales_quarantine": dg.AssetOut(
+            description="Rows set aside, as landed, with reason code, rule text and source file/row.",
+            kinds={"pandas", "parquet"},
+        ),
+    },
+    partitions_def=sales_periods,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=GROUP,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "clean_sales_expectations",
+            asset="clean_sales",
+            blocking=True,
+            description="GX suite on the cleaned rows: every expectation must hold",
+        ),
+        dg.AssetCheckSpec(
+            "bad_row_rate",
+            asset="clean_sales",
+            blocking=True,
+            description="Each period's share of quarantined rows stays under max_bad_row_rate",
+        ),
+    ],
+)
+def clean_sales(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    raw_sales: dict[str, pd.DataFrame],
+    stores: pd.DataFrame,
+    items: pd.DataFrame,
+):
+    settings = pipeline.settings()
+    frequency = partition_frequency(context, pipeline)
+    known_stores = known_ids(_nonempty(stores), "store_id")
+    known_items = known_ids(_nonempty(items), "item_id")
+    results: dict[str, CleanResult] = {}
+    for key in context.partition_keys:
+        raw = raw_sales.get(key)
+        if raw is None:
+            raise dg.Failure(f"raw_sales has no data for period {key}; materialize raw_sales first")
+        read = split_raw(raw, key)
+        results[key] = clean_period(read.rows, key, frequency, settings, known_stores, known_items, read.issues)
+
+    reason_totals: dict[str, int] = {}
+    for result in results.values():
+        for reason, count in result.reason_counts.items():
+            reason_totals[reason] = reason_totals.get(reason, 0) + count
+    rows_in = sum(r.rows_in for r in results.values())
+    bad = sum(r.bad_rows for r in results.values())
+    yield dg.Output(
+        {k: r.clean for k, r in results.items()},
+        output_name="clean_sales",
+        metadata={"rows": rows_in - bad, "partitions": len(results), "frequency": frequency},
+    )
+    quarantine = {k: r.quarantine for k, r in results.items()}
+    sample = pd.concat(list(quarantine.values()), ignore_index=True) if quarantine else empty_quarantine()
+    yield dg.Output(
+        quarantine,
+        output_name="sales_quarantine",
+        metadata={
+            "rows": bad,
+            "by_reason": dg.MetadataValue.json(dict(sorted(reason_totals.items()))),
+            "sample": dg.MetadataValue.md(
+                sample.head(20)[["source_file", "source_row", "reason", "detail"]].to_markdown(index=False)
+                if len(sample)
+                else "nothing quarantined"
+            ),
+        },
+    )
+
+    clean_all = pd.concat([r.clean for r in results.values()], ignore_index=True)
+    outcome = Validator(settings.gx_dir).run(
+        "clean_sales",
+        clean_validation_frame(clean_all, frequency),
+        sales_suite_spec(settings, known_stores, known_items),
+    )
+    yield _check_result(
+        "clean_sales_expectations",
+        outcome,
+        ", ".join(sorted(set(clean_all["source_file"].astype(str)))[:5]),
+        asset_key=dg.AssetKey("clean_sales"),
+    )
+
+    rejected = summarize_rejections(results, settings.max_bad_row_rate)
+    rates = {k: round(r.bad_row_rate, 4) for k, r in results.items()}
+    worst = max(rates.items(), key=lambda kv: kv[1]) if rates else ("", 0.0)
+    yield dg.AssetCheckResult(
+        check_name="bad_row_rate",
+        asset_key=dg.AssetKey("clean_sales"),
+        passed=not rejected,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            "\n".join(rejected)
+            if rejected
+            else f"all {len(results)} period(s) under {settings.max_bad_row_rate:.1%} "
+            f"(worst {worst[0]}: {worst[1]:.2%})"
+        ),
+        metadata={
+            "threshold": settings.max_bad_row_rate,
+            "rows_in": rows_in,
+            "quarantined": bad,
+            "worst_period": worst[0],
+            "worst_rate": worst[1],
+            "by_reason": dg.MetadataValue.json(dict(sorted(reason_totals.items()))),
+        },
+    )

@@ -1,0 +1,240 @@
+"""Collection: master data and the raw sales of each period, and the sensor that notices new or re-landed files."""
+
+import json
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+
+from bi_pipeline.contract import (
+    ContractError,
+    infer_frequency,
+    load_manifest,
+    raw_frame,
+    read_master,
+    read_period,
+    scan_sales_dir,
+    split_raw,
+    update_manifest,
+)
+from bi_pipeline.defs.resources import PipelineResource
+from bi_pipeline.expectations import (
+    Validator,
+    calendar_suite_spec,
+    master_suite_spec,
+    sales_suite_spec,
+    sales_validation_frame,
+)
+from bi_pipeline.quality import known_ids
+
+GROUP = "collection"
+sales_periods = dg.DynamicPartitionsDefinition(name="sales_periods")
+
+
+def partition_frequency(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> str:
+    """The configured frequency, or the one the landed period dates show."""
+    settings = pipeline.settings()
+    if settings.frequency:
+        return settings.frequency
+    keys = context.instance.get_dynamic_partitions(sales_periods.name)
+    return infer_frequency([date.fromisoformat(k) for k in keys])
+
+
+def _master_asset(name: str, key: str, description: str):
+    check_name = f"{name}_expectations"
+
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        description=description,
+        check_specs=[dg.AssetCheckSpec(check_name, asset=name, blocking=True, description=f"GX suite on {name}")],
+        kinds={"pandas", "csv"},
+    )
+    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+        settings = pipeline.settings()
+        try:
+            frame = read_master(settings.landing, name)
+        except ContractError as exc:
+            raise dg.Failure(str(exc), metadata={"file": str(settings.landing / exc.file)}) from None
+        present = frame is not None
+        if frame is None:
+            # Absent optional file: no information, not an error (and no id rule downstream).
+            frame = pd.DataFrame({key: pd.Series(dtype=str), "source_row": pd.Series(dtype="int64")})
+        yield dg.Output(
+            frame,
+            metadata={
+                "present": present,
+                "rows": len(frame),
+                "columns": ", ".join(c for c in frame.columns if c != "source_row"),
+                "preview": dg.MetadataValue.md(frame.head(10).to_markdown(index=False)) if present else "absent",
+            },
+        )
+        if not present:
+            yield dg.AssetCheckResult(check_name=check_name, passed=True, metadata={"present": False})
+            return
+        spec = calendar_suite_spec("store_id" in frame.columns) if name == "calendar" else master_suite_spec(key)
+        check_frame = frame.replace({"": None})
+        outcome = Validator(settings.gx_dir).run(name, check_frame, spec)
+        yield _check_result(check_name, outcome, f"{name}.csv")
+
+    return _asset
+
+
+stores = _master_asset("stores", "store_id", "Store master data from stores.csv (absent file: no store attributes).")
+items = _master_asset("items", "item_id", "Item master data from items.csv (absent file: no item attributes).")
+calendar = _master_asset(
+    "calendar", "date", "Known-in-advance covariates from calendar.csv (store_id rows: store-specific)."
+)
+
+
+def _check_result(check_name: str, outcome, file: str, severity=dg.AssetCheckSeverity.ERROR, asset_key=None):
+    failed = outcome.failed()
+    description = (
+        f"all {len(outcome.outcomes)} expectations met on {outcome.rows} rows"
+        if outcome.success
+        else f"{file}: " + "; ".join(f"{o.expectation}({o.column}): {o.unexpected_count} unexpected" for o in failed)
+    )
+    metadata = {
+        "rows": outcome.rows,
+        "expectations": dg.MetadataValue.md(outcome.markdown()),
+        "unexpected_total": sum(o.unexpected_count for o in outcome.outcomes),
+    }
+    if outcome.data_docs:
+        metadata["data_docs"] = dg.MetadataValue.url(f"file://{outcome.data_docs}")
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        asset_key=asset_key,
+        passed=bool(outcome.success),
+        severity=severity,
+        description=description,
+        metadata=metadata,
+    )
+
+
+@dg.asset(
+    partitions_def=sales_periods,
+    # A backfill of many periods is one run: per-run overhead would otherwise dominate loading history.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"pandas", "csv"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "raw_sales_expectations",
+            asset="raw_sales",
+            description="GX suite on the rows as landed: unexpected counts are the defects to be quarantined",
+        )
+    ],
+)
+def raw_sales(context: dg.AssetExecutionContext, pipeline: PipelineResource, stores: pd.DataFrame, items: pd.DataFrame):
+    """Every row of each period's sales file as text, with source file and row; unreadable lines kept as rows with
+    ``read_error`` set. The landed file is never modified."""
+    settings = pipeline.settings()
+    frequency = partition_frequency(context, pipeline)
+    keys = context.partition_keys
+    frames: dict[str, pd.DataFrame] = {}
+    validation = []
+    manifest: dict[str, str] = {}
+    for i, key in enumerate(keys, start=1):
+        read = read_period(settings.landing, key)
+        manifest[read.relpath] = read.sha256
+        frames[key] = raw_frame(read)
+        validation.append(sales_validation_frame(split_raw(frames[key], key).rows, key, frequency))
+        if len(read.issues):
+            first = read.issues.iloc[0]
+            context.log.warning(
+                f"{first['source_file']}: {len(read.issues)} unreadable line(s)/file issue(s), "
+                f"first at row {first['source_row']}: {first['reason']}: {first['detail']}"
+            )
+        if i % 50 == 0 or i == len(keys):
+            context.log.info(f"collected {i}/{len(keys)} periods")
+    update_manifest(settings.manifest_path, manifest)
+    rows = sum(len(f) for f in frames.values())
+    unreadable = sum(int((f["read_error"].astype(str) != "").sum()) for f in frames.values())
+    yield dg.Output(
+        frames,
+        metadata={
+            "partitions": len(keys),
+            "rows": rows,
+            "unreadable_rows": unreadable,
+            "frequency": frequency,
+            "files": dg.MetadataValue.md(
+                "\n".join(f"- `{k}`: {len(frames[k])} rows" for k in keys[:20]) + ("\n- ..." if len(keys) > 20 else "")
+            ),
+        },
+    )
+    outcome = Validator(settings.gx_dir).run(
+        "raw_sales",
+        pd.concat(validation, ignore_index=True),
+        sales_suite_spec(settings, known_ids(_nonempty(stores), "store_id"), known_ids(_nonempty(items), "item_id")),
+    )
+    yield _check_result(
+        "raw_sales_expectations",
+        outcome,
+        ", ".join(f"sales/{k}" for k in keys[:5]),
+        severity=dg.AssetCheckSeverity.WARN,
+    )
+
+
+def _nonempty(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Master data as the rules see it: an absent (empty) file means no id rule."""
+    return frame if frame is not None and len(frame) else None
+
+
+CURSOR_VERSION = 1
+
+
+@dg.sensor(
+    name="landing_zone_sensor",
+    description="Requests a run for each new or re-landed (changed) sales file in the landing zone.",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    job_name="ingest_job",
+)
+def landing_zone_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
+    settings = pipeline.settings()
+    state = json.loads(context.cursor) if context.cursor else {}
+    # A fresh sensor starts from what runs already ingested (e.g. by `bi-pipeline demo`), not from nothing.
+    seen: dict[str, str] = state["files"] if "files" in state else load_manifest(settings.manifest_path)
+    warned: dict[str, str] = state.get("warned", {})
+    scan = scan_sales_dir(settings.landing, settings.settle_seconds)
+    for error in scan.rejected:
+        # Warn once per file and problem; the sensor keeps running whatever lands.
+        if warned.get(error.file) != error.rule:
+            context.log.warning(f"not ingested: {error}")
+            warned[error.file] = error.rule
+    if scan.pending:
+        context.log.info(f"waiting for {len(scan.pending)} file(s) still being written: {', '.join(scan.pending[:5])}")
+    existing = set(context.instance.get_dynamic_partitions(sales_periods.name))
+    new_keys, requests = [], []
+    for landed in scan.ready:
+        if seen.get(landed.relpath) == landed.sha256:
+            continue
+        reason = "changed" if landed.relpath in seen else "new"
+        if landed.key not in existing:
+            new_keys.append(landed.key)
+        requests.append(
+            dg.RunRequest(
+                # Path and content: a re-landed file with new content is a new run, the same bytes never are.
+                run_key=f"{landed.relpath}@{landed.sha256[:16]}",
+                partition_key=landed.key,
+                tags={
+                    "bi_pipeline/file": landed.relpath,
+                    "bi_pipeline/sha256": landed.sha256,
+                    "bi_pipeline/reason": reason,
+                },
+            )
+        )
+        seen[landed.relpath] = landed.sha256
+        warned.pop(landed.relpath, None)
+    cursor = json.dumps({"version": CURSOR_VERSION, "files": seen, "warned": warned}, sort_keys=True)
+    if not requests:
+        return dg.SensorResult(skip_reason="no new or changed sales files", cursor=cursor)
+    context.log.info(
+        f"requesting {len(requests)} run(s): {sum(1 for r in requests if r.tags['bi_pipeline/reason'] == 'new')} new, "
+        f"{sum(1 for r in requests if r.tags['bi_pipeline/reason'] == 'changed')} changed"
+    )
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[sales_periods.build_add_request(sorted(set(new_keys)))] if new_keys else [],
+        cursor=cursor,
+    )

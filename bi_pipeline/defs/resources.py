@@ -1,0 +1,111 @@
+"""Resources: the pipeline's settings and the Parquet IO manager that keeps asset values under the home."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from bi_pipeline.config import Settings
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Where the landing zone is and how strict the cleaning is. Defaults come from the environment (README)."""
+
+    home: str
+    landing: str
+    frequency: str | None = Field(default=None, description="D, W or M; unset infers it from the file dates")
+    allow_returns: bool = False
+    max_bad_row_rate: float = 0.05
+    price_min: float = 0.0
+    price_max: float = 100_000.0
+    implicit_zeros: bool = False
+    settle_seconds: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineResource:
+        return cls(
+            home=str(settings.home),
+            landing=str(settings.landing),
+            frequency=settings.frequency,
+            allow_returns=settings.allow_returns,
+            max_bad_row_rate=settings.max_bad_row_rate,
+            price_min=settings.price_min,
+            price_max=settings.price_max,
+            implicit_zeros=settings.implicit_zeros,
+            settle_seconds=settings.settle_seconds,
+        )
+
+    def settings(self) -> Settings:
+        return Settings(
+            home=Path(self.home),
+            landing=Path(self.landing),
+            frequency=self.frequency,
+            allow_returns=self.allow_returns,
+            max_bad_row_rate=self.max_bad_row_rate,
+            price_min=self.price_min,
+            price_max=self.price_max,
+            implicit_zeros=self.implicit_zeros,
+            settle_seconds=self.settle_seconds,
+        )
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """DataFrames as Parquet: ``<base_dir>/<asset>/<partition>.parquet`` or ``<base_dir>/<asset>.parquet``.
+
+    A run over many partitions (single-run backfill) hands over ``{partition_key: DataFrame}``; loading partitions
+    always gives that mapping back. Files are written to a temporary name and renamed, so a crash never leaves
+    a half-written partition behind.
+    """
+
+    base_dir: str
+
+    def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
+        base = Path(self.base_dir).joinpath(*asset_key.path)
+        return base / f"{partition}.parquet" if partition is not None else base.with_suffix(".parquet")
+
+    @staticmethod
+    def _write(frame: pd.DataFrame, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | dict[str, pd.DataFrame]) -> None:
+        if obj is None:
+            return
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            frames = obj if isinstance(obj, dict) else {keys[0]: obj}
+            if isinstance(obj, pd.DataFrame) and len(keys) != 1:
+                raise dg.Failure(f"{context.asset_key.to_user_string()}: one DataFrame for {len(keys)} partitions")
+            for key, frame in frames.items():
+                self._write(frame, self._path(context.asset_key, key))
+            rows = sum(len(f) for f in frames.values())
+        else:
+            self._write(obj, self._path(context.asset_key, None))
+            rows = len(obj)
+        context.add_output_metadata({"storage": dg.MetadataValue.path(str(self._path(context.asset_key, None).parent))})
+        context.log.debug(f"wrote {rows} rows of {context.asset_key.to_user_string()}")
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        asset_key = context.asset_key
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            paths = {k: self._path(asset_key, k) for k in keys}
+            missing = [k for k, p in paths.items() if not p.exists()]
+            if missing:
+                context.log.warning(
+                    f"{asset_key.to_user_string()}: {len(missing)} partition(s) not materialized yet, skipped: "
+                    + ", ".join(missing[:10])
+                )
+            # Always a mapping, for one partition or many, so asset code has one shape to handle.
+            return {k: pd.read_parquet(p) for k, p in paths.items() if p.exists()}
+        path = self._path(asset_key, None)
+        if not path.exists():
+            raise dg.Failure(f"{asset_key.to_user_string()} has not been materialized yet (no {path})")
+        return pd.read_parquet(path)

@@ -1,0 +1,310 @@
+"""The integrated view: one row per series and period, joined with stores, items, calendar, price and promotion.
+
+Rules (README, "Integrated view"):
+- a series is (store_id, item_id); it is active from its first to its last landed row; no row exists outside that span;
+- inside the span the index is regular (every period of the frequency); a period with no row is *missing* (sales NaN,
+  ``observed`` False), or a zero when the landing zone declares implicit zeros (``BI_PIPELINE_IMPLICIT_ZEROS``) and the
+  period's file landed and no row of that series was quarantined for it;
+- rows dated inside a period are summed to the period (``date`` is the period date);
+- price is carried forward inside a series; promo is 0 where no row says otherwise;
+- calendar covariates are aggregated to the period (0/1 flags: max, other numbers: mean, text: first);
+  rows with a store_id apply to that store only and override the general rows.
+Columns are compact (categoricals and float32) so that M5 scale (59M rows) fits in a few GB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from bi_pipeline.contract import period_range
+from bi_pipeline.quality import parse_dates
+
+BASE_COLUMNS = ["date", "store_id", "item_id", "sales", "observed", "price", "promo"]
+_SKIP = {"source_row", "source_file", "period", "date", "store_id", "item_id", "sales", "price", "promo"}
+
+
+def _compact_attributes(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Master attributes typed compactly: all-numeric columns become float32, the rest categoricals."""
+    frame = frame.drop(columns=[c for c in ("source_row",) if c in frame.columns]).copy()
+    frame[key] = frame[key].astype(str).str.strip()
+    frame = frame.drop_duplicates(subset=[key], keep="last").set_index(key)
+    for column in frame.columns:
+        text = frame[column].astype(str).str.strip()
+        numeric = pd.to_numeric(text, errors="coerce")
+        if numeric.notna().sum() == (text != "").sum():
+            frame[column] = numeric.astype("float32")
+        else:
+            frame[column] = text.where(text != "").astype("category")
+    return frame
+
+
+def _grid_index(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Position of each period date on the regular grid; -1 where it is not a grid date."""
+    pos = np.searchsorted(grid, values)
+    pos = np.clip(pos, 0, len(grid) - 1)
+    return np.where(grid[pos] == values, pos, -1)
+
+
+def _to_period(dates: np.ndarray, grid: np.ndarray, frequency: str) -> np.ndarray:
+    """Grid position of the period containing each date (-1 outside the grid)."""
+    if frequency == "M":
+        months = dates.astype("datetime64[M]").astype("datetime64[D]")
+        return _grid_index(months, grid)
+    pos = np.searchsorted(grid, dates, side="right") - 1
+    step = np.timedelta64(1 if frequency == "D" else 7, "D")
+    valid = (pos >= 0) & (dates < grid[np.clip(pos, 0, len(grid) - 1)] + step)
+    return np.where(valid, pos, -1)
+
+
+def _aggregate_calendar(calendar: pd.DataFrame, grid: np.ndarray, frequency: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(general covariates by grid position, store covariates by (grid position, store_id))."""
+    calendar = calendar.drop(columns=[c for c in ("source_row",) if c in calendar.columns]).copy()
+    dates = parse_dates(calendar["date"].astype("string"))
+    calendar["_p"] = _to_period(dates, grid, frequency)
+    calendar = calendar[calendar["_p"] >= 0].drop(columns=["date"])
+    has_store = "store_id" in calendar.columns
+    store = calendar.pop("store_id").astype(str).str.strip() if has_store else pd.Series("", index=calendar.index)
+    covariates = [c for c in calendar.columns if c != "_p"]
+    aggregations = {}
+    for column in covariates:
+        text = calendar[column].astype(str).str.strip()
+        numeric = pd.to_numeric(text, errors="coerce")
+        if numeric.notna().sum() == (text != "").sum():
+            calendar[column] = numeric
+            binary = bool(numeric.dropna().isin([0, 1]).all())
+            aggregations[column] = "max" if binary else "mean"
+        else:
+            calendar[column] = text.where(text != "")
+            aggregations[column] = "first"
+    calendar["_store"] = store.to_numpy()
+    general = calendar[calendar["_store"] == ""].groupby("_p").agg(aggregations) if covariates else pd.DataFrame()
+    specific = (
+        calendar[calendar["_store"] != ""].groupby(["_p", "_store"]).agg(aggregations)
+        if covariates and has_store
+        else pd.DataFrame()
+    )
+    return general, specific
+
+
+def integrate(
+    clean: pd.DataFrame | Iterable[pd.DataFrame],
+    frequency: str,
+    periods: Iterable[date | str],
+    stores: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    calendar: pd.DataFrame | None = None,
+    quarantined: pd.DataFrame | None = None,
+    implicit_zeros: bool = False,
+) -> pd.DataFrame:
+    """Build the integrated history from cleaned rows (one frame or an iterable of per-period frames)."""
+    frames = [clean] if isinstance(clean, pd.DataFrame) else list(clean)
+    landed = sorted({p if isinstance(p, date) else date.fromisoformat(str(p)[:10]) for p in periods})
+    if not landed:
+        raise ValueError("no sales periods have landed yet")
+    grid = np.array(period_range(landed[0], landed[-1], frequency), dtype="datetime64[D]")
+    landed_mask = np.zeros(len(grid), dtype=bool)
+    landed_mask[_grid_index(np.array(landed, dtype="datetime64[D]"), grid)] = True
+
+    store_master = _compact_attributes(stores, "store_id") if stores is not None else None
+    item_master = _compact_attributes(items, "item_id") if items is not None else None
+
+    # Category universes: every id seen in sales or master data.
+    store_ids = set(store_master.index) if store_master is not None else set()
+    item_ids = set(item_master.index) if item_master is not None else set()
+    for frame in frames:
+        store_ids.update(frame["store_id"].astype(str).unique())
+        item_ids.update(frame["item_id"].astype(str).unique())
+    store_cats = pd.Index(sorted(store_ids))
+    item_cats = pd.Index(sorted(item_ids))
+    n_items = max(len(item_cats), 1)
+
+    extras = sorted({c for f in frames for c in f.columns if c not in _SKIP})
+    parts = []
+    for frame in frames:
+        if not len(frame):
+            continue
+        dates = frame["date"].to_numpy(dtype="datetime64[D]")
+        part = pd.DataFrame(
+            {
+                "p": _to_period(dates, grid, frequency),
+                "key": store_cats.get_indexer(frame["store_id"].astype(str)).astype(np.int64) * n_items
+                + item_cats.get_indexer(frame["item_id"].astype(str)),
+                "sales": frame["sales"].to_numpy(dtype="float32"),
+                "price": frame["price"].to_numpy(dtype="float32"),
+                "promo": frame["promo"].to_numpy(dtype="float32"),
+            }
+        )
+        for column in extras:
+            part[column] = frame[column].to_numpy() if column in frame else np.nan
+        parts.append(part)
+    if not parts:
+        raise ValueError("no clean sales rows to integrate")
+    rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    del parts
+    rows = rows[rows["p"] >= 0]
+    if rows.duplicated(subset=["key", "p"]).any():
+        # Several rows of a series inside one period (e.g. daily rows in a weekly file): sum to the period.
+        numeric_extras = [c for c in extras if pd.api.types.is_numeric_dtype(rows[c])]
+        agg = {"sales": "sum", "price": "mean", "promo": "max"}
+        agg.update({c: ("mean" if c in numeric_extras else "first") for c in extras})
+        rows = rows.groupby(["key", "p"], sort=False, as_index=False).agg(agg)
+
+    series_key, sid = np.unique(rows["key"].to_numpy(), return_inverse=True)
+    p = rows["p"].to_numpy(dtype=np.int64)
+    span = pd.DataFrame({"sid": sid, "p": p}).groupby("sid")["p"].agg(["min", "max"])
+    first = span["min"].to_numpy(dtype=np.int64)
+    lengths = span["max"].to_numpy(dtype=np.int64) - first + 1
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    total = int(lengths.sum())
+    row_sid = np.repeat(np.arange(len(series_key)), lengths)
+    row_p = first[row_sid] + (np.arange(total) - offsets[row_sid])
+    pos = offsets[sid] + p - first[sid]
+
+    def scatter(values: np.ndarray, fill: float = np.nan, dtype: str = "float32") -> np.ndarray:
+        out = np.full(total, fill, dtype=dtype)
+        out[pos] = values
+        return out
+
+    sales = scatter(rows["sales"].to_numpy())
+    observed = np.zeros(total, dtype=bool)
+    observed[pos] = True
+    if implicit_zeros:
+        zero = ~observed & landed_mask[row_p]
+        if quarantined is not None and len(quarantined):
+            zero &= ~_quarantined_positions(
+                quarantined,
+                grid,
+                frequency,
+                store_cats,
+                item_cats,
+                n_items,
+                series_key,
+                first,
+                lengths,
+                offsets,
+                total,
+            )
+        sales[zero] = 0.0
+    price = pd.Series(scatter(rows["price"].to_numpy())).groupby(row_sid).ffill().to_numpy(dtype="float32")
+    promo = scatter(rows["promo"].to_numpy(), fill=0.0)
+    promo[np.isnan(promo)] = 0.0
+
+    store_code = (series_key // n_items)[row_sid]
+    item_code = (series_key % n_items)[row_sid]
+    out = pd.DataFrame(
+        {
+            "date": grid[row_p].astype("datetime64[ns]"),
+            "store_id": pd.Categorical.from_codes(store_code, categories=store_cats),
+            "item_id": pd.Categorical.from_codes(item_code, categories=item_cats),
+            "sales": sales,
+            "observed": observed,
+            "price": price,
+            "promo": promo,
+        }
+    )
+    for column in extras:
+        values = rows[column].to_numpy()
+        if pd.api.types.is_numeric_dtype(values):
+            out[column] = scatter(values.astype("float32"))
+        else:
+            full = np.full(total, None, dtype=object)
+            full[pos] = values
+            out[column] = pd.Categorical(full)
+    if store_master is not None:
+        _join_codes(out, store_master, store_cats, store_code)
+    if item_master is not None:
+        _join_codes(out, item_master, item_cats, item_code)
+    if calendar is not None and len(calendar):
+        general, specific = _aggregate_calendar(calendar, grid, frequency)
+        _join_calendar(out, general, specific, row_p, store_code, store_cats, len(grid))
+    return out
+
+
+def _join_codes(out: pd.DataFrame, master: pd.DataFrame, cats: pd.Index, codes: np.ndarray) -> None:
+    aligned = master.reindex(cats)
+    for column in aligned.columns:
+        if column in out.columns:
+            continue
+        values = aligned[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            out[column] = pd.Categorical.from_codes(
+                values.cat.codes.to_numpy()[codes], categories=values.cat.categories
+            )
+        else:
+            out[column] = values.to_numpy(dtype="float32")[codes]
+
+
+def _join_calendar(
+    out: pd.DataFrame,
+    general: pd.DataFrame,
+    specific: pd.DataFrame,
+    row_p: np.ndarray,
+    store_code: np.ndarray,
+    store_cats: pd.Index,
+    n_periods: int,
+) -> None:
+    columns = list(dict.fromkeys([*general.columns, *specific.columns]))
+    for column in columns:
+        if column in out.columns:
+            continue
+        source = general[column] if column in general.columns else None
+        numeric = pd.api.types.is_numeric_dtype(source if source is not None else specific[column])
+        if numeric:
+            table = np.full((n_periods, len(store_cats)), np.nan, dtype="float32")
+            if source is not None:
+                table[source.index.to_numpy(), :] = source.to_numpy(dtype="float32")[:, None]
+        else:
+            table = np.full((n_periods, len(store_cats)), None, dtype=object)
+            if source is not None:
+                table[source.index.to_numpy(), :] = source.to_numpy(dtype=object)[:, None]
+        if column in specific.columns:
+            values = specific[column].dropna()
+            p_idx = values.index.get_level_values(0).to_numpy()
+            s_idx = store_cats.get_indexer(values.index.get_level_values(1))
+            keep = s_idx >= 0
+            table[p_idx[keep], s_idx[keep]] = values.to_numpy()[keep]
+        flat = table[row_p, store_code]
+        if numeric:
+            # Known-in-advance flags: no calendar row means no event.
+            out[column] = np.nan_to_num(flat, nan=0.0).astype("float32") if _is_flag(flat) else flat
+        else:
+            out[column] = pd.Categorical(flat)
+
+
+def _is_flag(values: np.ndarray) -> bool:
+    finite = values[~np.isnan(values)]
+    return bool(len(finite)) and bool(np.isin(finite, [0.0, 1.0]).all())
+
+
+def _quarantined_positions(
+    quarantined: pd.DataFrame,
+    grid: np.ndarray,
+    frequency: str,
+    store_cats: pd.Index,
+    item_cats: pd.Index,
+    n_items: int,
+    series_key: np.ndarray,
+    first: np.ndarray,
+    lengths: np.ndarray,
+    offsets: np.ndarray,
+    total: int,
+) -> np.ndarray:
+    """Mask of grid rows whose landed value was quarantined: unknown, not zero, even with implicit zeros."""
+    mask = np.zeros(total, dtype=bool)
+    period = pd.to_datetime(quarantined["period"], errors="coerce").to_numpy(dtype="datetime64[D]")
+    p = _to_period(period, grid, frequency)
+    store = store_cats.get_indexer(quarantined["store_id"].astype(str).str.strip())
+    item = item_cats.get_indexer(quarantined["item_id"].astype(str).str.strip())
+    ok = (p >= 0) & (store >= 0) & (item >= 0)
+    key = store[ok].astype(np.int64) * n_items + item[ok]
+    where = np.searchsorted(series_key, key)
+    where = np.clip(where, 0, len(series_key) - 1)
+    found = series_key[where] == key
+    sid, pp = where[found], p[ok][found]
+    inside = (pp >= first[sid]) & (pp < first[sid] + lengths[sid])
+    mask[offsets[sid[inside]] + pp[inside] - first[sid[inside]]] = True
+    return mask

@@ -1,0 +1,143 @@
+"""The Dagster chain end to end with materialize(): collection -> validated cleaning -> integrated view."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from bi_pipeline.config import Settings
+from bi_pipeline.contract import scan_sales_dir
+from bi_pipeline.defs.cleaning import clean_sales
+from bi_pipeline.defs.collection import calendar, items, raw_sales, sales_periods, stores
+from bi_pipeline.defs.integration import integrated_sales
+from bi_pipeline.defs.resources import ParquetIOManager, PipelineResource
+from bi_pipeline.generate import GenerationSpec, generate
+from bi_pipeline_tests.conftest import write_sales
+
+ASSETS = [stores, items, calendar, raw_sales, clean_sales, integrated_sales]
+
+
+def resources(settings: Settings) -> dict:
+    return {
+        "pipeline": PipelineResource.from_settings(settings),
+        "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
+    }
+
+
+def materialize_all(settings: Settings, instance: dg.DagsterInstance, raise_on_error: bool = True):
+    keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0).ready)
+    instance.add_dynamic_partitions(
+        sales_periods.name, [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
+    )
+    all_keys = instance.get_dynamic_partitions(sales_periods.name)
+    return dg.materialize(
+        ASSETS,
+        instance=instance,
+        resources=resources(settings),
+        tags={ASSET_PARTITION_RANGE_START_TAG: all_keys[0], ASSET_PARTITION_RANGE_END_TAG: all_keys[-1]},
+        raise_on_error=raise_on_error,
+    )
+
+
+def checks(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Settings, dict]:
+    root = tmp_path_factory.mktemp("chain")
+    # Small files (24 rows): one injected defect is 4% of a file, so the threshold sits above that.
+    settings = Settings(home=root / "home", landing=root / "landing", settle_seconds=0, max_bad_row_rate=0.15)
+    report = generate(settings.landing, GenerationSpec(stores=3, items=8, periods=30, frequency="W", defects=2, seed=3))
+    return settings, report.to_dict()
+
+
+def test_whole_chain_quarantines_exactly_the_injected_defects(generated):
+    settings, report = generated
+    with dg.instance_for_test() as instance:
+        result = materialize_all(settings, instance)
+        assert result.success
+        # One run for all 30 periods (single-run backfill).
+        assert len(instance.get_runs()) == 1
+
+        quarantine = pd.concat(result.output_for_node("clean_sales", "sales_quarantine").values())
+        expected = {k: v for k, v in report["expected_quarantine"].items() if v}
+        assert quarantine["reason"].value_counts().to_dict() == expected
+        clean = pd.concat(result.output_for_node("clean_sales", "clean_sales").values())
+        assert len(clean) == report["valid_rows"]
+        # Every quarantined row names its file and line.
+        assert quarantine["source_file"].str.match(r"^sales/\d{4}-\d{2}-\d{2}\.csv$").all()
+        assert (quarantine["source_row"] >= 2).all()
+
+        evaluations = checks(result)
+        assert evaluations["clean_sales_expectations"].passed
+        assert evaluations["bad_row_rate"].passed
+        assert evaluations["stores_expectations"].passed
+        raw_check = evaluations["raw_sales_expectations"]
+        assert not raw_check.passed  # the landed data has the injected defects
+        docs = raw_check.metadata["data_docs"].value
+        assert docs.startswith("file://") and Path(docs.removeprefix("file://")).exists()
+        assert str(settings.home) in docs
+
+        integrated = result.output_for_node("integrated_sales")
+        assert {
+            "date",
+            "store_id",
+            "item_id",
+            "sales",
+            "observed",
+            "price",
+            "promo",
+            "region",
+            "category",
+            "holiday",
+        } <= set(integrated.columns)
+        assert integrated["sales"].dtype == "float32"
+        assert integrated["observed"].sum() == clean.groupby(["store_id", "item_id", "date"], observed=True).ngroups
+        assert integrated.groupby(["store_id", "item_id"], observed=True).ngroups <= report["series"]
+        # Stored as Parquet under the home, one file per partition.
+        assert len(list((settings.asset_dir / "raw_sales").glob("*.parquet"))) == report["sales_files"]
+        manifest = json.loads(settings.manifest_path.read_text())
+        assert len(manifest) == report["sales_files"]
+
+
+def test_a_partition_over_the_bad_row_threshold_blocks_integration(tmp_path):
+    settings = Settings(home=tmp_path / "home", landing=tmp_path / "landing", settle_seconds=0, max_bad_row_rate=0.2)
+    header = "date,store_id,item_id,sales\n"
+    write_sales(settings.landing, "2024-01-01", header + "2024-01-01,S1,I1,3\n2024-01-01,S1,I2,4\n")
+    write_sales(
+        settings.landing,
+        "2024-01-02",
+        header + "2024-01-02,S1,I1,x\n2024-01-02,S1,I2,-1\n2024-01-02,S1,I3,1\n",
+    )
+    with dg.instance_for_test() as instance:
+        result = materialize_all(settings, instance, raise_on_error=False)
+        assert not result.success
+        evaluation = checks(result)["bad_row_rate"]
+        assert not evaluation.passed
+        assert evaluation.description.startswith("sales/2024-01-02.csv: 2 of 3 rows quarantined")
+        assert "sales_not_numeric (1)" in evaluation.description and "sales_negative (1)" in evaluation.description
+        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert "clean_sales" in materialized and "sales_quarantine" in materialized
+        assert "integrated_sales" not in materialized
+
+
+def test_unreadable_file_fails_its_partition_with_a_named_error(tmp_path):
+    settings = Settings(home=tmp_path / "home", landing=tmp_path / "landing", settle_seconds=0)
+    write_sales(settings.landing, "2024-01-01", "date,store_id,item_id,sales\n2024-01-01,S1,I1,3\n")
+    write_sales(settings.landing, "2024-01-02", "day,shop,sku,units\n2024-01-02,S1,I1,3\n")
+    with dg.instance_for_test() as instance:
+        result = materialize_all(settings, instance, raise_on_error=False)
+        evaluation = checks(result)["bad_row_rate"]
+        assert not evaluation.passed
+        assert "sales/2024-01-02.csv" in evaluation.description and "missing_columns" in evaluation.description
+        quarantine = result.output_for_node("clean_sales", "sales_quarantine")["2024-01-02"]
+        assert quarantine[["source_file", "source_row", "reason"]].values.tolist() == [
+            ["sales/2024-01-02.csv", 1, "missing_columns"]
+        ]
+        assert (settings.landing / "sales" / "2024-01-02.csv").read_text().startswith("day,shop")
