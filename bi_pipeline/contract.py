@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ SALES_REQUIRED = ("date", "store_id", "item_id", "sales")
 SALES_OPTIONAL = ("price", "promo")
 SALES_SUFFIXES = (".csv", ".parquet")
 SOURCE_COLUMNS = ("source_file", "source_row")
+CONTRACT_COLUMNS = frozenset((*SALES_REQUIRED, *SALES_OPTIONAL, "description"))
 # Columns of the quarantine table: raw values as landed plus where they came from and why they were set aside.
 QUARANTINE_COLUMNS = (
     "period",
@@ -247,10 +249,16 @@ class RawRead:
     sha256: str = ""  # of the bytes actually read, so the manifest never records a file we did not see
 
 
-def empty_quarantine() -> pd.DataFrame:
+@functools.cache
+def _empty_quarantine() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="string") for c in QUARANTINE_COLUMNS})
     frame["source_row"] = frame["source_row"].astype("int64")
     return frame
+
+
+def empty_quarantine() -> pd.DataFrame:
+    # Built once: most periods of a large backfill have nothing to quarantine.
+    return _empty_quarantine().copy(deep=False)
 
 
 def quarantine_frame(records: list[dict]) -> pd.DataFrame:
@@ -275,8 +283,14 @@ def file_issue(period: str, rel: str, rule: str, message: str, row: int = 0) -> 
     )
 
 
+def _column_name(name: str) -> str:
+    """Contract columns match case-insensitively; other (covariate) columns keep the user's spelling."""
+    stripped = name.strip()
+    return stripped.lower() if stripped.lower() in CONTRACT_COLUMNS else stripped
+
+
 def _normalise_header(names: list[str], rel: str) -> list[str]:
-    normalised = [n.strip().lower() for n in names]
+    normalised = [_column_name(n) for n in names]
     seen: set[str] = set()
     for n in normalised:
         if n in seen:
@@ -569,7 +583,7 @@ def read_master(landing: Path, name: str) -> pd.DataFrame | None:
         raise ContractError(
             filename, "malformed_csv", str(exc).strip(), row=int(match.group(1)) if match else None
         ) from None
-    frame.columns = [c.strip().lower() for c in frame.columns]
+    frame.columns = [_column_name(c) for c in frame.columns]
     if key not in frame.columns:
         raise ContractError(filename, "missing_columns", f"missing required column {key!r}", row=1)
     frame.insert(len(frame.columns), "source_row", np.arange(2, len(frame) + 2))

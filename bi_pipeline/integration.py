@@ -42,6 +42,26 @@ def _compact_attributes(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame
 
 
+def _categories(values: pd.Series) -> list[str]:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return [str(c) for c in values.cat.categories]
+    return [str(v) for v in values.unique()]
+
+
+def _codes(values: pd.Series, categories: pd.Index, cache: dict) -> np.ndarray:
+    """Positions in ``categories``; through the frame's own categories when it has them (no string per row).
+
+    Consecutive periods usually share their categories, so the last mapping is reused when they are equal.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        own = values.cat.categories
+        last = cache.get("categories")
+        if last is None or not (len(last) == len(own) and last.equals(own)):
+            cache["categories"], cache["mapping"] = own, categories.get_indexer(own.astype(str))
+        return cache["mapping"][values.cat.codes.to_numpy()]
+    return categories.get_indexer(values.astype(str))
+
+
 def _grid_index(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Position of each period date on the regular grid; -1 where it is not a grid date."""
     pos = np.searchsorted(grid, values)
@@ -115,36 +135,33 @@ def integrate(
     # Category universes: every id seen in sales or master data.
     store_ids = set(store_master.index) if store_master is not None else set()
     item_ids = set(item_master.index) if item_master is not None else set()
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        raise ValueError("no clean sales rows to integrate")
     for frame in frames:
-        store_ids.update(frame["store_id"].astype(str).unique())
-        item_ids.update(frame["item_id"].astype(str).unique())
+        store_ids.update(_categories(frame["store_id"]))
+        item_ids.update(_categories(frame["item_id"]))
     store_cats = pd.Index(sorted(store_ids))
     item_cats = pd.Index(sorted(item_ids))
     n_items = max(len(item_cats), 1)
 
     extras = sorted({c for f in frames for c in f.columns if c not in _SKIP})
-    parts = []
+    # Plain arrays per frame, concatenated once: per-frame DataFrames cost more than the work for small periods.
+    columns: dict[str, list] = {"p": [], "key": [], "sales": [], "price": [], "promo": [], **{c: [] for c in extras}}
+    store_cache: dict = {}
+    item_cache: dict = {}
     for frame in frames:
-        if not len(frame):
-            continue
-        dates = frame["date"].to_numpy(dtype="datetime64[D]")
-        part = pd.DataFrame(
-            {
-                "p": _to_period(dates, grid, frequency),
-                "key": store_cats.get_indexer(frame["store_id"].astype(str)).astype(np.int64) * n_items
-                + item_cats.get_indexer(frame["item_id"].astype(str)),
-                "sales": frame["sales"].to_numpy(dtype="float32"),
-                "price": frame["price"].to_numpy(dtype="float32"),
-                "promo": frame["promo"].to_numpy(dtype="float32"),
-            }
+        columns["p"].append(_to_period(frame["date"].to_numpy(dtype="datetime64[D]"), grid, frequency))
+        columns["key"].append(
+            _codes(frame["store_id"], store_cats, store_cache).astype(np.int64) * n_items
+            + _codes(frame["item_id"], item_cats, item_cache)
         )
-        for column in extras:
-            part[column] = frame[column].to_numpy() if column in frame else np.nan
-        parts.append(part)
-    if not parts:
-        raise ValueError("no clean sales rows to integrate")
-    rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    del parts
+        for name in ("sales", "price", "promo"):
+            columns[name].append(frame[name].to_numpy(dtype="float32"))
+        for name in extras:
+            columns[name].append(frame[name].to_numpy() if name in frame else np.full(len(frame), np.nan))
+    rows = pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+    del columns
     rows = rows[rows["p"] >= 0]
     if rows.duplicated(subset=["key", "p"]).any():
         # Several rows of a series inside one period (e.g. daily rows in a weekly file): sum to the period.

@@ -78,7 +78,7 @@ def test_whole_chain_quarantines_exactly_the_injected_defects(generated):
         assert evaluations["clean_sales_expectations"].passed
         assert evaluations["bad_row_rate"].passed
         assert evaluations["stores_expectations"].passed
-        raw_check = evaluations["raw_sales_expectations"]
+        raw_check = evaluations["landed_rows_expectations"]
         assert not raw_check.passed  # the landed data has the injected defects
         docs = raw_check.metadata["data_docs"].value
         assert docs.startswith("file://") and Path(docs.removeprefix("file://")).exists()

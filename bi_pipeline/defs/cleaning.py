@@ -6,8 +6,8 @@ import pandas as pd
 from bi_pipeline.contract import empty_quarantine, split_raw
 from bi_pipeline.defs.collection import _check_result, _nonempty, partition_frequency, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
-from bi_pipeline.expectations import Validator, clean_validation_frame, sales_suite_spec
-from bi_pipeline.quality import CleanResult, clean_period, known_ids, summarize_rejections
+from bi_pipeline.expectations import Validator, batch_validation_frames, validate_sales
+from bi_pipeline.quality import clean_batch, known_ids, summarize_rejections
 
 GROUP = "cleaning"
 
@@ -27,6 +27,11 @@ GROUP = "cleaning"
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name=GROUP,
     check_specs=[
+        dg.AssetCheckSpec(
+            "landed_rows_expectations",
+            asset="clean_sales",
+            description="GX suite on the rows as landed: its unexpected counts are the defects the rules quarantine",
+        ),
         dg.AssetCheckSpec(
             "clean_sales_expectations",
             asset="clean_sales",
@@ -52,13 +57,17 @@ def clean_sales(
     frequency = partition_frequency(context, pipeline)
     known_stores = known_ids(_nonempty(stores), "store_id")
     known_items = known_ids(_nonempty(items), "item_id")
-    results: dict[str, CleanResult] = {}
+    batch = {}
     for key in context.partition_keys:
         raw = raw_sales.get(key)
         if raw is None:
             raise dg.Failure(f"raw_sales has no data for period {key}; materialize raw_sales first")
         read = split_raw(raw, key)
-        results[key] = clean_period(read.rows, key, frequency, settings, known_stores, known_items, read.issues)
+        batch[key] = (read.rows, read.issues)
+    # All periods of the run in one vectorised pass.
+    cleaned = clean_batch(batch, frequency, settings, known_stores, known_items)
+    results = cleaned.results
+    del batch
 
     reason_totals: dict[str, int] = {}
     for result in results.values():
@@ -87,18 +96,22 @@ def clean_sales(
         },
     )
 
-    clean_all = pd.concat([r.clean for r in results.values()], ignore_index=True)
-    outcome = Validator(settings.gx_dir).run(
-        "clean_sales",
-        clean_validation_frame(clean_all, frequency),
-        sales_suite_spec(settings, known_stores, known_items),
-    )
+    landed, kept = batch_validation_frames(cleaned, frequency, known_stores, known_items)
+    del cleaned
+    validator = Validator(settings.gx_dir)
+    files = ", ".join(f"sales/{k}" for k in list(results)[:5]) + (" ..." if len(results) > 5 else "")
+    # Before the rules: GX's count of each defect in the rows as landed (a warning, the quarantine holds them).
+    landed_outcome = validate_sales(validator, "landed_sales", landed, settings)
     yield _check_result(
-        "clean_sales_expectations",
-        outcome,
-        ", ".join(sorted(set(clean_all["source_file"].astype(str)))[:5]),
+        "landed_rows_expectations",
+        landed_outcome,
+        files,
+        severity=dg.AssetCheckSeverity.WARN,
         asset_key=dg.AssetKey("clean_sales"),
     )
+    # After the rules: the gate. Every expectation must hold on what goes downstream.
+    outcome = validate_sales(validator, "clean_sales", kept, settings)
+    yield _check_result("clean_sales_expectations", outcome, files, asset_key=dg.AssetKey("clean_sales"))
 
     rejected = summarize_rejections(results, settings.max_bad_row_rate)
     rates = {k: round(r.bad_row_rate, 4) for k, r in results.items()}

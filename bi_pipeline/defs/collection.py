@@ -14,7 +14,6 @@ from bi_pipeline.contract import (
     read_master,
     read_period,
     scan_sales_dir,
-    split_raw,
     update_manifest,
 )
 from bi_pipeline.defs.resources import PipelineResource
@@ -22,10 +21,7 @@ from bi_pipeline.expectations import (
     Validator,
     calendar_suite_spec,
     master_suite_spec,
-    sales_suite_spec,
-    sales_validation_frame,
 )
-from bi_pipeline.quality import known_ids
 
 GROUP = "collection"
 sales_periods = dg.DynamicPartitionsDefinition(name="sales_periods")
@@ -117,28 +113,19 @@ def _check_result(check_name: str, outcome, file: str, severity=dg.AssetCheckSev
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"pandas", "csv"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "raw_sales_expectations",
-            asset="raw_sales",
-            description="GX suite on the rows as landed: unexpected counts are the defects to be quarantined",
-        )
-    ],
 )
-def raw_sales(context: dg.AssetExecutionContext, pipeline: PipelineResource, stores: pd.DataFrame, items: pd.DataFrame):
+def raw_sales(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     """Every row of each period's sales file as text, with source file and row; unreadable lines kept as rows with
     ``read_error`` set. The landed file is never modified."""
     settings = pipeline.settings()
     frequency = partition_frequency(context, pipeline)
     keys = context.partition_keys
     frames: dict[str, pd.DataFrame] = {}
-    validation = []
     manifest: dict[str, str] = {}
     for i, key in enumerate(keys, start=1):
         read = read_period(settings.landing, key)
         manifest[read.relpath] = read.sha256
         frames[key] = raw_frame(read)
-        validation.append(sales_validation_frame(split_raw(frames[key], key).rows, key, frequency))
         if len(read.issues):
             first = read.issues.iloc[0]
             context.log.warning(
@@ -150,7 +137,7 @@ def raw_sales(context: dg.AssetExecutionContext, pipeline: PipelineResource, sto
     update_manifest(settings.manifest_path, manifest)
     rows = sum(len(f) for f in frames.values())
     unreadable = sum(int((f["read_error"].astype(str) != "").sum()) for f in frames.values())
-    yield dg.Output(
+    return dg.Output(
         frames,
         metadata={
             "partitions": len(keys),
@@ -161,17 +148,6 @@ def raw_sales(context: dg.AssetExecutionContext, pipeline: PipelineResource, sto
                 "\n".join(f"- `{k}`: {len(frames[k])} rows" for k in keys[:20]) + ("\n- ..." if len(keys) > 20 else "")
             ),
         },
-    )
-    outcome = Validator(settings.gx_dir).run(
-        "raw_sales",
-        pd.concat(validation, ignore_index=True),
-        sales_suite_spec(settings, known_ids(_nonempty(stores), "store_id"), known_ids(_nonempty(items), "item_id")),
-    )
-    yield _check_result(
-        "raw_sales_expectations",
-        outcome,
-        ", ".join(f"sales/{k}" for k in keys[:5]),
-        severity=dg.AssetCheckSeverity.WARN,
     )
 
 

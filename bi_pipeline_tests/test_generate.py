@@ -1,0 +1,85 @@
+"""The demo data generator: deterministic, realistic enough, and its injected defects are found exactly."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bi_pipeline.config import Settings
+from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
+from bi_pipeline.generate import GenerationSpec, generate
+from bi_pipeline.quality import clean_period, known_ids
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((root / "sales").iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    for name in ("stores.csv", "items.csv", "calendar.csv"):
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
+def clean_all(landing: Path) -> tuple[Counter, int]:
+    settings = Settings(home=landing.parent / "home", landing=landing)
+    keys = sorted(f.key for f in scan_sales_dir(landing, settle_seconds=0).ready)
+    frequency = infer_frequency(keys)
+    stores = known_ids(read_master(landing, "stores"), "store_id")
+    items = known_ids(read_master(landing, "items"), "item_id")
+    reasons, kept = Counter(), 0
+    for key in keys:
+        read = read_period(landing, key)
+        result = clean_period(read.rows, key, frequency, settings, stores, items, read.issues)
+        reasons.update(result.reason_counts)
+        kept += len(result.clean)
+    return reasons, kept
+
+
+@pytest.mark.parametrize(("frequency", "fmt"), [("W", "csv"), ("D", "csv"), ("M", "csv"), ("W", "parquet")])
+def test_quarantine_counts_equal_the_injected_counts(tmp_path, frequency, fmt):
+    spec = GenerationSpec(stores=3, items=10, periods=40, frequency=frequency, defects=3, fmt=fmt, seed=11)
+    report = generate(tmp_path / "landing", spec)
+    expected = {k: v for k, v in report.expected_quarantine.items() if v}
+    assert sum(expected.values()) >= 27  # every defect type present
+    reasons, kept = clean_all(tmp_path / "landing")
+    assert dict(reasons) == expected
+    assert kept == report.valid_rows
+
+
+def test_clean_data_has_nothing_to_quarantine(tmp_path):
+    report = generate(tmp_path / "landing", GenerationSpec(stores=2, items=5, periods=20, defects=0))
+    reasons, kept = clean_all(tmp_path / "landing")
+    assert reasons == Counter()
+    assert kept == report.rows_written == report.valid_rows
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    spec = GenerationSpec(stores=2, items=6, periods=30, seed=5)
+    generate(tmp_path / "a", spec)
+    generate(tmp_path / "b", spec)
+    generate(tmp_path / "c", GenerationSpec(stores=2, items=6, periods=30, seed=6))
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
+
+
+def test_retail_patterns_are_present(tmp_path):
+    spec = GenerationSpec(stores=4, items=40, periods=104, frequency="W", defects=0, seed=2)
+    report = generate(tmp_path / "landing", spec)
+    sales = pd.concat(pd.read_csv(p) for p in sorted((tmp_path / "landing" / "sales").glob("*.csv")))
+    assert len(sales) == report.rows_written
+    per_item = sales.groupby("item_id")["date"].agg(["min", "max"])
+    assert (per_item["min"] > per_item["min"].min()).any()  # items launched later
+    assert (per_item["max"] < per_item["max"].max()).any()  # items discontinued
+    assert (sales["sales"] == 0).mean() > 0.05  # intermittent demand and stock-outs
+    promo = sales[sales["promo"] > 0]
+    assert 0 < len(promo) < len(sales)
+    lift = sales.assign(on=sales["promo"] > 0).groupby(["store_id", "item_id", "on"])["sales"].mean().unstack()
+    assert (lift[True] > lift[False]).mean() > 0.6
+    items = pd.read_csv(tmp_path / "landing" / "items.csv")
+    assert {"item_id", "category", "description"} <= set(items.columns)
+    calendar = pd.read_csv(tmp_path / "landing" / "calendar.csv", keep_default_na=False)
+    assert (calendar["holiday"] == 1).any() and (calendar["store_id"] != "").any()
