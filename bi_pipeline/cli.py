@@ -21,16 +21,25 @@ from bi_pipeline.config import FREQUENCIES, Settings
 
 
 def _progress(label: str):
-    """A one-line progress bar on stderr (no extra dependency)."""
+    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% in logs (no extra dependency)."""
     started = time.perf_counter()
+    tty = sys.stderr.isatty()
+    last_decile = -1
 
     def update(done: int, total: int) -> None:
+        nonlocal last_decile
         width = 30
         filled = int(width * done / max(total, 1))
         elapsed = time.perf_counter() - started
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s")
-        if done >= total:
-            sys.stderr.write("\n")
+        line = f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s"
+        if tty:
+            sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
+        else:
+            decile = 10 * done // max(total, 1)
+            if decile == last_decile:
+                return
+            last_decile = decile
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     return update
@@ -87,7 +96,8 @@ def _print_summary(summary, settings: Settings) -> None:
             series = f", {meta['series']} series" if "series" in meta else ""
             print(f"  {name:<17} {meta.get('rows', '?')} rows{series}{extra}")
     for name, check in sorted(summary.checks.items()):
-        print(f"  check {name:<45} {'passed' if check['passed'] else 'FAILED'}: {check['description']}")
+        verdict = "passed" if check["passed"] else ("FAILED" if check.get("severity") == "ERROR" else "warning")
+        print(f"  check {name:<45} {verdict}: {check['description']}")
     if summary.error:
         print(f"  error: {summary.error}")
     docs = settings.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"

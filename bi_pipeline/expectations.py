@@ -6,6 +6,7 @@ GX is imported lazily: it takes seconds to import and only the validating steps 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from dataclasses import dataclass, field
@@ -210,7 +211,11 @@ class Validator:
         return self.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
     def run(self, name: str, frame: pd.DataFrame, spec: list[tuple[str, dict[str, Any]]]) -> SuiteOutcome:
-        with _LOCK:  # the file context is not safe for concurrent writers within one process
+        # The file context is not safe for concurrent writers: one validation at a time, across threads and the
+        # processes of concurrent runs.
+        self.gx_dir.mkdir(parents=True, exist_ok=True)
+        with _LOCK, (self.gx_dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             checkpoint = self._checkpoint(name, spec)
             result = checkpoint.run(batch_parameters={"dataframe": frame})
         return self._outcome(name, frame, result)

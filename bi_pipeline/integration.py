@@ -119,8 +119,14 @@ def integrate(
     calendar: pd.DataFrame | None = None,
     quarantined: pd.DataFrame | None = None,
     implicit_zeros: bool = False,
+    release: bool = False,
 ) -> pd.DataFrame:
-    """Build the integrated history from cleaned rows (one frame or an iterable of per-period frames)."""
+    """Build the integrated history from cleaned rows (one frame or a list of per-period frames).
+
+    With ``release`` the given list is emptied as its frames are converted, so that the input and the output are
+    never both whole in memory (what keeps M5 scale under 8 GB).
+    """
+    source_list = clean if release and isinstance(clean, list) else None
     frames = [clean] if isinstance(clean, pd.DataFrame) else list(clean)
     landed = sorted({p if isinstance(p, date) else date.fromisoformat(str(p)[:10]) for p in periods})
     if not landed:
@@ -150,7 +156,12 @@ def integrate(
     columns: dict[str, list] = {"p": [], "key": [], "sales": [], "price": [], "promo": [], **{c: [] for c in extras}}
     store_cache: dict = {}
     item_cache: dict = {}
-    for frame in frames:
+    if source_list is not None:
+        source_list.clear()
+    for i in range(len(frames)):
+        frame = frames[i]
+        if release:
+            frames[i] = None  # type: ignore[call-overload]
         columns["p"].append(_to_period(frame["date"].to_numpy(dtype="datetime64[D]"), grid, frequency))
         columns["key"].append(
             _codes(frame["store_id"], store_cats, store_cache).astype(np.int64) * n_items
@@ -160,35 +171,58 @@ def integrate(
             columns[name].append(frame[name].to_numpy(dtype="float32"))
         for name in extras:
             columns[name].append(frame[name].to_numpy() if name in frame else np.full(len(frame), np.nan))
-    rows = pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+    values = {name: np.concatenate(parts) for name, parts in columns.items()}
     del columns
-    rows = rows[rows["p"] >= 0]
-    if rows.duplicated(subset=["key", "p"]).any():
-        # Several rows of a series inside one period (e.g. daily rows in a weekly file): sum to the period.
-        numeric_extras = [c for c in extras if pd.api.types.is_numeric_dtype(rows[c])]
-        agg = {"sales": "sum", "price": "mean", "promo": "max"}
-        agg.update({c: ("mean" if c in numeric_extras else "first") for c in extras})
-        rows = rows.groupby(["key", "p"], sort=False, as_index=False).agg(agg)
+    p = values.pop("p").astype(np.int64)
+    key = values.pop("key")
+    inside = p >= 0
+    if not inside.all():
+        p, key = p[inside], key[inside]
+        values = {name: v[inside] for name, v in values.items()}
 
-    series_key, sid = np.unique(rows["key"].to_numpy(), return_inverse=True)
-    p = rows["p"].to_numpy(dtype=np.int64)
-    span = pd.DataFrame({"sid": sid, "p": p}).groupby("sid")["p"].agg(["min", "max"])
-    first = span["min"].to_numpy(dtype=np.int64)
-    lengths = span["max"].to_numpy(dtype=np.int64) - first + 1
+    # Series ids without sorting 50M keys: the key space (stores x items) is small enough to index directly.
+    n_keys = len(store_cats) * n_items
+    if n_keys <= 50_000_000:
+        present = np.zeros(n_keys, dtype=bool)
+        present[key] = True
+        series_key = np.flatnonzero(present)
+        lookup = np.full(n_keys, -1, dtype=np.int64)
+        lookup[series_key] = np.arange(len(series_key))
+        sid = lookup[key]
+        del present, lookup
+    else:
+        series_key, sid = np.unique(key, return_inverse=True)
+    del key
+    n_series = len(series_key)
+    first = np.full(n_series, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(n_series, -1, dtype=np.int64)
+    np.minimum.at(first, sid, p)
+    np.maximum.at(last, sid, p)
+    lengths = last - first + 1
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     total = int(lengths.sum())
-    row_sid = np.repeat(np.arange(len(series_key)), lengths)
-    row_p = first[row_sid] + (np.arange(total) - offsets[row_sid])
     pos = offsets[sid] + p - first[sid]
-
-    def scatter(values: np.ndarray, fill: float = np.nan, dtype: str = "float32") -> np.ndarray:
-        out = np.full(total, fill, dtype=dtype)
-        out[pos] = values
-        return out
-
-    sales = scatter(rows["sales"].to_numpy())
+    del sid, p
     observed = np.zeros(total, dtype=bool)
     observed[pos] = True
+    if int(observed.sum()) < len(pos):
+        # Several rows of a series inside one period (e.g. daily rows in a weekly file): sum to the period.
+        rows = pd.DataFrame({"pos": pos, **values})
+        agg = {"sales": "sum", "price": "mean", "promo": "max"}
+        agg.update({c: ("mean" if pd.api.types.is_numeric_dtype(rows[c]) else "first") for c in extras})
+        rows = rows.groupby("pos", sort=False).agg(agg)
+        pos = rows.index.to_numpy()
+        values = {name: rows[name].to_numpy() for name in rows.columns}
+        del rows
+    row_sid = np.repeat(np.arange(n_series, dtype=np.int32), lengths)
+    row_p = (np.arange(total, dtype=np.int64) - offsets[row_sid] + first[row_sid]).astype(np.int32)
+
+    def scatter(source: np.ndarray, fill: float = np.nan, dtype: str = "float32") -> np.ndarray:
+        out = np.full(total, fill, dtype=dtype)
+        out[pos] = source
+        return out
+
+    sales = scatter(values.pop("sales"))
     if implicit_zeros:
         zero = ~observed & landed_mask[row_p]
         if quarantined is not None and len(quarantined):
@@ -206,12 +240,12 @@ def integrate(
                 total,
             )
         sales[zero] = 0.0
-    price = pd.Series(scatter(rows["price"].to_numpy())).groupby(row_sid).ffill().to_numpy(dtype="float32")
-    promo = scatter(rows["promo"].to_numpy(), fill=0.0)
+    price = _ffill_within(scatter(values.pop("price")), offsets)
+    promo = scatter(values.pop("promo"), fill=0.0)
     promo[np.isnan(promo)] = 0.0
-
-    store_code = (series_key // n_items)[row_sid]
-    item_code = (series_key % n_items)[row_sid]
+    store_code = (series_key // n_items).astype(np.int32)[row_sid]
+    item_code = (series_key % n_items).astype(np.int32)[row_sid]
+    del row_sid
     out = pd.DataFrame(
         {
             "date": grid[row_p].astype("datetime64[ns]"),
@@ -221,15 +255,17 @@ def integrate(
             "observed": observed,
             "price": price,
             "promo": promo,
-        }
+        },
+        copy=False,
     )
+    del sales, price, promo, observed
     for column in extras:
-        values = rows[column].to_numpy()
-        if pd.api.types.is_numeric_dtype(values):
-            out[column] = scatter(values.astype("float32"))
+        source = values.pop(column)
+        if pd.api.types.is_numeric_dtype(source):
+            out[column] = scatter(source.astype("float32"))
         else:
             full = np.full(total, None, dtype=object)
-            full[pos] = values
+            full[pos] = source
             out[column] = pd.Categorical(full)
     if store_master is not None:
         _join_codes(out, store_master, store_cats, store_code)
@@ -239,6 +275,15 @@ def integrate(
         general, specific = _aggregate_calendar(calendar, grid, frequency)
         _join_calendar(out, general, specific, row_p, store_code, store_cats, len(grid))
     return out
+
+
+def _ffill_within(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Carry the last non-NaN value forward inside each block (a series) starting at ``starts``, never across."""
+    index = np.where(np.isnan(values), 0, np.arange(len(values)))
+    # A block's first row points at itself, so the running maximum never reaches back into the previous block.
+    index[starts] = np.maximum(index[starts], starts)
+    np.maximum.accumulate(index, out=index)
+    return values[index]
 
 
 def _join_codes(out: pd.DataFrame, master: pd.DataFrame, cats: pd.Index, codes: np.ndarray) -> None:

@@ -80,6 +80,18 @@ def test_whole_chain_quarantines_exactly_the_injected_defects(generated):
         assert evaluations["stores_expectations"].passed
         raw_check = evaluations["landed_rows_expectations"]
         assert not raw_check.passed  # the landed data has the injected defects
+        # GX's count of each defect in the landed rows agrees with the quarantine.
+        unexpected = {
+            (r["expectation"], r["column"]): r["unexpected_count"] for r in raw_check.metadata["results"].value
+        }
+        assert unexpected[("expect_column_values_to_be_in_set", "store_in_master")] == expected["unknown_store"]
+        assert unexpected[("expect_column_values_to_be_in_set", "item_in_master")] == expected["unknown_item"]
+        assert unexpected[("expect_column_values_to_be_between", "price")] == expected["price_out_of_range"]
+        assert unexpected[("expect_column_values_to_be_between", "sales")] == expected["sales_negative"]
+        assert unexpected[("expect_column_values_to_be_between", "period_offset")] == expected["date_outside_period"]
+        assert unexpected[("expect_column_values_to_not_be_null", "sales")] == expected["sales_not_numeric"]
+        clean_check = evaluations["clean_sales_expectations"]
+        assert all(r["success"] and r["unexpected_count"] == 0 for r in clean_check.metadata["results"].value)
         docs = raw_check.metadata["data_docs"].value
         assert docs.startswith("file://") and Path(docs.removeprefix("file://")).exists()
         assert str(settings.home) in docs

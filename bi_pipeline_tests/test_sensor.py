@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from bi_pipeline.config import Settings
-from bi_pipeline.contract import update_manifest
+from bi_pipeline.contract import scan_sales_dir, update_manifest
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import landing_zone_sensor, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
@@ -36,10 +36,21 @@ def tick(instance: dg.DagsterInstance, settings: Settings, cursor: str | None):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     job = build_defs(settings).resolve_job_def("ingest_job")
     for run_request in data.run_requests or []:
-        # As the daemon does once the partitions exist: each request names a valid partition of the job.
+        # As the daemon does once the partitions exist: each request names valid partitions of the job.
+        keys = [run_request.partition_key] if run_request.partition_key else list(requested_keys(instance, run_request))
         with dg.partition_loading_context(dynamic_partitions_store=instance) as loading:
-            job.validate_partition_key(run_request.partition_key, selected_asset_keys=None, context=loading)
+            for key in keys:
+                job.validate_partition_key(key, selected_asset_keys=None, context=loading)
     return data
+
+
+def requested_keys(instance: dg.DagsterInstance, request: dg.RunRequest) -> list[str]:
+    """The partitions a request covers: its key, or every key of its range in partition order."""
+    if request.partition_key:
+        return [request.partition_key]
+    keys = instance.get_dynamic_partitions(sales_periods.name)
+    start, end = request.partition_key_range.start, request.partition_key_range.end
+    return keys[keys.index(start) : keys.index(end) + 1]
 
 
 def land(settings: Settings, key: str, sales: int = 1) -> None:
@@ -50,11 +61,13 @@ def test_new_unchanged_changed_and_restart(instance, settings):
     land(settings, "2024-01-01")
     land(settings, "2024-01-02")
     first = tick(instance, settings, None)
-    assert sorted(r.partition_key for r in first.run_requests) == ["2024-01-01", "2024-01-02"]
-    assert {r.tags["bi_pipeline/reason"] for r in first.run_requests} == {"new"}
+    # Two new periods at once: one run over both.
+    assert len(first.run_requests) == 1
+    assert requested_keys(instance, first.run_requests[0]) == ["2024-01-01", "2024-01-02"]
+    assert first.run_requests[0].tags["bi_pipeline/reason"] == "new"
     assert instance.get_dynamic_partitions(sales_periods.name) == ["2024-01-01", "2024-01-02"]
     keys = {r.run_key for r in first.run_requests}
-    assert all(k.startswith("sales/2024-01-0") and "@" in k for k in keys)
+    assert keys == {first.run_requests[0].run_key} and first.run_requests[0].run_key.startswith("sales/2024-01-01..")
 
     # Nothing new: nothing requested.
     second = tick(instance, settings, first.cursor)
@@ -67,6 +80,7 @@ def test_new_unchanged_changed_and_restart(instance, settings):
     third = tick(instance, settings, second.cursor)
     got = {r.partition_key: r.tags["bi_pipeline/reason"] for r in third.run_requests}
     assert got == {"2024-01-01": "changed", "2024-01-03": "new"}
+    assert third.run_requests[0].tags["bi_pipeline/file"] == "sales/2024-01-01.csv"
     assert not {r.run_key for r in third.run_requests} & keys  # new content, new run key
     assert instance.get_dynamic_partitions(sales_periods.name) == ["2024-01-01", "2024-01-02", "2024-01-03"]
 
@@ -77,19 +91,23 @@ def test_new_unchanged_changed_and_restart(instance, settings):
 
 def test_same_content_gives_the_same_run_key_so_dagster_deduplicates(instance, settings):
     land(settings, "2024-01-01")
+    land(settings, "2024-01-02")
     a = tick(instance, settings, None)
-    b = tick(instance, settings, None)  # cursor lost
-    assert [r.run_key for r in a.run_requests] == [r.run_key for r in b.run_requests]
+    b = tick(instance, settings, None)  # cursor lost, partitions known: one run per file now
+    land(settings, "2024-01-03")
+    c = tick(instance, settings, None)
+    a_keys, b_keys, c_keys = ({r.run_key for r in x.run_requests} for x in (a, b, c))
+    assert len(b_keys) == 2 and b_keys <= c_keys  # same content, same run key: Dagster launches it only once
+    assert len(a_keys) == 1 and not a_keys & b_keys
 
 
 def test_a_fresh_sensor_starts_from_what_was_ingested(instance, settings):
     land(settings, "2024-01-01")
     land(settings, "2024-01-02")
-    first = tick(instance, settings, None)
-    update_manifest(
-        settings.manifest_path,
-        {r.tags["bi_pipeline/file"]: r.tags["bi_pipeline/sha256"] for r in first.run_requests},
-    )
+    tick(instance, settings, None)
+    # What raw_sales records once it has read the files (e.g. in `bi-pipeline demo`).
+    ready = scan_sales_dir(settings.landing, settle_seconds=0).ready
+    update_manifest(settings.manifest_path, {f.relpath: f.sha256 for f in ready})
     land(settings, "2024-01-03")
     fresh = tick(instance, settings, None)
     assert [r.partition_key for r in fresh.run_requests] == ["2024-01-03"]

@@ -1,13 +1,16 @@
 """Collection: master data and the raw sales of each period, and the sensor that notices new or re-landed files."""
 
+import hashlib
 import json
 from datetime import date
 
 import dagster as dg
 import pandas as pd
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from bi_pipeline.contract import (
     ContractError,
+    LandedFile,
     infer_frequency,
     load_manifest,
     raw_frame,
@@ -93,6 +96,7 @@ def _check_result(check_name: str, outcome, file: str, severity=dg.AssetCheckSev
     metadata = {
         "rows": outcome.rows,
         "expectations": dg.MetadataValue.md(outcome.markdown()),
+        "results": dg.MetadataValue.json(outcome.as_records()),
         "unexpected_total": sum(o.unexpected_count for o in outcome.outcomes),
     }
     if outcome.data_docs:
@@ -159,6 +163,15 @@ def _nonempty(frame: pd.DataFrame) -> pd.DataFrame | None:
 CURSOR_VERSION = 1
 
 
+def _file_request(landed: LandedFile, reason: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        # Path and content: a re-landed file with new content is a new run, the same bytes never are.
+        run_key=f"{landed.relpath}@{landed.sha256[:16]}",
+        partition_key=landed.key,
+        tags={"bi_pipeline/file": landed.relpath, "bi_pipeline/sha256": landed.sha256, "bi_pipeline/reason": reason},
+    )
+
+
 @dg.sensor(
     name="landing_zone_sensor",
     description="Requests a run for each new or re-landed (changed) sales file in the landing zone.",
@@ -181,36 +194,45 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineR
     if scan.pending:
         context.log.info(f"waiting for {len(scan.pending)} file(s) still being written: {', '.join(scan.pending[:5])}")
     existing = set(context.instance.get_dynamic_partitions(sales_periods.name))
-    new_keys, requests = [], []
+    new_files: list[LandedFile] = []
+    requests: list[dg.RunRequest] = []
     for landed in scan.ready:
-        if seen.get(landed.relpath) == landed.sha256:
+        previous = seen.get(landed.relpath)
+        if previous == landed.sha256:
             continue
-        reason = "changed" if landed.relpath in seen else "new"
-        if landed.key not in existing:
-            new_keys.append(landed.key)
+        if landed.key in existing:  # a period ingested before: re-run just it
+            requests.append(_file_request(landed, "changed" if previous else "new"))
+        else:
+            new_files.append(landed)
+        seen[landed.relpath] = landed.sha256
+        warned.pop(landed.relpath, None)
+    changed = len(requests)
+    new_keys = sorted(f.key for f in new_files)
+    if len(new_files) == 1:
+        requests.append(_file_request(new_files[0], "new"))
+    elif new_files:
+        # Many new periods at once (first start, a bulk drop): one run over the range, not a run per file. New keys
+        # are appended to the partitions in date order, so the range holds exactly them.
+        content = hashlib.sha256("".join(f"{f.relpath}@{f.sha256};" for f in new_files).encode()).hexdigest()
         requests.append(
             dg.RunRequest(
-                # Path and content: a re-landed file with new content is a new run, the same bytes never are.
-                run_key=f"{landed.relpath}@{landed.sha256[:16]}",
-                partition_key=landed.key,
+                run_key=f"sales/{new_keys[0]}..{new_keys[-1]}@{content[:16]}",
                 tags={
-                    "bi_pipeline/file": landed.relpath,
-                    "bi_pipeline/sha256": landed.sha256,
-                    "bi_pipeline/reason": reason,
+                    ASSET_PARTITION_RANGE_START_TAG: new_keys[0],
+                    ASSET_PARTITION_RANGE_END_TAG: new_keys[-1],
+                    "bi_pipeline/files": str(len(new_files)),
+                    "bi_pipeline/reason": "new",
                 },
             )
         )
-        seen[landed.relpath] = landed.sha256
-        warned.pop(landed.relpath, None)
     cursor = json.dumps({"version": CURSOR_VERSION, "files": seen, "warned": warned}, sort_keys=True)
     if not requests:
         return dg.SensorResult(skip_reason="no new or changed sales files", cursor=cursor)
     context.log.info(
-        f"requesting {len(requests)} run(s): {sum(1 for r in requests if r.tags['bi_pipeline/reason'] == 'new')} new, "
-        f"{sum(1 for r in requests if r.tags['bi_pipeline/reason'] == 'changed')} changed"
+        f"requesting {len(requests)} run(s) for {len(new_files)} new period(s) and {changed} re-landed file(s)"
     )
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[sales_periods.build_add_request(sorted(set(new_keys)))] if new_keys else [],
+        dynamic_partitions_requests=[sales_periods.build_add_request(new_keys)] if new_keys else [],
         cursor=cursor,
     )

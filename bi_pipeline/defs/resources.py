@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from pathlib import Path
@@ -28,30 +29,12 @@ class PipelineResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineResource:
-        return cls(
-            home=str(settings.home),
-            landing=str(settings.landing),
-            frequency=settings.frequency,
-            allow_returns=settings.allow_returns,
-            max_bad_row_rate=settings.max_bad_row_rate,
-            price_min=settings.price_min,
-            price_max=settings.price_max,
-            implicit_zeros=settings.implicit_zeros,
-            settle_seconds=settings.settle_seconds,
-        )
+        values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+        return cls(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
 
     def settings(self) -> Settings:
-        return Settings(
-            home=Path(self.home),
-            landing=Path(self.landing),
-            frequency=self.frequency,
-            allow_returns=self.allow_returns,
-            max_bad_row_rate=self.max_bad_row_rate,
-            price_min=self.price_min,
-            price_max=self.price_max,
-            implicit_zeros=self.implicit_zeros,
-            settle_seconds=self.settle_seconds,
-        )
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
+        return Settings(**{**values, "home": Path(self.home), "landing": Path(self.landing)})
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):

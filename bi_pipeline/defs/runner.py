@@ -67,6 +67,7 @@ def run_pipeline(
     for event in result.get_asset_check_evaluations():
         summary.checks[f"{event.asset_key.to_user_string()}:{event.check_name}"] = {
             "passed": event.passed,
+            "severity": event.severity.value,
             "description": event.description,
         }
     if not result.success:

@@ -1,0 +1,87 @@
+"""The bi-pipeline command end to end on small generated data."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from bi_pipeline.bench import bench_ingest, split_series
+from bi_pipeline.cli import main
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("BI_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("BI_PIPELINE_LANDING", raising=False)
+    monkeypatch.setenv("BI_PIPELINE_MAX_BAD_ROW_RATE", "0.2")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return tmp_path / "home"
+
+
+def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, capsys):
+    code = main(["demo", "--stores", "2", "--items", "6", "--periods", "20", "--defects", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "quarantine matches the injected defects: True" in out
+    assert "integrated_sales" in out and "check clean_sales:clean_sales_expectations" in out
+    # The run is in the persistent instance under the home, where `make ui` will show it.
+    assert (home / "dagster" / "dagster.yaml").exists()
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].is_success
+        assert len(instance.get_dynamic_partitions("sales_periods")) == 20
+    assert (home / "assets" / "integrated_sales.parquet").exists()
+    assert (home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
+
+
+def test_generate_and_import_csv_commands(tmp_path, capsys):
+    landing = tmp_path / "landing"
+    assert main(["generate", "--landing", str(landing), "--stores", "2", "--items", "6", "--periods", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sales_files"] == 8 and (landing / "generation_report.json").exists()
+
+    export = tmp_path / "export.csv"
+    export.write_text("d,s,v,h\n01/02/2024,A,1,0\n08/02/2024,A,2,1\n")
+    code = main(
+        [
+            "import-csv",
+            str(export),
+            "--to",
+            str(tmp_path / "imported"),
+            "--date",
+            "d",
+            "--store",
+            "s",
+            "--sales",
+            "v",
+            "--date-format",
+            "%d/%m/%Y",
+            "--covariates",
+            "h",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["frequency"], result["periods"], result["items"]) == ("W", 2, 1)
+    assert sorted(p.name for p in (tmp_path / "imported" / "sales").iterdir()) == ["2024-02-01.csv", "2024-02-08.csv"]
+
+
+def test_import_csv_reports_a_missing_column_clearly(tmp_path, capsys):
+    export = tmp_path / "export.csv"
+    export.write_text("d,s,v\n2024-01-01,A,1\n")
+    code = main(
+        ["import-csv", str(export), "--to", str(tmp_path / "l"), "--date", "d", "--store", "shop", "--sales", "v"]
+    )
+    assert code == 2
+    assert "export.csv: column(s) shop not found" in capsys.readouterr().err
+
+
+def test_bench_ingest_reports_every_stage(tmp_path):
+    result = bench_ingest(series=12, periods=30, frequency="W", workdir=tmp_path / "bench")
+    assert result["quarantine_matches_injected"] is True
+    assert set(result["seconds"]) == {"generate", "collect", "validate", "clean", "integrate"}
+    assert result["rows"] > 0 and result["peak_rss_mb"] > 0
+    assert result["gx_rows_validated"]["raw"] == result["rows"] - 3  # malformed lines never reach GX
+    assert split_series(30490) == (10, 3049)
