@@ -143,6 +143,7 @@ def bench_ingest(
         items=items_df,
         calendar=calendar_df,
         quarantined=quarantine,
+        release=True,
     )
     timings["integrate"] = time.perf_counter() - t
     timings.update({"collect": collect, "validate": validate, "clean": clean})
