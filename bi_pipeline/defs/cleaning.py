@@ -4,7 +4,8 @@ import dagster as dg
 import pandas as pd
 
 from bi_pipeline.contract import empty_quarantine, split_raw
-from bi_pipeline.defs.collection import _check_result, _nonempty, partition_frequency, sales_periods
+from bi_pipeline.defs.checks import gx_check_result, master_or_none
+from bi_pipeline.defs.collection import partition_frequency, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.expectations import Validator, batch_validation_frames, validate_sales
 from bi_pipeline.quality import clean_batch, known_ids, summarize_rejections
@@ -55,8 +56,8 @@ def clean_sales(
 ):
     settings = pipeline.settings()
     frequency = partition_frequency(context, pipeline)
-    known_stores = known_ids(_nonempty(stores), "store_id")
-    known_items = known_ids(_nonempty(items), "item_id")
+    known_stores = known_ids(master_or_none(stores), "store_id")
+    known_items = known_ids(master_or_none(items), "item_id")
     batch = {}
     for key in context.partition_keys:
         raw = raw_sales.get(key)
@@ -102,7 +103,7 @@ def clean_sales(
     files = ", ".join(f"sales/{k}" for k in list(results)[:5]) + (" ..." if len(results) > 5 else "")
     # Before the rules: GX's count of each defect in the rows as landed (a warning, the quarantine holds them).
     landed_outcome = validate_sales(validator, "landed_sales", landed, settings)
-    yield _check_result(
+    yield gx_check_result(
         "landed_rows_expectations",
         landed_outcome,
         files,
@@ -111,7 +112,7 @@ def clean_sales(
     )
     # After the rules: the gate. Every expectation must hold on what goes downstream.
     outcome = validate_sales(validator, "clean_sales", kept, settings)
-    yield _check_result("clean_sales_expectations", outcome, files, asset_key=dg.AssetKey("clean_sales"))
+    yield gx_check_result("clean_sales_expectations", outcome, files, asset_key=dg.AssetKey("clean_sales"))
 
     rejected = summarize_rejections(results, settings.max_bad_row_rate)
     rates = {k: round(r.bad_row_rate, 4) for k, r in results.items()}

@@ -19,6 +19,7 @@ from bi_pipeline.contract import (
     scan_sales_dir,
     update_manifest,
 )
+from bi_pipeline.defs.checks import gx_check_result
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.expectations import (
     Validator,
@@ -74,7 +75,7 @@ def _master_asset(name: str, key: str, description: str):
         spec = calendar_suite_spec("store_id" in frame.columns) if name == "calendar" else master_suite_spec(key)
         check_frame = frame.replace({"": None})
         outcome = Validator(settings.gx_dir).run(name, check_frame, spec)
-        yield _check_result(check_name, outcome, f"{name}.csv")
+        yield gx_check_result(check_name, outcome, f"{name}.csv")
 
     return _asset
 
@@ -84,31 +85,6 @@ items = _master_asset("items", "item_id", "Item master data from items.csv (abse
 calendar = _master_asset(
     "calendar", "date", "Known-in-advance covariates from calendar.csv (store_id rows: store-specific)."
 )
-
-
-def _check_result(check_name: str, outcome, file: str, severity=dg.AssetCheckSeverity.ERROR, asset_key=None):
-    failed = outcome.failed()
-    description = (
-        f"all {len(outcome.outcomes)} expectations met on {outcome.rows} rows"
-        if outcome.success
-        else f"{file}: " + "; ".join(f"{o.expectation}({o.column}): {o.unexpected_count} unexpected" for o in failed)
-    )
-    metadata = {
-        "rows": outcome.rows,
-        "expectations": dg.MetadataValue.md(outcome.markdown()),
-        "results": dg.MetadataValue.json(outcome.as_records()),
-        "unexpected_total": sum(o.unexpected_count for o in outcome.outcomes),
-    }
-    if outcome.data_docs:
-        metadata["data_docs"] = dg.MetadataValue.url(f"file://{outcome.data_docs}")
-    return dg.AssetCheckResult(
-        check_name=check_name,
-        asset_key=asset_key,
-        passed=bool(outcome.success),
-        severity=severity,
-        description=description,
-        metadata=metadata,
-    )
 
 
 @dg.asset(
@@ -153,11 +129,6 @@ def raw_sales(context: dg.AssetExecutionContext, pipeline: PipelineResource):
             ),
         },
     )
-
-
-def _nonempty(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """Master data as the rules see it: an absent (empty) file means no id rule."""
-    return frame if frame is not None and len(frame) else None
 
 
 CURSOR_VERSION = 1

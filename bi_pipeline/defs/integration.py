@@ -3,7 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from bi_pipeline.defs.collection import _nonempty, partition_frequency
+from bi_pipeline.defs.checks import master_or_none
+from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.integration import integrate
 
@@ -31,9 +32,9 @@ def integrated_sales(
         [clean_sales[k] for k in sorted(clean_sales)],
         frequency=frequency,
         periods=sorted(clean_sales),
-        stores=_nonempty(stores),
-        items=_nonempty(items),
-        calendar=_nonempty(calendar),
+        stores=master_or_none(stores),
+        items=master_or_none(items),
+        calendar=master_or_none(calendar),
         quarantined=quarantine,
         implicit_zeros=settings.implicit_zeros,
     )

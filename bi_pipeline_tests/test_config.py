@@ -1,0 +1,56 @@
+"""Settings come from the environment in one place, and every piece of state lives under the home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bi_pipeline.config import Settings, prepare_dagster_home
+from bi_pipeline.defs.resources import PipelineResource
+
+
+def test_settings_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BI_PIPELINE_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("BI_PIPELINE_LANDING", raising=False)
+    monkeypatch.setenv("BI_PIPELINE_FREQUENCY", "W")
+    monkeypatch.setenv("BI_PIPELINE_ALLOW_RETURNS", "yes")
+    monkeypatch.setenv("BI_PIPELINE_MAX_BAD_ROW_RATE", "0.1")
+    settings = Settings.from_env()
+    assert settings.landing == tmp_path / "h" / "landing"
+    assert (settings.frequency, settings.allow_returns, settings.max_bad_row_rate) == ("W", True, 0.1)
+    for path in (settings.dagster_home, settings.asset_dir, settings.gx_dir, settings.manifest_path):
+        assert path.is_relative_to(settings.home)
+    assert settings.mlflow_uri == f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"
+    monkeypatch.setenv("BI_PIPELINE_LANDING", str(tmp_path / "drop"))
+    assert Settings.from_env().landing == tmp_path / "drop"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BI_PIPELINE_MAX_BAD_ROW_RATE", "lots", "is not a number"),
+        ("BI_PIPELINE_MAX_BAD_ROW_RATE", "2", "within"),
+        ("BI_PIPELINE_FREQUENCY", "Q", "frequency must be one of"),
+    ],
+)
+def test_bad_settings_are_named(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env()
+
+
+def test_resource_round_trips_every_setting(tmp_path):
+    settings = Settings(home=tmp_path, landing=tmp_path / "l", frequency="M", implicit_zeros=True, price_max=5.0)
+    assert PipelineResource.from_settings(settings).settings() == settings
+
+
+def test_dagster_home_gets_the_project_config_and_keeps_user_edits(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    settings = Settings(home=tmp_path, landing=tmp_path / "landing")
+    home = prepare_dagster_home(settings)
+    config = home / "dagster.yaml"
+    assert config.read_text() == (Path(__file__).resolve().parents[1] / "dagster.yaml").read_text()
+    config.write_text("storage:\n  postgres: {}\n")  # a production edit
+    prepare_dagster_home(settings)
+    assert config.read_text() == "storage:\n  postgres: {}\n"
