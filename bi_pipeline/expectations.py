@@ -141,6 +141,10 @@ def sales_suite_spec(
     columns = list(VALIDATION_COLUMNS) + ["store_in_master"] * known_stores + ["item_in_master"] * known_items
     spec: list[tuple[str, dict[str, Any]]] = [
         ("ExpectTableColumnsToMatchSet", {"column_set": columns, "exact_match": True}),
+        # Types of the typed view (a column-level check, no pass over the rows).
+        ("ExpectColumnValuesToBeOfType", {"column": "date", "type_": "datetime64[ns]"}),
+        ("ExpectColumnValuesToBeOfType", {"column": "sales", "type_": "float64"}),
+        ("ExpectColumnValuesToBeOfType", {"column": "price", "type_": "float64"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "date"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "store_id"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "item_id"}),

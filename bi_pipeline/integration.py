@@ -58,7 +58,7 @@ def _codes(values: pd.Series, categories: pd.Index, cache: dict) -> np.ndarray:
         last = cache.get("categories")
         if last is None or not (len(last) == len(own) and last.equals(own)):
             cache["categories"], cache["mapping"] = own, categories.get_indexer(own.astype(str))
-        return cache["mapping"][values.cat.codes.to_numpy()]
+        return cache["mapping"][values.array.codes]
     return categories.get_indexer(values.astype(str))
 
 

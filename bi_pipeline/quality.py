@@ -339,9 +339,9 @@ def clean_batch(
     for i, key in enumerate(keys):
         lo, hi = kept_before[bounds[i]], kept_before[bounds[i + 1]]
         issues = batch[key][1]
-        parts = [
-            q for q in (issues, row_quarantine.iloc[bad_bounds[i] : bad_bounds[i + 1]]) if q is not None and len(q)
-        ]
+        parts = [issues] if issues is not None and len(issues) else []
+        if bad_bounds[i] < bad_bounds[i + 1]:
+            parts.append(row_quarantine.iloc[bad_bounds[i] : bad_bounds[i + 1]])
         quarantine = (
             (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True))
             if parts
