@@ -17,6 +17,11 @@ ingest_job = dg.define_asset_job(
     selection=INGEST_SELECTION,
     description="Master data, then collection and validated cleaning of the requested periods.",
 )
+integrate_job = dg.define_asset_job(
+    "integrate_job",
+    selection=dg.AssetSelection.assets(integrated_sales),
+    description="The integrated view from every ingested period.",
+)
 pipeline_job = dg.define_asset_job(
     "pipeline_job",
     selection=dg.AssetSelection.all(),
@@ -28,7 +33,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
         assets=[stores, items, calendar, raw_sales, clean_sales, integrated_sales],
-        jobs=[ingest_job, pipeline_job],
+        jobs=[ingest_job, integrate_job, pipeline_job],
         sensors=[landing_zone_sensor],
         resources={
             "pipeline": PipelineResource.from_settings(settings),

@@ -28,27 +28,14 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from bi_pipeline.quality import DUPLICATE_RULES, ROW_RULES
+
 FREQUENCIES = ("D", "W", "M")
 FORMATS = ("csv", "parquet")
 SALES_COLUMNS = ("date", "store_id", "item_id", "sales", "price", "promo")
 
 # Every row reason code the cleaner knows, in its priority order (malformed lines are set aside on reading).
-REASON_CODES = (
-    "malformed_row",
-    "missing_key",
-    "unparseable_date",
-    "date_outside_period",
-    "sales_missing",
-    "sales_not_numeric",
-    "sales_negative",
-    "unknown_store",
-    "unknown_item",
-    "price_not_numeric",
-    "price_out_of_range",
-    "promo_not_numeric",
-    "duplicate_exact",
-    "duplicate_conflict",
-)
+REASON_CODES = ("malformed_row", *ROW_RULES, *DUPLICATE_RULES)
 # Defects applied to one chosen row each (duplicates append one extra line after their source row).
 ROW_DEFECTS = (
     "duplicate_exact",

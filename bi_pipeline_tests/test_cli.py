@@ -36,6 +36,20 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert (home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 
+def test_long_histories_run_in_ranges_then_one_integration(home, capsys, monkeypatch):
+    import bi_pipeline.defs.collection as collection
+
+    monkeypatch.setattr(collection, "PERIODS_PER_RUN", 8)
+    code = main(["demo", "--stores", "2", "--items", "6", "--periods", "20", "--defects", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "quarantine matches the injected defects: True" in out
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = sorted(instance.get_runs(), key=lambda r: r.create_timestamp if hasattr(r, "create_timestamp") else 0)
+        assert sorted(r.job_name for r in runs) == ["ingest_job"] * 3 + ["integrate_job"]
+        assert all(r.is_success for r in runs)
+
+
 def test_generate_and_import_csv_commands(tmp_path, capsys):
     landing = tmp_path / "landing"
     assert main(["generate", "--landing", str(landing), "--stores", "2", "--items", "6", "--periods", "8"]) == 0

@@ -134,3 +134,14 @@ def test_missing_landing_zone_is_not_an_error(instance, tmp_path):
     settings = Settings(home=tmp_path / "home", landing=tmp_path / "nowhere")
     data = tick(instance, settings, None)
     assert not data.run_requests
+
+
+def test_a_bulk_drop_is_split_into_ranges_covering_each_period_once(instance, settings, monkeypatch):
+    import bi_pipeline.defs.collection as collection
+
+    monkeypatch.setattr(collection, "PERIODS_PER_RUN", 2)
+    for day in range(1, 6):
+        land(settings, f"2024-03-0{day}")
+    data = tick(instance, settings, None)
+    covered = [requested_keys(instance, r) for r in data.run_requests]
+    assert covered == [["2024-03-01", "2024-03-02"], ["2024-03-03", "2024-03-04"], ["2024-03-05"]]

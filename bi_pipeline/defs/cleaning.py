@@ -5,7 +5,7 @@ import pandas as pd
 
 from bi_pipeline.contract import empty_quarantine, split_raw
 from bi_pipeline.defs.checks import gx_check_result, master_or_none
-from bi_pipeline.defs.collection import partition_frequency, sales_periods
+from bi_pipeline.defs.collection import BACKFILL_POLICY, partition_frequency, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.expectations import Validator, batch_validation_frames, validate_sales
 from bi_pipeline.quality import clean_batch, known_ids, summarize_rejections
@@ -25,7 +25,7 @@ GROUP = "cleaning"
         ),
     },
     partitions_def=sales_periods,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=BACKFILL_POLICY,
     group_name=GROUP,
     check_specs=[
         dg.AssetCheckSpec(

@@ -12,7 +12,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from bi_pipeline.config import Settings, prepare_dagster_home
 from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.definitions import build_defs
-from bi_pipeline.defs.collection import sales_periods
+from bi_pipeline.defs.collection import chunks, sales_periods
 
 
 @dataclass
@@ -41,12 +41,9 @@ def _plain(value) -> object:
     return inner if isinstance(inner, (int, float, str, bool, dict, list)) or inner is None else str(inner)
 
 
-def run_pipeline(
-    settings: Settings,
-    instance: dg.DagsterInstance | None = None,
-    job_name: str = "pipeline_job",
-    log_level: str = "INFO",
-) -> RunSummary:
+def run_pipeline(settings: Settings, instance: dg.DagsterInstance | None = None, log_level: str = "INFO") -> RunSummary:
+    """Every stage over every landed period: one run when the history fits in one (``PERIODS_PER_RUN``), otherwise
+    an ingest run per range of periods and then one run for the integrated view."""
     prepare_dagster_home(settings)
     instance = instance or dg.DagsterInstance.get()
     keys, rejected = register_periods(instance, settings)
@@ -54,26 +51,61 @@ def run_pipeline(
         raise SystemExit(
             f"no sales files in {settings.landing / 'sales'}: run `bi-pipeline generate` or land files first"
         )
-    job = build_defs(settings).resolve_job_def(job_name)
-    # Partition order is the order periods were added; the range covers every one of them.
-    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    defs = build_defs(settings)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False)
-    summary = RunSummary(success=result.success, run_id=result.run_id, partitions=len(keys), rejected_files=rejected)
+    summary = RunSummary(success=True, run_id="", partitions=len(keys), rejected_files=rejected)
+    # Partition order is the order periods were added; each range covers consecutive ones.
+    ranges = chunks(keys)
+    plan = [("pipeline_job", ranges[0])] if len(ranges) == 1 else [("ingest_job", r) for r in ranges]
+    if len(ranges) > 1:
+        plan.append(("integrate_job", []))
+    for job_name, part in plan:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: part[0], ASSET_PARTITION_RANGE_END_TAG: part[-1]} if part else {}
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, tags=tags, run_config=run_config, raise_on_error=False
+        )
+        summary.run_id = result.run_id if not summary.run_id else f"{summary.run_id}, {result.run_id}"
+        _collect(summary, result)
+        if not result.success:
+            summary.success = False
+            break
+    return summary
+
+
+def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
+    """Fold one run's materializations, checks and failures into the summary (counts add up across runs)."""
+    latest: dict[str, dict] = {}  # a multi-period run reports the same run-level metadata for each period
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
-        name = materialization.asset_key.to_user_string()
-        summary.materialized[name] = {k: _plain(v) for k, v in materialization.metadata.items()}
+        latest[materialization.asset_key.to_user_string()] = {
+            k: _plain(v) for k, v in materialization.metadata.items()
+        }
+    for name, metadata in latest.items():
+        previous = summary.materialized.get(name)
+        if previous is not None:
+            for key in ("rows", "partitions"):
+                if isinstance(metadata.get(key), int) and isinstance(previous.get(key), int):
+                    metadata[key] += previous[key]
+            if isinstance(metadata.get("by_reason"), dict) and isinstance(previous.get("by_reason"), dict):
+                merged = dict(previous["by_reason"])
+                for reason, count in metadata["by_reason"].items():
+                    merged[reason] = merged.get(reason, 0) + count
+                metadata["by_reason"] = dict(sorted(merged.items()))
+        summary.materialized[name] = metadata
     for event in result.get_asset_check_evaluations():
-        summary.checks[f"{event.asset_key.to_user_string()}:{event.check_name}"] = {
+        name = f"{event.asset_key.to_user_string()}:{event.check_name}"
+        previous = summary.checks.get(name)
+        if previous is not None and not previous["passed"]:
+            continue  # keep the first failure
+        summary.checks[name] = {
             "passed": event.passed,
             "severity": event.severity.value,
             "description": event.description,
         }
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
-        summary.error = "; ".join(
+        error = "; ".join(
             f"{e.step_key}: {e.step_failure_data.error.message.strip() if e.step_failure_data.error else ''}"
             for e in failures
         )
-    return summary
+        summary.error = f"{summary.error}; {error}" if summary.error else error
