@@ -192,7 +192,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         frequency=args.frequency,
         workdir=Path(args.workdir) if args.workdir else None,
         keep=args.keep,
-        gx_sample_rows=args.gx_rows,
+        gx_landed_max_rows=args.gx_landed_max_rows,
         progress=_progress,
     )
     text = json.dumps(result, indent=2)
@@ -251,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--out", help="write the JSON here too")
     ingest.add_argument("--workdir", help="where to generate (default: a temporary directory)")
     ingest.add_argument("--keep", action="store_true", help="keep the generated landing zone")
-    ingest.add_argument("--gx-rows", type=int, default=0, help="validate only this many rows with GX (0: all rows)")
+    ingest.add_argument(
+        "--gx-landed-max-rows",
+        type=int,
+        help="GX-validate the landed rows of chunks up to this size (default: BI_PIPELINE_GX_LANDED_MAX_ROWS)",
+    )
     ingest.set_defaults(func=cmd_bench_ingest)
     return parser
 

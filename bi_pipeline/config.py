@@ -48,6 +48,9 @@ class Settings:
     implicit_zeros: bool = False
     # Files modified more recently than this are assumed to be still being written.
     settle_seconds: float = 2.0
+    # GX also validates the rows as landed (a warning check) for runs up to this many rows; bigger runs (backfills)
+    # report the rules' counts there instead, since each GX suite costs about a second per million rows.
+    gx_landed_max_rows: int = 500_000
 
     def __post_init__(self) -> None:
         if self.frequency is not None and self.frequency not in FREQUENCIES:
@@ -70,6 +73,7 @@ class Settings:
             price_max=_env_float("BI_PIPELINE_PRICE_MAX", 100_000.0),
             implicit_zeros=_env_bool("BI_PIPELINE_IMPLICIT_ZEROS", False),
             settle_seconds=_env_float("BI_PIPELINE_SETTLE_SECONDS", 2.0),
+            gx_landed_max_rows=int(_env_float("BI_PIPELINE_GX_LANDED_MAX_ROWS", 500_000)),
         )
         return replace(settings, **overrides) if overrides else settings
 

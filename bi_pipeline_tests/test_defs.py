@@ -153,3 +153,23 @@ def test_unreadable_file_fails_its_partition_with_a_named_error(tmp_path):
             ["sales/2024-01-02.csv", 1, "missing_columns"]
         ]
         assert (settings.landing / "sales" / "2024-01-02.csv").read_text().startswith("day,shop")
+
+
+def test_big_runs_count_landed_defects_with_the_rules_and_still_gate_with_gx(tmp_path):
+    settings = Settings(
+        home=tmp_path / "home",
+        landing=tmp_path / "landing",
+        settle_seconds=0,
+        max_bad_row_rate=0.2,
+        gx_landed_max_rows=0,
+    )
+    report = generate(settings.landing, GenerationSpec(stores=2, items=8, periods=12, frequency="W", defects=1))
+    with dg.instance_for_test() as instance:
+        result = materialize_all(settings, instance)
+        evaluations = checks(result)
+        landed = evaluations["landed_rows_expectations"]
+        assert landed.metadata["validated_by"].value == "rules"
+        assert landed.metadata["by_reason"].value == {k: v for k, v in report.expected_quarantine.items() if v}
+        assert "counted by the rules, not GX" in landed.description
+        assert evaluations["clean_sales_expectations"].passed
+        assert evaluations["clean_sales_expectations"].metadata["rows"].value == report.valid_rows

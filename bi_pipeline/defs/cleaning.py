@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from bi_pipeline.contract import empty_quarantine, split_raw
-from bi_pipeline.defs.checks import gx_check_result, master_or_none
+from bi_pipeline.defs.checks import gx_check_result, master_or_none, rules_check_result
 from bi_pipeline.defs.collection import BACKFILL_POLICY, partition_frequency, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.expectations import Validator, batch_validation_frames, validate_sales
@@ -102,14 +102,19 @@ def clean_sales(
     validator = Validator(settings.gx_dir)
     files = ", ".join(f"sales/{k}" for k in list(results)[:5]) + (" ..." if len(results) > 5 else "")
     # Before the rules: GX's count of each defect in the rows as landed (a warning, the quarantine holds them).
-    landed_outcome = validate_sales(validator, "landed_sales", landed, settings)
-    yield gx_check_result(
-        "landed_rows_expectations",
-        landed_outcome,
-        files,
-        severity=dg.AssetCheckSeverity.WARN,
-        asset_key=dg.AssetKey("clean_sales"),
-    )
+    if len(landed) <= settings.gx_landed_max_rows:
+        landed_result = gx_check_result(
+            "landed_rows_expectations",
+            validate_sales(validator, "landed_sales", landed, settings),
+            files,
+            severity=dg.AssetCheckSeverity.WARN,
+            asset_key=dg.AssetKey("clean_sales"),
+        )
+    else:
+        landed_result = rules_check_result(
+            "landed_rows_expectations", reason_totals, len(landed), settings.gx_landed_max_rows
+        )
+    yield landed_result
     # After the rules: the gate. Every expectation must hold on what goes downstream.
     outcome = validate_sales(validator, "clean_sales", kept, settings)
     yield gx_check_result("clean_sales_expectations", outcome, files, asset_key=dg.AssetKey("clean_sales"))

@@ -26,6 +26,7 @@ class PipelineResource(dg.ConfigurableResource):
     price_max: float = 100_000.0
     implicit_zeros: bool = False
     settle_seconds: float = 2.0
+    gx_landed_max_rows: int = 500_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineResource:

@@ -77,9 +77,7 @@ def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
     latest: dict[str, dict] = {}  # a multi-period run reports the same run-level metadata for each period
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
-        latest[materialization.asset_key.to_user_string()] = {
-            k: _plain(v) for k, v in materialization.metadata.items()
-        }
+        latest[materialization.asset_key.to_user_string()] = {k: _plain(v) for k, v in materialization.metadata.items()}
     for name, metadata in latest.items():
         previous = summary.materialized.get(name)
         if previous is not None:
