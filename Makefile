@@ -32,7 +32,7 @@ test: install  ## lint, then the test suite
 	$(BIN)/python -m pytest -q
 
 bench: install  ## ingestion benchmark at 1M rows (see README for M5 scale)
-	$(BIN)/bi-pipeline bench ingest --series 1000 --periods 1000 --out bench_ingest_1m.json
+	$(BIN)/bi-pipeline bench ingest --series 10000 --periods 100 --out bench_ingest_1m.json
 
 clean:
 	rm -rf $(BI_PIPELINE_HOME)

@@ -25,7 +25,6 @@ from bi_pipeline.contract import (
     SALES_REQUIRED,
     SOURCE_COLUMNS,
     empty_quarantine,
-    quarantine_frame,
 )
 
 # Priority order: a row failing several rules is quarantined under the first.
@@ -89,23 +88,12 @@ _ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ].*)?$"
 
 def text_array(series: pd.Series) -> pa.Array:
     """The column as an Arrow string array, trimmed, nulls as empty strings (Arrow kernels: no Python loop)."""
-    values = series.array
-    if hasattr(values, "__arrow_array__") and pa.types.is_string(getattr(series.dtype, "pyarrow_dtype", pa.string())):
-        array = values.__arrow_array__()
-    else:
-        array = pa.array(
-            series.astype(object).where(series.notna(), None).to_numpy(), type=pa.string(), from_pandas=True
-        )
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if not pa.types.is_string(array.type):
-        array = pc.cast(array, pa.string())
-    return pc.utf8_trim_whitespace(array.fill_null(""))
+    return pc.utf8_trim_whitespace(_concat_text([series.to_frame(name="text")], "text"))
 
 
 def _concat_text(frames: list[pd.DataFrame], column: str) -> pa.Array:
     """One column of many frames as one Arrow string array (nulls as empty strings; absent column: empty)."""
-    chunks = []
+    chunks: list[pa.Array] = []
     for frame in frames:
         if column in frame.columns:
             values = frame[column].array
@@ -113,14 +101,20 @@ def _concat_text(frames: list[pd.DataFrame], column: str) -> pa.Array:
                 chunk = values.__arrow_array__()
             else:
                 chunk = pa.array(np.asarray(values, dtype=object), from_pandas=True)
-            if chunk.type != pa.string():
-                chunk = chunk.cast(pa.string())
         else:
             chunk = pa.nulls(len(frame), type=pa.string())
         chunks.extend(chunk.chunks if isinstance(chunk, pa.ChunkedArray) else [chunk])
     if not chunks:
         return pa.array([], type=pa.string())
-    return pa.chunked_array(chunks, type=pa.string()).combine_chunks().fill_null("")
+    # One cast for the whole column rather than one per period (pandas may hand over large_string or nulls).
+    kinds = {c.type for c in chunks}
+    target = next(iter(kinds)) if len(kinds) == 1 else pa.large_string()
+    if len(kinds) > 1:
+        chunks = [c.cast(target) for c in chunks]
+    combined = pa.chunked_array(chunks, type=target).combine_chunks()
+    if combined.type != pa.string():
+        combined = combined.cast(pa.string())
+    return combined.fill_null("")
 
 
 def _concat_categorical(frames: list[pd.DataFrame], column: str) -> pd.Categorical:
@@ -128,12 +122,14 @@ def _concat_categorical(frames: list[pd.DataFrame], column: str) -> pd.Categoric
     categories: dict[str, int] = {}
     codes = []
     for frame in frames:
-        values = (
-            frame[column] if isinstance(frame[column].dtype, pd.CategoricalDtype) else frame[column].astype("category")
+        values = frame[column].array
+        if not isinstance(values, pd.Categorical):
+            values = pd.Categorical(np.asarray(values, dtype=object))
+        mapping = np.array([categories.setdefault(str(c), len(categories)) for c in values.categories] or [0])
+        own = values.codes
+        codes.append(
+            mapping[own] if len(mapping) == 1 or own.min(initial=0) >= 0 else np.where(own < 0, -1, mapping[own])
         )
-        mapping = np.array([categories.setdefault(str(c), len(categories)) for c in values.cat.categories] or [0])
-        own = values.cat.codes.to_numpy()
-        codes.append(np.where(own < 0, -1, mapping[np.maximum(own, 0)]))
     all_codes = np.concatenate(codes) if codes else np.array([], dtype=np.int64)
     return pd.Categorical.from_codes(all_codes, categories=list(categories))
 
@@ -316,19 +312,21 @@ def clean_batch(
     clean["source_row"] = source_row[ok]
 
     bad = np.flatnonzero(~ok)
-    row_quarantine = quarantine_frame(
-        [
-            {
-                "period": str(period[i]),
-                "source_file": str(source_file[i]),
-                "source_row": int(source_row[i]),
-                "reason": _CODES[reason[i]],
-                "detail": REASONS[_CODES[reason[i]]],
-                # Exactly as landed, whitespace included.
-                **{c: landed[c][int(i)].as_py() for c in text},
-            }
-            for i in bad
-        ]
+    # Built column-wise: a file in the wrong date format can send a million rows here at once.
+    text_type = pd.StringDtype()
+    bad_codes = reason[bad]
+    row_quarantine = pd.DataFrame(
+        {
+            "period": pd.array(np.datetime_as_string(period[bad], unit="D"), dtype=text_type),
+            "source_file": pd.array(np.asarray(source_file.take(bad), dtype=object), dtype=text_type),
+            "source_row": source_row[bad].astype(np.int64),
+            "reason": pd.array(np.array(_CODES, dtype=object)[bad_codes], dtype=text_type),
+            "detail": pd.array(
+                np.array([REASONS.get(c, "") for c in _CODES], dtype=object)[bad_codes], dtype=text_type
+            ),
+            # Exactly as landed, whitespace included.
+            **{c: pd.array(landed[c].take(pa.array(bad, type=pa.int64())).to_pylist(), dtype=text_type) for c in text},
+        }
     )
 
     # Split back into periods: rows were concatenated period by period, so each period is one contiguous block.
@@ -376,10 +374,6 @@ def clean_period(
 ) -> CleanResult:
     """The rules for one period's raw text rows; ``issues`` are lines the reader already set aside."""
     return clean_periods({period: (raw, issues)}, frequency, settings, known_stores, known_items)[period]
-
-
-def clean_columns() -> list[str]:
-    return ["period", "date", "store_id", "item_id", "sales", "price", "promo", "source_file", "source_row"]
 
 
 def known_ids(master: pd.DataFrame | None, key: str) -> set[str] | None:
