@@ -331,6 +331,8 @@ def clean_batch(
 
     # Split back into periods: rows were concatenated period by period, so each period is one contiguous block.
     bounds = np.concatenate(([0], np.cumsum(sizes)))
+    # One shared empty quarantine for the (many) periods with nothing set aside; nothing downstream mutates it.
+    empty = empty_quarantine()
     kept_before = np.concatenate(([0], np.cumsum(ok)))
     bad_bounds = np.searchsorted(bad, bounds)
     results: dict[str, CleanResult] = {}
@@ -343,7 +345,7 @@ def clean_batch(
         quarantine = (
             (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True))
             if parts
-            else empty_quarantine()
+            else empty
         )
         if len(parts) > 1:
             quarantine = quarantine.sort_values("source_row", kind="stable").reset_index(drop=True)
