@@ -92,13 +92,15 @@ def test_unreadable_files_get_a_clear_error_naming_file_row_and_rule(settings, b
     assert digest(path) == before
 
 
-def test_unterminated_quote_is_a_named_error(settings):
-    path = write_sales(settings.landing, "2024-01-01", HEADER + '2024-01-01,"S1,I1,3,1,0\n')
+def test_unterminated_quote_is_quarantined_with_everything_it_swallowed(settings):
+    path = write_sales(settings.landing, "2024-01-01", HEADER + '2024-01-01,"S1,I1,3,1,0\n2024-01-01,S2,I1,3,1,0\n')
+    before = digest(path)
     read = read_period(settings.landing, "2024-01-01")
-    assert len(read.rows) + len(read.issues) >= 1
-    assert path.exists()
-    if len(read.issues):
-        assert read.issues["source_file"].iloc[0] == "sales/2024-01-01.csv"
+    # The open quote runs to the end of the file: one malformed record from line 2, its text kept whole.
+    assert read.rows.empty
+    assert read.issues[["source_row", "reason"]].values.tolist() == [[2, "malformed_row"]]
+    assert '"S1,I1,3,1,0\n2024-01-01,S2,I1,3,1,0' in read.issues["detail"].iloc[0]
+    assert digest(path) == before
 
 
 def test_parquet_sales_files_are_read_as_text(settings):
