@@ -1,0 +1,158 @@
+"""Strong baselines from well-kept libraries, on the integrated history (no Dagster).
+
+- seasonal naive and AutoETS from statsforecast (AutoETS with additive errors: multiplicative-error models can pick
+  39-step intervals that explode);
+- LightGBM through mlforecast: recursive, lags and rolling means, calendar features, the store id as a categorical
+  and calendar covariates as known-future features; quantiles from quantile-loss models.
+
+Every model returns the same frame: store_id, item_id, date, mean and the quantiles q0.1 … q0.9.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column
+
+# Central interval levels whose bounds are the quantiles 0.1..0.4 and 0.6..0.9.
+LEVELS = (20, 40, 60, 80)
+
+
+def pandas_freq(history: pd.DataFrame, frequency: str) -> str:
+    """The pandas offset alias of the periods: weekly periods keep their weekday (Walmart weeks end Friday)."""
+    if frequency == "W":
+        return "W-" + pd.Timestamp(history["date"].min()).day_name()[:3].upper()
+    return {"D": "D", "M": "MS"}[frequency]
+
+
+def series_id(frame: pd.DataFrame) -> pd.Series:
+    return frame["store_id"].astype(str) + "|" + frame["item_id"].astype(str)
+
+
+def to_nixtla(history: pd.DataFrame) -> pd.DataFrame:
+    """unique_id, ds, y — missing sales interpolated inside each series (the libraries need complete series)."""
+    frame = pd.DataFrame(
+        {"unique_id": series_id(history), "ds": history["date"].to_numpy(), "y": history["sales"].astype("float64")}
+    )
+    frame["y"] = frame.groupby("unique_id")["y"].transform(lambda s: s.interpolate(limit_direction="both"))
+    frame["y"] = frame["y"].fillna(0.0)
+    return frame.sort_values(["unique_id", "ds"]).reset_index(drop=True)
+
+
+def _from_intervals(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Library output (model, model-lo-80, …) as mean and quantile columns, keyed by store_id and item_id."""
+    ids = predictions["unique_id"].astype(str).str.split("|", n=1, expand=True)
+    out = pd.DataFrame({"store_id": ids[0], "item_id": ids[1], "date": predictions["ds"].to_numpy()})
+    out["mean"] = predictions[model].to_numpy(dtype="float64")
+    for level in QUANTILES:
+        if level == 0.5:
+            out[quantile_column(level)] = out["mean"]
+            continue
+        width = int(round(abs(level - 0.5) * 200))
+        side = "lo" if level < 0.5 else "hi"
+        column = f"{model}-{side}-{width}"
+        out[quantile_column(level)] = (
+            predictions[column].to_numpy(dtype="float64") if column in predictions else out["mean"]
+        )
+    # Quantiles never cross: sort each row's quantile values.
+    columns = [quantile_column(q) for q in QUANTILES]
+    out[columns] = np.sort(out[columns].to_numpy(), axis=1)
+    return out
+
+
+def statistical_forecast(
+    history: pd.DataFrame, horizon: int, frequency: str, season_length: int
+) -> dict[str, pd.DataFrame]:
+    """Seasonal naive and AutoETS (additive error) forecasts with quantiles, per series."""
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoETS, SeasonalNaive
+
+    data = to_nixtla(history)
+    models = [SeasonalNaive(season_length=season_length), AutoETS(season_length=season_length, model="AZZ")]
+    engine = StatsForecast(models=models, freq=pandas_freq(history, frequency), n_jobs=1)
+    predictions = engine.forecast(df=data, h=horizon, level=list(LEVELS))
+    predictions = predictions.reset_index() if "unique_id" not in predictions.columns else predictions
+    return {
+        "seasonal_naive": _from_intervals(predictions, "SeasonalNaive"),
+        "auto_ets": _from_intervals(predictions, "AutoETS"),
+    }
+
+
+def lightgbm_forecast(
+    history: pd.DataFrame,
+    future: pd.DataFrame | None,
+    horizon: int,
+    frequency: str,
+    season_length: int,
+    covariates: list[str] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Recursive LightGBM with lag/rolling/calendar features; ``future`` holds known-future covariates."""
+    import lightgbm as lgb
+    from mlforecast import MLForecast
+    from mlforecast.lag_transforms import RollingMean
+
+    covariates = [c for c in (covariates or []) if c in history.columns]
+    data = to_nixtla(history)
+    extra = history.assign(unique_id=series_id(history))[["unique_id", "date", *covariates]].rename(
+        columns={"date": "ds"}
+    )
+    data = data.merge(extra, on=["unique_id", "ds"], how="left")
+    data["store"] = data["unique_id"].str.split("|").str[0].astype("category")
+    longest = max(len(g) for _, g in data.groupby("unique_id"))
+    if frequency == "W":
+        lags = [1, 2, 3, 4, 8, 13, 26, 52]
+    elif frequency == "M":
+        lags = [1, 2, 3, 6, 12]
+    else:
+        lags = [1, 2, 3, 7, 14, 28]
+    lags = [lag for lag in lags if lag < longest - horizon] or [1]
+    windows = [w for w in (4, 13) if w < longest - horizon]
+    params = {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31, "verbosity": -1, "seed": seed}
+    # Quantiles from quantile-loss models: conformal intervals need two held-out horizons, more than short
+    # histories (104 weeks, H = 39) have.
+    models = {"lightgbm": lgb.LGBMRegressor(**params)}
+    models.update(
+        {
+            f"lightgbm_{quantile_column(q)}": lgb.LGBMRegressor(objective="quantile", alpha=q, **params)
+            for q in QUANTILES
+            if q != 0.5
+        }
+    )
+    model = MLForecast(
+        models=models,
+        freq=pandas_freq(history, frequency),
+        lags=lags,
+        lag_transforms={1: [RollingMean(window_size=w) for w in windows]} if windows else None,
+        date_features=["month", "week"] if frequency in ("D", "W") else ["month"],
+    )
+    model.fit(data, static_features=["store"])
+    x_future = None
+    if covariates:
+        frame = future if future is not None else history
+        x_future = frame.assign(unique_id=series_id(frame))[["unique_id", "date", *covariates]].rename(
+            columns={"date": "ds"}
+        )
+    predictions = model.predict(h=horizon, X_df=x_future)
+    ids = predictions["unique_id"].astype(str).str.split("|", n=1, expand=True)
+    out = pd.DataFrame({"store_id": ids[0], "item_id": ids[1], "date": predictions["ds"].to_numpy()})
+    out["mean"] = predictions["lightgbm"].to_numpy(dtype="float64")
+    for q in QUANTILES:
+        source = "lightgbm" if q == 0.5 else f"lightgbm_{quantile_column(q)}"
+        out[quantile_column(q)] = predictions[source].to_numpy(dtype="float64")
+    columns = [quantile_column(q) for q in QUANTILES]
+    out[columns] = np.sort(out[columns].to_numpy(), axis=1)
+    return out
+
+
+def split_last(history: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train on all but the last ``horizon`` periods of the whole history; test on those periods."""
+    dates = np.sort(history["date"].unique())
+    cutoff = dates[-horizon - 1]
+    return history[history["date"] <= cutoff], history[history["date"] > cutoff]
+
+
+def attach_actuals(forecast: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    actual = test[[*SERIES, "date", "sales"]].astype({"store_id": str, "item_id": str})
+    return forecast.astype({"store_id": str, "item_id": str}).merge(actual, on=[*SERIES, "date"], how="inner")

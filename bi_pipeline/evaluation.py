@@ -1,0 +1,83 @@
+"""Forecast accuracy metrics, by series and overall (plain numpy; no Dagster).
+
+A forecast frame has one row per series and date with the actual ``sales``, the point forecast ``mean`` and the
+quantile columns ``q0.1`` … ``q0.9``. Definitions (the backtest's JSON uses these names):
+
+- MASE: per series, mean |y - ŷ| over the horizon divided by the in-sample mean absolute M-step difference
+  (M = season length: 7 daily, 52 weekly, 12 monthly by default); averaged over series with a non-zero scale.
+- WAPE: Σ|y - ŷ| / Σ|y|.
+- WQL: the mean over the quantile levels of 2·Σ pinball_q / Σ|y|.
+- coverage_80: share of actuals inside [q0.1, q0.9].
+- bias: Σ(ŷ - y) / Σ|y| (positive: over-forecasting).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SEASON_LENGTH = {"D": 7, "W": 52, "M": 12}
+SERIES = ["store_id", "item_id"]
+
+
+def quantile_column(level: float) -> str:
+    return f"q{level:g}"
+
+
+def pinball(y: np.ndarray, q: np.ndarray, level: float) -> np.ndarray:
+    """Pinball (quantile) loss per element."""
+    diff = y - q
+    return np.maximum(level * diff, (level - 1.0) * diff)
+
+
+def mase_scales(train: pd.DataFrame, season_length: int, target: str = "sales") -> pd.Series:
+    """In-sample mean absolute ``season_length``-step difference per series (NaN when too short or missing)."""
+    ordered = train.sort_values([*SERIES, "date"])
+    lagged = ordered.groupby(SERIES, observed=True)[target].shift(season_length)
+    diffs = (ordered[target] - lagged).abs()
+    return diffs.groupby([ordered[c] for c in SERIES], observed=True).mean()
+
+
+def mase(forecast: pd.DataFrame, scales: pd.Series, point: str = "mean") -> float:
+    errors = (forecast["sales"] - forecast[point]).abs()
+    per_series = errors.groupby([forecast[c] for c in SERIES], observed=True).mean()
+    scale = scales.reindex(per_series.index)
+    usable = scale.notna() & (scale > 0)
+    return float((per_series[usable] / scale[usable]).mean())
+
+
+def wape(forecast: pd.DataFrame, point: str = "mean") -> float:
+    return float((forecast["sales"] - forecast[point]).abs().sum() / forecast["sales"].abs().sum())
+
+
+def wql(forecast: pd.DataFrame, quantiles: tuple[float, ...] = QUANTILES) -> float:
+    y = forecast["sales"].to_numpy(dtype="float64")
+    denominator = np.abs(y).sum()
+    losses = [
+        2.0 * pinball(y, forecast[quantile_column(q)].to_numpy(dtype="float64"), q).sum() / denominator
+        for q in quantiles
+    ]
+    return float(np.mean(losses))
+
+
+def coverage(forecast: pd.DataFrame, low: float = 0.1, high: float = 0.9) -> float:
+    y = forecast["sales"]
+    inside = (y >= forecast[quantile_column(low)]) & (y <= forecast[quantile_column(high)])
+    return float(inside.mean())
+
+
+def bias(forecast: pd.DataFrame, point: str = "mean") -> float:
+    return float((forecast[point] - forecast["sales"]).sum() / forecast["sales"].abs().sum())
+
+
+def score(forecast: pd.DataFrame, train: pd.DataFrame, season_length: int) -> dict[str, float]:
+    """Every metric of one model's forecasts against the actuals, MASE scaled on ``train``."""
+    forecast = forecast.dropna(subset=["sales"])
+    return {
+        "MASE": mase(forecast, mase_scales(train, season_length)),
+        "WAPE": wape(forecast),
+        "WQL": wql(forecast),
+        "coverage_80": coverage(forecast),
+        "bias": bias(forecast),
+    }
