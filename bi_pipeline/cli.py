@@ -183,6 +183,30 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from bi_pipeline.backtest import load_history, run_backtest, table
+
+    landing = Path(args.data).resolve()
+    history, frequency, covariates = load_history(landing)
+    print(
+        f"{landing}: {history.groupby(['store_id', 'item_id'], observed=True).ngroups} series, frequency {frequency}",
+        file=sys.stderr,
+    )
+    result = run_backtest(
+        history,
+        frequency,
+        args.horizon,
+        season_length=args.season_length,
+        windows=args.windows,
+        covariates=covariates,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    print(table(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bi_pipeline.bench import bench_ingest
 
@@ -239,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--frequency", choices=FREQUENCIES, help="default: inferred from the dates")
     imp.add_argument("--covariates", nargs="+", metavar="COL", help="columns known in advance -> calendar.csv")
     imp.set_defaults(func=cmd_import_csv)
+
+    backtest = sub.add_parser("backtest", help="rolling-origin backtest of the models on a landing zone")
+    backtest.add_argument("--data", required=True, help="a landing zone in the contract")
+    backtest.add_argument("--horizon", type=int, required=True, help="periods held out per window")
+    backtest.add_argument("--season-length", type=int, help="default by frequency: 7 daily, 52 weekly, 12 monthly")
+    backtest.add_argument("--windows", type=int, default=1)
+    backtest.add_argument("--out", help="write the JSON here too")
+    backtest.set_defaults(func=cmd_backtest)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -29,7 +29,8 @@ def test_seasonal_naive_repeats_the_last_season_and_quantiles_are_ordered():
     history = weekly_history()
     train, test = split_last(history, 8)
     assert pandas_freq(history, "W") == "W-FRI"
-    forecasts = statistical_forecast(train, 8, "W", season_length=4)
+    forecasts, seconds = statistical_forecast(train, 8, "W", season_length=4)
+    assert set(seconds) == {"seasonal_naive", "auto_ets"} and seconds["auto_ets"]["fit_seconds"] >= 0
     naive = forecasts["seasonal_naive"]
     s0 = naive[naive["store_id"] == "S0"].sort_values("date")
     last_season = train[train["store_id"] == "S0"]["sales"].to_numpy()[-4:]
@@ -56,7 +57,7 @@ def test_walmart_statistical_baselines_match_the_reference_protocol(settings):
     import_csv(source, settings.landing, "Date", "Store", "Weekly_Sales", dayfirst=True)
     _, frequency, _, history = ingest(settings)
     train, test = split_last(history, 39)
-    forecasts = statistical_forecast(train, 39, frequency, season_length=1)
+    forecasts, _ = statistical_forecast(train, 39, frequency, season_length=1)
     naive = score(attach_actuals(forecasts["seasonal_naive"], test), train, season_length=1)
     ets = score(attach_actuals(forecasts["auto_ets"], test), train, season_length=1)
     assert naive["MASE"] == pytest.approx(1.62, abs=0.01)

@@ -99,3 +99,34 @@ def test_bench_ingest_reports_every_stage(tmp_path):
     assert result["rows"] > 0 and result["peak_rss_mb"] > 0
     assert result["gx_rows_validated"]["raw"] == result["rows"] - 3  # malformed lines never reach GX
     assert split_series(30490) == (10, 3049)
+
+
+def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
+    landing = tmp_path / "landing"
+    assert main(["generate", "--landing", str(landing), "--stores", "2", "--items", "5", "--periods", "70"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "backtest.json"
+    code = main(
+        [
+            "backtest",
+            "--data",
+            str(landing),
+            "--horizon",
+            "4",
+            "--season-length",
+            "4",
+            "--windows",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
+    assert result["series"] == 10
+    assert set(result["models"]) == {"seasonal_naive", "auto_ets", "lightgbm"}
+    for metrics in result["models"].values():
+        assert set(metrics) == {"MASE", "WAPE", "WQL", "coverage_80", "bias", "fit_seconds", "predict_seconds"}
+        assert metrics["MASE"] > 0 and 0 <= metrics["coverage_80"] <= 1
+    assert "seasonal_naive" in capsys.readouterr().out
