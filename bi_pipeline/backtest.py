@@ -6,6 +6,7 @@ window ends at the last landed period. Metrics are computed per window and avera
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +16,14 @@ import pandas as pd
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, statistical_forecast
 from bi_pipeline.config import Settings
 from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
-from bi_pipeline.evaluation import SEASON_LENGTH, score
+from bi_pipeline.evaluation import QUANTILES, SEASON_LENGTH, mase, mase_scales, quantile_column, score
+from bi_pipeline.features import build_panel, fit_spec
 from bi_pipeline.integration import integrate
 from bi_pipeline.quality import clean_periods, known_ids
 
 METRICS = ("MASE", "WAPE", "WQL", "coverage_80", "bias")
+MODELS = ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble")
+WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))
 
 
 def load_history(landing: Path, settings: Settings | None = None) -> tuple[pd.DataFrame, str, list[str]]:
@@ -58,6 +62,71 @@ def windows_of(history: pd.DataFrame, horizon: int, windows: int) -> list[tuple[
     return out
 
 
+def transformer_forecast(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    horizon: int,
+    frequency: str,
+    covariates: list[str] | None,
+    config,
+    use_covariates: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The transformer trained up to the window's cutoff: (test forecasts, forecasts over its own validation periods
+    from the origin before them, timing)."""
+    from bi_pipeline.training import forecast, train_forecaster
+
+    spec = fit_spec(train, frequency, covariates, use_covariates=use_covariates)
+    panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
+    cutoff = len(panel.dates) - horizon - 1
+
+    def report(record: dict) -> None:
+        if progress and record.get("stage") in ("train", "pretrain", "refit"):
+            loss = record.get("validation_loss", record.get("loss"))
+            progress(f"  transformer {record['stage']} epoch {record['epoch']}: loss {loss:.4f}")
+
+    started = time.perf_counter()
+    result = train_forecaster(panel, horizon, cutoff, config, progress=report)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    out = forecast(result.model, panel, cutoff)
+    predict_seconds = time.perf_counter() - started
+    validation = result.validation_periods
+    own = forecast(result.model, panel, cutoff - validation)
+    own = own[own["date"] <= panel.dates[cutoff]]
+    timing = {
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "windows_per_second": result.windows_per_second,
+        "series_per_second": panel.series / predict_seconds if predict_seconds else float("nan"),
+        "validation_periods": validation,
+    }
+    return out, own, timing
+
+
+def blend(first: pd.DataFrame, second: pd.DataFrame, weight: float) -> pd.DataFrame:
+    """weight·first + (1 − weight)·second, point and quantiles alike (averaged quantiles stay monotone)."""
+    keys = ["store_id", "item_id", "date"]
+    columns = ["mean", *[quantile_column(q) for q in QUANTILES]]
+    a = first.astype({"store_id": str, "item_id": str}).set_index(keys)[columns]
+    b = second.astype({"store_id": str, "item_id": str}).set_index(keys)[columns]
+    a, b = a.align(b, join="inner")
+    return (a * weight + b * (1.0 - weight)).reset_index()
+
+
+def fit_blend_weight(
+    transformer_val: pd.DataFrame, lightgbm_val: pd.DataFrame, actual: pd.DataFrame, train: pd.DataFrame,
+    season_length: int,
+) -> float:
+    """The transformer's share in the ensemble that minimises MASE over the validation periods (never the test)."""
+    scales = mase_scales(train, season_length)
+    losses = {}
+    for w in WEIGHTS:
+        blended = attach_actuals(blend(transformer_val, lightgbm_val, float(w)), actual).dropna(subset=["sales"])
+        losses[float(w)] = mase(blended, scales)
+    return min(losses, key=lambda w: (losses[w], abs(w - 0.5)))
+
+
 def run_backtest(
     history: pd.DataFrame,
     frequency: str,
@@ -66,29 +135,75 @@ def run_backtest(
     windows: int = 1,
     covariates: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    models: tuple[str, ...] = MODELS,
+    train_config=None,
+    use_covariates: bool = True,
 ) -> dict:
     """The JSON of `bi-pipeline backtest`: per model the averaged metrics and the fit/predict seconds."""
+    from bi_pipeline.training import TrainConfig
+
     season_length = season_length or SEASON_LENGTH[frequency]
+    train_config = train_config or TrainConfig()
     per_model: dict[str, list[dict]] = {}
     timing: dict[str, dict[str, float]] = {}
+    weights = []
     for index, (train, test) in enumerate(windows_of(history, horizon, windows), start=1):
         if progress:
             progress(
                 f"window {index}/{windows}: train to {pd.Timestamp(train['date'].max()).date()}, {len(test)} test rows"
             )
-        forecasts, seconds = statistical_forecast(train, horizon, frequency, season_length)
-        forecasts["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season_length, covariates)
-        seconds["lightgbm"] = forecasts["lightgbm"].attrs["timing"]
+        forecasts: dict[str, pd.DataFrame] = {}
+        seconds: dict[str, dict[str, float]] = {}
+        if {"seasonal_naive", "auto_ets"} & set(models):
+            stats, stat_seconds = statistical_forecast(train, horizon, frequency, season_length)
+            for name in ("seasonal_naive", "auto_ets"):
+                if name in models:
+                    forecasts[name], seconds[name] = stats[name], stat_seconds[name]
+        if {"lightgbm", "ensemble"} & set(models):
+            forecasts["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season_length, covariates)
+            seconds["lightgbm"] = forecasts["lightgbm"].attrs["timing"]
+        if {"transformer", "ensemble"} & set(models):
+            if progress:
+                progress("  training the transformer")
+            forecasts["transformer"], own_validation, seconds["transformer"] = transformer_forecast(
+                train, test, horizon, frequency, covariates, train_config, use_covariates, progress
+            )
+        if "ensemble" in models:
+            # The blend weight comes from the periods just before the cutoff: LightGBM refitted without them, the
+            # transformer from the origin before its own validation stretch.
+            validation = int(seconds["transformer"]["validation_periods"])
+            dates = np.sort(train["date"].unique())
+            inner_train = train[train["date"] <= dates[-validation - 1]]
+            inner_test = train[train["date"] > dates[-validation - 1]]
+            lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season_length, covariates)
+            weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, season_length)
+            weights.append(weight)
+            forecasts["ensemble"] = blend(forecasts["transformer"], forecasts["lightgbm"], weight)
+            seconds["ensemble"] = {
+                "fit_seconds": seconds["transformer"]["fit_seconds"] + seconds["lightgbm"]["fit_seconds"]
+                + lgb_val.attrs["timing"]["fit_seconds"],
+                "predict_seconds": seconds["transformer"]["predict_seconds"] + seconds["lightgbm"]["predict_seconds"],
+            }
+            if progress:
+                progress(f"  ensemble weight on the transformer: {weight:.1f} (fitted on {validation} periods)")
         for name, spent in seconds.items():
-            total = timing.setdefault(name, {"fit_seconds": 0.0, "predict_seconds": 0.0})
+            total = timing.setdefault(name, {})
             for key, value in spent.items():
-                total[key] += value
-        for name, forecast in forecasts.items():
-            per_model.setdefault(name, []).append(score(attach_actuals(forecast, test), train, season_length))
-    models = {}
-    for name, scores in per_model.items():
-        models[name] = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
-        models[name].update({k: round(v, 3) for k, v in timing[name].items()})
+                total[key] = total.get(key, 0.0) + float(value)
+        for name in models:
+            per_model.setdefault(name, []).append(score(attach_actuals(forecasts[name], test), train, season_length))
+    result_models = {}
+    for name in (m for m in MODELS if m in models):
+        scores = per_model[name]
+        result_models[name] = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
+        spent = timing[name]
+        result_models[name]["fit_seconds"] = round(spent["fit_seconds"], 3)
+        result_models[name]["predict_seconds"] = round(spent["predict_seconds"], 3)
+        if name == "transformer":
+            result_models[name]["train_windows_per_second"] = round(spent["windows_per_second"] / windows, 1)
+            result_models[name]["inference_series_per_second"] = round(spent["series_per_second"] / windows, 1)
+        if name == "ensemble":
+            result_models[name]["transformer_weight"] = float(np.mean(weights))
     series = history.groupby(["store_id", "item_id"], observed=True).ngroups
     return {
         "horizon": horizon,
@@ -96,7 +211,8 @@ def run_backtest(
         "windows": windows,
         "season_length": season_length,
         "frequency": frequency,
-        "models": models,
+        "models": result_models,
+        "transformer_config": train_config.to_dict() if {"transformer", "ensemble"} & set(models) else None,
     }
 
 

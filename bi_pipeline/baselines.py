@@ -140,10 +140,7 @@ def lightgbm_forecast(
     fit_seconds = time.perf_counter() - started
     x_future = None
     if covariates:
-        frame = future if future is not None else history
-        x_future = frame.assign(unique_id=series_id(frame))[["unique_id", "date", *covariates]].rename(
-            columns={"date": "ds"}
-        )
+        x_future = _future_covariates(history, future, covariates, horizon, pandas_freq(history, frequency))
     started = time.perf_counter()
     predictions = model.predict(h=horizon, X_df=x_future)
     predict_seconds = time.perf_counter() - started
@@ -157,6 +154,28 @@ def lightgbm_forecast(
     out[columns] = np.sort(out[columns].to_numpy(), axis=1)
     out.attrs["timing"] = {"fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
     return out
+
+
+def _future_covariates(
+    history: pd.DataFrame, future: pd.DataFrame | None, covariates: list[str], horizon: int, freq: str
+) -> pd.DataFrame:
+    """Covariates for every series over the ``horizon`` dates after its last one (mlforecast needs each series'
+    rows, also for series that ended early): the ``future`` frame's values where given, else the last known."""
+    ids = series_id(history)
+    last = history.assign(unique_id=ids).sort_values("date").groupby("unique_id", observed=True).tail(1)
+    rows = []
+    for uid, end in zip(last["unique_id"], last["date"], strict=True):
+        rows.append(pd.DataFrame({"unique_id": uid, "ds": pd.date_range(end, periods=horizon + 1, freq=freq)[1:]}))
+    grid = pd.concat(rows, ignore_index=True)
+    known = history.assign(unique_id=ids)[["unique_id", "date", *covariates]]
+    if future is not None and len(future):
+        known = pd.concat([known, future.assign(unique_id=series_id(future))[["unique_id", "date", *covariates]]])
+    known = known.rename(columns={"date": "ds"}).drop_duplicates(["unique_id", "ds"], keep="last")
+    missing = ~grid.set_index(["unique_id", "ds"]).index.isin(known.set_index(["unique_id", "ds"]).index)
+    out = pd.concat([known, grid[missing]])
+    out = out.sort_values(["unique_id", "ds"])
+    out[covariates] = out.groupby("unique_id")[covariates].ffill()
+    return out.merge(grid, on=["unique_id", "ds"], how="inner")
 
 
 def split_last(history: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from bi_pipeline.backtest import MODELS
 from bi_pipeline.config import FREQUENCIES, Settings
 
 
@@ -192,6 +193,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         f"{landing}: {history.groupby(['store_id', 'item_id'], observed=True).ngroups} series, frequency {frequency}",
         file=sys.stderr,
     )
+    from bi_pipeline.training import TrainConfig
+
+    config = TrainConfig(
+        num_members=args.members, epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, seed=args.seed,
+        init_from=args.init_from,
+    )
     result = run_backtest(
         history,
         frequency,
@@ -199,7 +206,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         season_length=args.season_length,
         windows=args.windows,
         covariates=covariates,
-        progress=lambda message: print(message, file=sys.stderr),
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+        models=tuple(args.models),
+        train_config=config,
+        use_covariates=not args.no_covariates,
     )
     print(table(result))
     if args.out:
@@ -270,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--season-length", type=int, help="default by frequency: 7 daily, 52 weekly, 12 monthly")
     backtest.add_argument("--windows", type=int, default=1)
     backtest.add_argument("--out", help="write the JSON here too")
+    backtest.add_argument(
+        "--models", nargs="+", default=list(MODELS), choices=MODELS, help="default: all, the ensemble included"
+    )
+    backtest.add_argument("--members", type=int, default=4, help="transformer: members averaged (seeds)")
+    backtest.add_argument("--epochs", type=int, default=40, help="transformer: most epochs (early stopping)")
+    backtest.add_argument(
+        "--pretrain-epochs", type=int, default=0, help="transformer: masked-patch pretraining epochs first (ablation)"
+    )
+    backtest.add_argument("--no-covariates", action="store_true", help="transformer without covariates (ablation)")
+    backtest.add_argument("--seed", type=int, default=0)
+    backtest.add_argument("--init-from", help="transformer: start from this save_pretrained directory or hub id")
     backtest.set_defaults(func=cmd_backtest)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")

@@ -98,6 +98,56 @@ class Settings:
     def mlflow_uri(self) -> str:
         return f"sqlite:///{self.home / 'mlflow.db'}"
 
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    """What the model half of the pipeline needs to know; every field has an env var (see README)."""
+
+    # Periods to forecast; None: 28 daily, 13 weekly, 12 monthly.
+    horizon: int | None = None
+    # Season length for MASE; None: 7 daily, 52 weekly, 12 monthly.
+    season_length: int | None = None
+    members: int = 4
+    epochs: int = 40
+    max_windows_per_epoch: int = 8192
+    pretrain_epochs: int = 0
+    # A save_pretrained directory or hub id to fine-tune from instead of starting fresh.
+    init_from: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    # A challenger must beat the champion's holdout MASE by at least this share to be promoted.
+    promotion_margin: float = 0.0
+    # None: sqlite:///$BI_PIPELINE_HOME/mlflow.db with artifacts under $BI_PIPELINE_HOME/mlartifacts.
+    mlflow_tracking_uri: str | None = None
+
+    @classmethod
+    def from_env(cls) -> ForecastSettings:
+        def optional_int(name: str) -> int | None:
+            value = os.environ.get(name)
+            return int(_env_float(name, 0)) if value else None
+
+        return cls(
+            horizon=optional_int("BI_PIPELINE_HORIZON"),
+            season_length=optional_int("BI_PIPELINE_SEASON_LENGTH"),
+            members=int(_env_float("BI_PIPELINE_MEMBERS", 4)),
+            epochs=int(_env_float("BI_PIPELINE_EPOCHS", 40)),
+            max_windows_per_epoch=int(_env_float("BI_PIPELINE_MAX_WINDOWS_PER_EPOCH", 8192)),
+            pretrain_epochs=int(_env_float("BI_PIPELINE_PRETRAIN_EPOCHS", 0)),
+            init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
+            device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
+            seed=int(_env_float("BI_PIPELINE_SEED", 0)),
+            promotion_margin=_env_float("BI_PIPELINE_PROMOTION_MARGIN", 0.0),
+            mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
+        )
+
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]

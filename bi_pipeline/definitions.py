@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from bi_pipeline.config import Settings
+from bi_pipeline.config import ForecastSettings, Settings
 from bi_pipeline.defs.cleaning import clean_sales
 from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
+from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
 from bi_pipeline.defs.integration import integrated_sales
-from bi_pipeline.defs.resources import ParquetIOManager, PipelineResource
+from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, ParquetIOManager, PipelineResource
 
 INGEST_SELECTION = dg.AssetSelection.assets(stores, items, calendar, raw_sales, clean_sales)
 
@@ -22,6 +23,11 @@ integrate_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(integrated_sales),
     description="The integrated view from every ingested period.",
 )
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.assets(features, forecaster, forecasts, backtest),
+    description="Features, training (MLflow, champion/challenger), forecasts from the champion, and the backtest.",
+)
 pipeline_job = dg.define_asset_job(
     "pipeline_job",
     selection=dg.AssetSelection.all(),
@@ -29,14 +35,23 @@ pipeline_job = dg.define_asset_job(
 )
 
 
-def build_defs(settings: Settings | None = None) -> dg.Definitions:
+def build_defs(settings: Settings | None = None, forecast: ForecastSettings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
+    forecast = forecast or ForecastSettings.from_env()
     return dg.Definitions(
-        assets=[stores, items, calendar, raw_sales, clean_sales, integrated_sales],
-        jobs=[ingest_job, integrate_job, pipeline_job],
+        assets=[
+            *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
+            *(features, forecaster, forecasts, backtest),
+        ],
+        jobs=[ingest_job, integrate_job, train_job, pipeline_job],
         sensors=[landing_zone_sensor],
         resources={
             "pipeline": PipelineResource.from_settings(settings),
+            "forecasting": ForecastingResource.from_settings(settings, forecast),
+            "mlflow_tracking": MLflowResource(
+                tracking_uri=forecast.mlflow_tracking_uri or settings.mlflow_uri,
+                artifact_location=str(settings.mlflow_artifacts),
+            ),
             "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
         },
     )

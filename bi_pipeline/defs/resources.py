@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from bi_pipeline.config import Settings
+from bi_pipeline.config import ForecastSettings, Settings
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -93,3 +93,48 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if not path.exists():
             raise dg.Failure(f"{asset_key.to_user_string()} has not been materialized yet (no {path})")
         return pd.read_parquet(path)
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry (own small resource: dagster-mlflow is a thin legacy wrapper). The default is a
+    SQLite database under the home, artifacts next to it; a Postgres URI works the same way."""
+
+    tracking_uri: str
+    artifact_location: str
+    experiment: str = "bi_pipeline"
+
+    def tracker(self):
+        from bi_pipeline.tracking import Tracker
+
+        Path(self.artifact_location).mkdir(parents=True, exist_ok=True)
+        return Tracker(self.tracking_uri, Path(self.artifact_location).as_uri(), self.experiment)
+
+
+class ForecastingResource(dg.ConfigurableResource):
+    """How the forecaster is trained and promoted; defaults from the environment (README)."""
+
+    horizon: int | None = Field(default=None, description="periods to forecast; unset: 28 daily, 13 weekly, 12 monthly")
+    season_length: int | None = Field(default=None, description="MASE season; unset: 7 daily, 52 weekly, 12 monthly")
+    members: int = Field(default=4, description="models averaged (different seeds)")
+    epochs: int = 40
+    max_windows_per_epoch: int = 8192
+    pretrain_epochs: int = Field(default=0, description="masked-patch pretraining epochs before fine-tuning")
+    init_from: str | None = Field(default=None, description="save_pretrained directory or hub id to start from")
+    device: str = Field(default="auto", description="auto: CUDA (bf16 autocast) when present, else CPU")
+    seed: int = 0
+    promotion_margin: float = Field(default=0.0, description="share by which a challenger must beat the champion")
+    checkpoint_dir: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, forecast: ForecastSettings) -> ForecastingResource:
+        values = {f.name: getattr(forecast, f.name) for f in dataclasses.fields(ForecastSettings)}
+        values.pop("mlflow_tracking_uri")
+        return cls(checkpoint_dir=str(settings.checkpoint_dir), **values)
+
+    def train_config(self):
+        from bi_pipeline.training import TrainConfig
+
+        return TrainConfig(
+            num_members=self.members, epochs=self.epochs, max_windows_per_epoch=self.max_windows_per_epoch,
+            pretrain_epochs=self.pretrain_epochs, init_from=self.init_from, device=self.device, seed=self.seed,
+        )

@@ -1,0 +1,328 @@
+"""Forecasting: features → forecaster (trained, tracked in MLflow, promoted only when better) → forecasts, and the
+backtest that compares the forecaster with strong baselines on the same holdout."""
+
+
+import base64
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from bi_pipeline.backtest import METRICS, blend, fit_blend_weight
+from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, statistical_forecast
+from bi_pipeline.defs.checks import master_or_none
+from bi_pipeline.defs.collection import partition_frequency
+from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
+from bi_pipeline.evaluation import QUANTILES, SEASON_LENGTH, SERIES, quantile_column, score
+from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame
+from bi_pipeline.forecasting import DEFAULT_HORIZON, data_hash, forecast_latest, future_covariates, holdout_score
+from bi_pipeline.models import BIForecaster
+from bi_pipeline.tracking import CHAMPION
+from bi_pipeline.training import clear_checkpoints, forecast, train_forecaster
+
+GROUP = "forecasting"
+
+
+def _horizon(forecasting: ForecastingResource, frequency: str) -> int:
+    return forecasting.horizon or DEFAULT_HORIZON[frequency]
+
+
+def _season(forecasting: ForecastingResource, frequency: str) -> int:
+    return forecasting.season_length or SEASON_LENGTH[frequency]
+
+
+def _md_table(frame: pd.DataFrame, digits: int = 3) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.round(digits).to_markdown(index=False))
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"})
+def features(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    forecasting: ForecastingResource,
+    integrated_sales: pd.DataFrame,
+) -> dg.Output:
+    """Model-ready series: target (gaps interpolated, ``observed`` marks landed values), known-future covariates
+    (calendar encodings, holiday/event flags, promotion, log price ratio), static attributes as codes, and ``split``:
+    train, validation (early stopping), test (the holdout the forecaster is scored on). Encodings are fitted on the
+    training range only."""
+    frequency = partition_frequency(context, pipeline)
+    horizon = _horizon(forecasting, frequency)
+    dates = np.sort(integrated_sales["date"].unique())
+    if len(dates) <= 2 * horizon + 4:
+        raise dg.Failure(
+            f"{len(dates)} periods of history are too few to train and hold out {horizon} (BI_PIPELINE_HORIZON)"
+        )
+    cutoff_date = pd.Timestamp(dates[-horizon - 1])
+    train = integrated_sales[integrated_sales["date"] <= cutoff_date]
+    spec = fit_spec(train, frequency)
+    panel = build_panel(integrated_sales, spec, reference_end=cutoff_date)
+    cutoff = int(panel.dates.get_loc(cutoff_date))
+    history_len = int(np.median(cutoff + 1 - panel.first))
+    validation = max(1, min(horizon, history_len // 5))
+    frame = panel_frame(panel, split_at={"validation": cutoff + 1 - validation, "test": cutoff + 1})
+    frame.attrs.update(
+        horizon=str(horizon), cutoff=str(cutoff_date.date()), validation_periods=str(validation), frequency=frequency
+    )
+    counts = frame["split"].value_counts().to_dict()
+    context.log.info(
+        f"features: {panel.series} series, {len(spec.future_names)} known-future features, "
+        f"holdout from {panel.dates[cutoff + 1].date()} ({horizon} periods)"
+    )
+    return dg.Output(
+        frame,
+        metadata={
+            "series": panel.series,
+            "rows": len(frame),
+            "horizon": horizon,
+            "holdout_start": str(panel.dates[cutoff + 1].date()),
+            "validation_periods": validation,
+            "rows_by_split": json.dumps({k: int(v) for k, v in counts.items()}),
+            "future_features": ", ".join(spec.future_names),
+            "static_features": ", ".join([*spec.static_categorical, *spec.static_numeric]) or "none",
+            "preview": dg.MetadataValue.md(frame.head(8).to_markdown(index=False)),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu")
+def forecaster(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    forecasting: ForecastingResource,
+    mlflow_tracking: MLflowResource,
+    features: pd.DataFrame,
+    integrated_sales: pd.DataFrame,
+) -> dg.Output:
+    """Trains the transformer (PatchTST backbone, quantile head with covariates) on the training split, early-stopped
+    on validation, scores it on the holdout, logs it to MLflow and registers it as ``challenger``; it becomes
+    ``champion`` only if it beats the current champion on the same holdout. The value is the holdout and validation
+    forecasts (the backtest asset compares them with the baselines)."""
+    settings = pipeline.settings()
+    frequency = features.attrs["frequency"]
+    horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
+    season = _season(forecasting, frequency)
+    cutoff_date = pd.Timestamp(features.attrs["cutoff"])
+    panel = panel_from_frame(features, upto=cutoff_date)
+    cutoff = int(panel.dates.get_loc(cutoff_date))
+    config = forecasting.train_config()
+    config.validation_periods = validation
+    checkpoints = Path(forecasting.checkpoint_dir) / "forecaster"
+
+    def report(record: dict) -> None:
+        stage = record.get("stage")
+        if stage == "train":
+            context.log.info(
+                f"epoch {record['epoch']}/{record['epochs']}: train loss {record['train_loss']:.4f}, "
+                f"validation loss {record['validation_loss']:.4f}{' (best)' if record['best'] else ''}"
+            )
+        elif stage == "pretrain":
+            context.log.info(f"pretrain member {record['member']} epoch {record['epoch']}: loss {record['loss']:.4f}")
+        elif stage == "resume":
+            context.log.info(f"resuming from the checkpoint after epoch {record['epoch']} ({checkpoints})")
+        elif stage == "calibrate":
+            context.log.info(f"quantile spread calibrated on validation: ×{record['spread_scale']}")
+
+    result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoints, progress=report)
+    model = result.model
+    history = integrated_sales
+    test = history[history["date"] > cutoff_date]
+    train = history[history["date"] <= cutoff_date]
+    holdout = attach_actuals(forecast(model, panel, cutoff), test)
+    scores = score(holdout, train, season)
+    own = forecast(model, panel, cutoff - validation)
+    own = own[own["date"] <= cutoff_date].assign(kind="validation")
+    context.log.info("holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    model_dir = settings.home / "models" / time.strftime("%Y%m%dT%H%M%S")
+    model.save_pretrained(model_dir)
+    tracker = mlflow_tracking.tracker()
+    lineage = {
+        "first_period": str(pd.Timestamp(history["date"].min()).date()),
+        "last_period": str(pd.Timestamp(history["date"].max()).date()),
+        "training_end": str(cutoff_date.date()),
+        "holdout_periods": horizon,
+        "series": panel.series,
+        "rows": len(history),
+        "data_hash": data_hash(history),
+        "dagster_run_id": context.run_id,
+    }
+    params = {
+        **config.to_dict(), "horizon": horizon, "frequency": frequency, "season_length": season,
+        "train_windows": result.train_windows, "validation_windows": result.validation_windows,
+        "best_epoch": result.best_epoch, "device": result.device, "spread_scale": model.config.spread_scale,
+        "future_features": model.config.feature_spec and ",".join(panel.spec.future_names),
+    }
+    run_id, version = tracker.log_training(model_dir, params, result.history, scores, lineage, run_name=context.run_id)
+    champion = tracker.alias_version(CHAMPION)
+    champion_scores = None
+    if champion is not None:
+        try:
+            champion_model = BIForecaster.from_pretrained(tracker.model_dir(champion))
+            champion_scores = holdout_score(champion_model, history, season)
+        except (ValueError, KeyError, OSError) as exc:
+            context.log.warning(f"champion v{champion} could not be scored on this holdout: {exc}")
+    decision = tracker.decide(
+        version, scores["MASE"], champion_scores["MASE"] if champion_scores else None,
+        margin=forecasting.promotion_margin,
+    )
+    context.log.info(f"model version {version}: {'promoted to champion' if decision.promoted else 'kept as challenger'}"
+                     f" — {decision.reason}")
+    clear_checkpoints(checkpoints)
+    shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
+    value = pd.concat([holdout.drop(columns="sales").assign(kind="holdout"), own], ignore_index=True)
+    value["model_version"] = version
+    epochs = pd.DataFrame(result.history)
+    return dg.Output(
+        value,
+        metadata={
+            "model_version": version,
+            "champion_version": tracker.alias_version(CHAMPION),
+            "decision": "promoted" if decision.promoted else "kept",
+            "decision_reason": decision.reason,
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": mlflow_tracking.tracking_uri,
+            "mlflow_ui": dg.MetadataValue.md(
+                f"`mlflow ui --backend-store-uri {mlflow_tracking.tracking_uri}` → experiment "
+                f"`{mlflow_tracking.experiment}`, run `{run_id}`, model `bi_pipeline_forecaster` v{version}"
+            ),
+            **{f"holdout_{k}": float(v) for k, v in scores.items()},
+            **({f"champion_holdout_{k}": float(v) for k, v in champion_scores.items()} if champion_scores else {}),
+            "device": result.device,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "train_windows": result.train_windows,
+            "train_windows_per_second": round(result.windows_per_second, 1),
+            "training_seconds": round(result.seconds, 1),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "epochs": _md_table(epochs.drop(columns=[c for c in ("best",) if c in epochs]), 4),
+        },
+    )
+
+
+def _plot(history: pd.DataFrame, forecasts: pd.DataFrame, title: str) -> str:
+    """A PNG (base64) of the recent history, the median forecast and its 80% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=80)
+    ax.plot(history["date"], history["sales"], color="#333333", lw=1.2, label="history")
+    ax.fill_between(forecasts["date"], forecasts["q0.1"], forecasts["q0.9"], color="#4c72b0", alpha=0.25, label="80%")
+    ax.plot(forecasts["date"], forecasts["q0.5"], color="#4c72b0", lw=1.5, label="forecast (P50)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, deps=[forecaster])
+def forecasts(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    forecasting: ForecastingResource,
+    mlflow_tracking: MLflowResource,
+    integrated_sales: pd.DataFrame,
+    calendar: pd.DataFrame,
+) -> dg.Output:
+    """P10…P90 and the point forecast for every active series over the horizon after the last landed period, from
+    the champion model, with its version and the cutoff date."""
+    tracker = mlflow_tracking.tracker()
+    version = tracker.alias_version(CHAMPION)
+    if version is None:
+        raise dg.Failure("no champion model yet: materialize `forecaster` first")
+    model = BIForecaster.from_pretrained(tracker.model_dir(version))
+    frequency = model.config.feature_spec["frequency"]
+    history = integrated_sales
+    future = future_covariates(
+        master_or_none(calendar), history, model.config.horizon, pandas_freq(history, frequency)
+    )
+    out = forecast_latest(model, history, future)
+    out["model_version"] = version
+    context.log.info(f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version}")
+
+    volume = history.groupby(SERIES, observed=True)["sales"].sum().sort_values(ascending=False)
+    recent = history[history["date"] > history["date"].max() - pd.Timedelta(days=int(3 * 365.25))]
+    images = []
+    total_hist = recent.groupby("date", as_index=False)["sales"].sum()
+    total_fc = out.groupby("date", as_index=False)[[quantile_column(q) for q in QUANTILES]].sum()
+    images.append(("Total (sum of the series' quantiles: an upper bound on the band)", total_hist, total_fc))
+    for store_id, item_id in list(volume.index[:3]):
+        mask = (recent["store_id"].astype(str) == str(store_id)) & (recent["item_id"].astype(str) == str(item_id))
+        fc = out[(out["store_id"] == str(store_id)) & (out["item_id"] == str(item_id))]
+        images.append((f"{store_id} / {item_id}", recent[mask], fc))
+    plots = "\n\n".join(f"**{t}**\n\n![{t}](data:image/png;base64,{_plot(h, f, t)})" for t, h, f in images)
+    return dg.Output(
+        out,
+        metadata={
+            "model_version": version,
+            "cutoff": str(pd.Timestamp(out["cutoff"].iloc[0]).date()) if len(out) else "",
+            "series": int(out[SERIES].drop_duplicates().shape[0]),
+            "horizon": int(model.config.horizon),
+            "rows": len(out),
+            "preview": dg.MetadataValue.md(out.head(10).round(2).to_markdown(index=False)),
+            "plots": dg.MetadataValue.md(plots),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"})
+def backtest(
+    context: dg.AssetExecutionContext,
+    forecasting: ForecastingResource,
+    features: pd.DataFrame,
+    forecaster: pd.DataFrame,
+    integrated_sales: pd.DataFrame,
+) -> dg.Output:
+    """The forecaster against seasonal naive, AutoETS (statsforecast) and LightGBM (mlforecast) on the same holdout,
+    and an ensemble of the forecaster and LightGBM whose weight is fitted on the validation periods before it."""
+    frequency = features.attrs["frequency"]
+    horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
+    season = _season(forecasting, frequency)
+    cutoff_date = pd.Timestamp(features.attrs["cutoff"])
+    history = integrated_sales
+    train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
+    covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
+    forecasts_by_model, seconds = statistical_forecast(train, horizon, frequency, season)
+    forecasts_by_model["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season, covariates)
+    transformer = forecaster[forecaster["kind"] == "holdout"].drop(columns=["kind", "model_version"])
+    forecasts_by_model["transformer"] = transformer
+    dates = np.sort(train["date"].unique())
+    inner_cutoff = dates[-validation - 1]
+    inner_train, inner_test = train[train["date"] <= inner_cutoff], train[train["date"] > inner_cutoff]
+    lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season, covariates)
+    own = forecaster[forecaster["kind"] == "validation"].drop(columns=["kind", "model_version"])
+    weight = fit_blend_weight(own, lgb_val, inner_test, inner_train, season)
+    forecasts_by_model["ensemble"] = blend(transformer, forecasts_by_model["lightgbm"], weight)
+    rows = []
+    for name in ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"):
+        metrics = score(attach_actuals(forecasts_by_model[name], test), train, season)
+        rows.append({"model": name, **metrics})
+    table = pd.DataFrame(rows)
+    naive = float(table.loc[table["model"] == "seasonal_naive", "MASE"].iloc[0])
+    table["skill"] = table["MASE"] / naive
+    best = table.loc[table["MASE"].idxmin(), "model"]
+    context.log.info(f"backtest over {horizon} periods from {test['date'].min().date()}: best {best}")
+    return dg.Output(
+        table,
+        metadata={
+            "comparison": _md_table(table[["model", "MASE", "skill", "WAPE", "WQL", "coverage_80", "bias"]]),
+            "best_model": str(best),
+            "ensemble_transformer_weight": weight,
+            "holdout_start": str(pd.Timestamp(test["date"].min()).date()),
+            "horizon": horizon,
+            "season_length": season,
+            "model_version": str(forecaster["model_version"].iloc[0]),
+            **{f"transformer_{m}": float(table.loc[table["model"] == "transformer", m].iloc[0]) for m in METRICS},
+        },
+    )

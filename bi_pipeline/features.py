@@ -1,0 +1,439 @@
+"""Model-ready features from the integrated history (no Dagster, no torch).
+
+A :class:`Panel` holds every series on one regular date grid as arrays:
+
+- ``values`` (N, T): sales, gaps inside a series' active span interpolated, NaN outside the span;
+- ``observed`` (N, T): True where the sales value was landed (interpolated gaps and padding are False);
+- ``future`` (N, T, F): covariates known in advance for every date: calendar encodings, numeric calendar covariates
+  (holidays, events, …), promotion and the log price ratio to the series' reference price;
+- ``static_cat`` (N, C) / ``static_num`` (N, S): store and item attributes from the master data.
+
+How each column is encoded (category vocabularies, standardisation constants) is a :class:`FeatureSpec`, fitted on
+the training range only and saved with the model, so forecasting applies exactly what training saw.
+
+Windows are cut by time with no leakage: training targets end at ``train_end``, validation targets lie in
+``(train_end, cutoff]``, and nothing after ``cutoff`` is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bi_pipeline.evaluation import SERIES
+
+CORE_COLUMNS = {"date", "store_id", "item_id", "sales", "observed", "price", "promo", "period", "source_file"}
+# Static categoricals with more levels than this (descriptions, free text) carry no shareable signal.
+MAX_STATIC_LEVELS = 64
+DEFAULT_CONTEXT = {"D": 56, "W": 52, "M": 48}
+DEFAULT_PATCH = {"D": 7, "W": 4, "M": 4}
+
+
+@dataclass
+class FeatureSpec:
+    """How raw columns become model inputs; JSON-serialisable so it travels inside the model's config."""
+
+    frequency: str
+    covariates: list[str] = field(default_factory=list)
+    covariate_mean: list[float] = field(default_factory=list)
+    covariate_std: list[float] = field(default_factory=list)
+    # Continuous covariates enter relative to their mean over the window's context (like the target's scaling), so
+    # a store's CPI or temperature level cannot act as its identity; binary flags (holidays) stay as they are.
+    covariate_relative: list[bool] = field(default_factory=list)
+    use_promo: bool = False
+    use_price: bool = False
+    static_categorical: dict[str, list[str]] = field(default_factory=dict)
+    static_numeric: list[str] = field(default_factory=list)
+    static_numeric_mean: list[float] = field(default_factory=list)
+    static_numeric_std: list[float] = field(default_factory=list)
+    use_covariates: bool = True
+    use_static: bool = True
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        # Pairs, not a mapping: transformers writes configs with sorted keys, and the order is the embeddings' order.
+        data["static_categorical"] = [[name, levels] for name, levels in self.static_categorical.items()]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        categorical = values.get("static_categorical") or []
+        values["static_categorical"] = dict(categorical) if isinstance(categorical, list) else dict(categorical)
+        return cls(**values)
+
+    @property
+    def future_names(self) -> list[str]:
+        names = calendar_names(self.frequency)
+        if not self.use_covariates:
+            return names
+        names = names + list(self.covariates)
+        if self.use_promo:
+            names.append("promo")
+        if self.use_price:
+            names.append("log_price_ratio")
+        return names
+
+    @property
+    def relative_mask(self) -> list[bool]:
+        """Per future feature: whether it is taken relative to its context mean."""
+        mask = [False] * len(calendar_names(self.frequency))
+        if self.use_covariates:
+            relative = self.covariate_relative or [False] * len(self.covariates)
+            mask += list(relative) + [False] * (int(self.use_promo) + int(self.use_price))
+        return mask
+
+    @property
+    def static_cardinalities(self) -> list[int]:
+        # Index 0 is reserved for values unseen in training.
+        return [len(v) + 1 for v in self.static_categorical.values()] if self.use_static else []
+
+    @property
+    def static_numeric_count(self) -> int:
+        return len(self.static_numeric) if self.use_static else 0
+
+
+@dataclass
+class Panel:
+    keys: pd.DataFrame
+    dates: pd.DatetimeIndex
+    values: np.ndarray
+    observed: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    future: np.ndarray
+    static_cat: np.ndarray
+    static_num: np.ndarray
+    spec: FeatureSpec
+
+    @property
+    def series(self) -> int:
+        return len(self.keys)
+
+
+def calendar_names(frequency: str) -> list[str]:
+    if frequency == "M":
+        return [f"month_{m}" for m in range(1, 13)]
+    names = [f"year_{f}{k}" for k in (1, 2, 3) for f in ("sin", "cos")]
+    if frequency == "D":
+        names += [f"weekday_{d}" for d in range(7)]
+    return names
+
+
+def calendar_features(dates: pd.DatetimeIndex, frequency: str) -> np.ndarray:
+    """(T, K) encodings of the position in the year (and week for daily data)."""
+    if frequency == "M":
+        return np.eye(12, dtype="float32")[dates.month.to_numpy() - 1]
+    phase = 2 * np.pi * (dates.dayofyear.to_numpy() - 1) / 365.25
+    columns = []
+    for k in (1, 2, 3):
+        columns += [np.sin(k * phase), np.cos(k * phase)]
+    out = np.stack(columns, axis=1).astype("float32")
+    if frequency == "D":
+        out = np.concatenate([out, np.eye(7, dtype="float32")[dates.dayofweek.to_numpy()]], axis=1)
+    return out
+
+
+def _numeric_covariates(history: pd.DataFrame, candidates: list[str] | None) -> list[str]:
+    if candidates is not None:
+        return [c for c in candidates if c in history.columns]
+    return [
+        c
+        for c in history.columns
+        if c not in CORE_COLUMNS and pd.api.types.is_numeric_dtype(history[c]) and not _is_static(history, c)
+    ]
+
+
+def _is_static(history: pd.DataFrame, column: str) -> bool:
+    per_series = history.groupby(SERIES, observed=True)[column].nunique(dropna=False)
+    return bool((per_series <= 1).all())
+
+
+def fit_spec(
+    history: pd.DataFrame,
+    frequency: str,
+    covariates: list[str] | None = None,
+    use_covariates: bool = True,
+    use_static: bool = True,
+    continuous_covariates: bool = False,
+) -> FeatureSpec:
+    """Encodings fitted on ``history`` (the training range): which covariates and attributes, and their scales.
+
+    By default only flag-like covariates (holidays, events: values 0/1) are used: continuous ones such as CPI,
+    temperature or fuel price are not really known in advance, and on Walmart they made forecasts worse (README).
+    ``continuous_covariates`` takes them too."""
+    covariates = _numeric_covariates(history, covariates)
+    if not continuous_covariates:
+        covariates = [c for c in covariates if set(np.unique(history[c].dropna())).issubset({0.0, 1.0})]
+    stats = history[covariates].astype("float64") if covariates else pd.DataFrame()
+    mean = [float(stats[c].mean()) if stats[c].notna().any() else 0.0 for c in covariates]
+    std = [float(stats[c].std()) if stats[c].notna().sum() > 1 else 1.0 for c in covariates]
+    std = [s if np.isfinite(s) and s > 0 else 1.0 for s in std]
+    relative = [not set(np.unique(stats[c].dropna())).issubset({0.0, 1.0}) for c in covariates]
+    categorical: dict[str, list[str]] = {}
+    numeric: list[str] = []
+    for column in history.columns:
+        if column in CORE_COLUMNS or column in covariates or not _is_static(history, column):
+            continue
+        values = history[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            if values.notna().any():
+                numeric.append(column)
+        else:
+            levels = sorted(values.dropna().astype(str).unique())
+            # One level per store or per item is an identifier in disguise (a description): it lets the model
+            # memorise series instead of learning what they share.
+            per_store = bool((history.groupby("store_id", observed=True)[column].nunique() <= 1).all())
+            entities = history["store_id" if per_store else "item_id"].nunique()
+            identifying = len(levels) > max(2, entities // 2)
+            if 1 < len(levels) <= MAX_STATIC_LEVELS and not identifying:
+                categorical[column] = levels
+    per_series = history.groupby(SERIES, observed=True)[numeric].first().astype("float64") if numeric else None
+    num_mean = [float(per_series[c].mean()) for c in numeric] if numeric else []
+    num_std = [float(per_series[c].std()) if len(per_series) > 1 else 1.0 for c in numeric] if numeric else []
+    num_std = [s if np.isfinite(s) and s > 0 else 1.0 for s in num_std]
+    return FeatureSpec(
+        frequency=frequency,
+        covariates=covariates,
+        covariate_mean=mean,
+        covariate_std=std,
+        covariate_relative=relative,
+        use_promo="promo" in history.columns and bool(history["promo"].fillna(0).ne(0).any()),
+        use_price="price" in history.columns and bool(history["price"].notna().any()),
+        static_categorical=categorical,
+        static_numeric=numeric,
+        static_numeric_mean=num_mean,
+        static_numeric_std=num_std,
+        use_covariates=use_covariates,
+        use_static=use_static,
+    )
+
+
+def build_panel(
+    history: pd.DataFrame,
+    spec: FeatureSpec,
+    future: pd.DataFrame | None = None,
+    horizon: int = 0,
+    reference_end: pd.Timestamp | None = None,
+) -> Panel:
+    """Arrays on one date grid for every series of ``history``; the grid runs ``horizon`` periods past its end, taking
+    known-future covariates from ``future`` where given (planned promotions, holidays) and neutral values elsewhere.
+    Price references use data up to ``reference_end`` only (the training range)."""
+    from bi_pipeline.baselines import pandas_freq
+
+    history = history.sort_values([*SERIES, "date"])
+    keys = history[SERIES].astype(str).drop_duplicates().reset_index(drop=True)
+    freq = pandas_freq(history, spec.frequency)
+    start, end = pd.Timestamp(history["date"].min()), pd.Timestamp(history["date"].max())
+    dates = pd.date_range(start, periods=len(pd.date_range(start, end, freq=freq)) + horizon, freq=freq)
+    n, t = len(keys), len(dates)
+    row = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(history[SERIES].astype(str)))
+    col = dates.get_indexer(pd.DatetimeIndex(history["date"]))
+    if (col < 0).any():
+        raise ValueError("history dates are not on a regular grid of the given frequency")
+    values = np.full((n, t), np.nan, dtype="float32")
+    values[row, col] = history["sales"].to_numpy(dtype="float32")
+    observed = ~np.isnan(values)
+    present = np.zeros((n, t), dtype=bool)
+    present[row, col] = True
+    first = np.where(present.any(1), present.argmax(1), 0)
+    last = np.where(present.any(1), t - 1 - present[:, ::-1].argmax(1), -1)
+    # Gaps inside a span are interpolated for the model's input; they never count in a loss (observed is False).
+    values = _interpolate(values, first, last)
+
+    frame = history
+    if future is not None and len(future):
+        frame = pd.concat([history, future[future["date"] > end]], ignore_index=True)
+        frame = frame[frame[SERIES].astype(str).apply(tuple, axis=1).isin(set(map(tuple, keys.to_numpy())))]
+    f_row = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(frame[SERIES].astype(str)))
+    f_col = dates.get_indexer(pd.DatetimeIndex(frame["date"]))
+    keep = (f_row >= 0) & (f_col >= 0)
+    f_row, f_col, frame = f_row[keep], f_col[keep], frame[keep]
+
+    parts = [np.broadcast_to(calendar_features(dates, spec.frequency), (n, t, len(calendar_names(spec.frequency))))]
+    if spec.use_covariates:
+        for name, mean, std in zip(spec.covariates, spec.covariate_mean, spec.covariate_std, strict=True):
+            grid = np.zeros((n, t), dtype="float32")
+            if name in frame.columns:
+                column = ((frame[name].astype("float64") - mean) / std).fillna(0.0).to_numpy(dtype="float32")
+                grid[f_row, f_col] = column
+            parts.append(grid[..., None])
+        if spec.use_promo:
+            grid = np.zeros((n, t), dtype="float32")
+            grid[f_row, f_col] = frame["promo"].astype("float64").fillna(0.0).to_numpy(dtype="float32")
+            parts.append(grid[..., None])
+        if spec.use_price:
+            price = np.full((n, t), np.nan, dtype="float64")
+            price[f_row, f_col] = frame["price"].astype("float64").to_numpy()
+            # Carry the last known price forward (into the horizon too): an unchanged price is the neutral plan.
+            price = pd.DataFrame(price.T).ffill().to_numpy().T
+            upto = t if reference_end is None else int(dates.searchsorted(reference_end, side="right"))
+            with np.errstate(all="ignore"):
+                reference = np.nanmedian(np.where(price[:, :upto] > 0, price[:, :upto], np.nan), axis=1)
+                ratio = np.log(price / reference[:, None])
+            parts.append(np.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0).clip(-3, 3).astype("float32")[..., None])
+    future_arr = np.concatenate(parts, axis=2).astype("float32")
+
+    firsts = history.groupby(SERIES, observed=True, sort=False).first()
+    firsts.index = pd.MultiIndex.from_arrays([firsts.index.get_level_values(c).astype(str) for c in SERIES])
+    firsts = firsts.reindex(pd.MultiIndex.from_frame(keys))
+    static_cat = np.zeros((n, len(spec.static_categorical) if spec.use_static else 0), dtype="int64")
+    static_num = np.zeros((n, spec.static_numeric_count), dtype="float32")
+    if spec.use_static:
+        for j, (name, levels) in enumerate(spec.static_categorical.items()):
+            if name in firsts.columns:
+                lookup = {v: i + 1 for i, v in enumerate(levels)}
+                static_cat[:, j] = [lookup.get(str(v), 0) for v in firsts[name].to_numpy()]
+        for j, (name, mean, std) in enumerate(
+            zip(spec.static_numeric, spec.static_numeric_mean, spec.static_numeric_std, strict=True)
+        ):
+            if name in firsts.columns:
+                static_num[:, j] = ((firsts[name].astype("float64") - mean) / std).fillna(0.0).to_numpy()
+    return Panel(keys, dates, values, observed, first, last, future_arr, static_cat, static_num, spec)
+
+
+def _interpolate(values: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    out = values.copy()
+    idx = np.arange(values.shape[1])
+    for i in np.flatnonzero(np.isnan(values).any(1)):
+        lo, hi = first[i], last[i]
+        if hi < lo:
+            continue
+        segment = out[i, lo : hi + 1]
+        known = ~np.isnan(segment)
+        if not known.any():
+            out[i, lo : hi + 1] = 0.0
+            continue
+        out[i, lo : hi + 1] = np.interp(idx[lo : hi + 1], idx[lo : hi + 1][known], segment[known])
+    return out
+
+
+@dataclass
+class Windows:
+    """Index arrays of forecast windows: series row, first forecast step, and which steps count in the loss."""
+
+    series: np.ndarray
+    start: np.ndarray
+    step_begin: int  # targets at date indices in [step_begin, step_end) count in the loss
+    step_end: int
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+
+def make_windows(
+    panel: Panel, min_context: int, first_start: int | None, last_start: int, step_begin: int, step_end: int
+) -> Windows:
+    """Every (series, start) with ``min_context`` periods of history before ``start``, starts in
+    [``first_start``, ``last_start``]; the loss counts targets at date indices in [``step_begin``, ``step_end``)."""
+    series, starts = [], []
+    for i in range(panel.series):
+        lo = panel.first[i] + min_context
+        if first_start is not None:
+            lo = max(lo, first_start)
+        hi = min(last_start, panel.last[i])
+        if hi >= lo:
+            starts.append(np.arange(lo, hi + 1))
+            series.append(np.full(hi + 1 - lo, i))
+    if not series:
+        return Windows(np.zeros(0, "int64"), np.zeros(0, "int64"), step_begin, step_end)
+    return Windows(np.concatenate(series), np.concatenate(starts), step_begin, step_end)
+
+
+def split_windows(
+    panel: Panel, horizon: int, cutoff: int, min_context: int, validation: int
+) -> tuple[Windows, Windows]:
+    """Training windows (targets at indices < ``cutoff + 1 - validation``) and validation windows (targets in the
+    last ``validation`` periods up to ``cutoff``), so that no validation target is ever a training target."""
+    train_end = cutoff + 1 - validation
+    train = make_windows(panel, min_context, None, train_end - 1, 0, train_end)
+    # Validation windows may start before train_end; their loss counts only steps inside the validation period.
+    valid = make_windows(panel, min_context, train_end - horizon + 1, cutoff, train_end, cutoff + 1)
+    return train, valid
+
+
+def panel_frame(panel: Panel, split_at: dict[str, int] | None = None) -> pd.DataFrame:
+    """The panel as a long frame (the ``features`` asset's value): one row per series and date of its span, with the
+    target, the observed flag, every future feature, the static codes, and ``split`` (train / validation / test) when
+    ``split_at`` gives the first date index of validation and test. ``attrs`` carry the spec (saved in the Parquet
+    file), so :func:`panel_from_frame` gives the same panel back."""
+    n, t = panel.values.shape
+    grid = np.arange(t)[None, :]
+    rows, cols = np.nonzero((grid >= panel.first[:, None]) & (grid <= panel.last[:, None]))
+    out = pd.DataFrame(
+        {
+            "store_id": panel.keys["store_id"].to_numpy()[rows],
+            "item_id": panel.keys["item_id"].to_numpy()[rows],
+            "date": panel.dates[cols],
+            "target": panel.values[rows, cols],
+            "observed": panel.observed[rows, cols],
+        }
+    )
+    for j, name in enumerate(panel.spec.future_names):
+        out[f"future_{name}"] = panel.future[rows, cols, j]
+    for j, name in enumerate(list(panel.spec.static_categorical)[: panel.static_cat.shape[1]]):
+        out[f"static_{name}"] = panel.static_cat[rows, j]
+    for j, name in enumerate(panel.spec.static_numeric[: panel.static_num.shape[1]]):
+        out[f"static_{name}"] = panel.static_num[rows, j]
+    if split_at:
+        split = np.full(len(out), "train", dtype=object)
+        split[cols >= split_at["validation"]] = "validation"
+        split[cols >= split_at["test"]] = "test"
+        out["split"] = split
+    out.attrs["feature_spec"] = json.dumps(panel.spec.to_dict())
+    out.attrs["dates"] = json.dumps([str(d.date()) for d in panel.dates])
+    return out
+
+
+def panel_from_frame(frame: pd.DataFrame, upto: pd.Timestamp | None = None, horizon: int = 0) -> Panel:
+    """The panel of a :func:`panel_frame` frame; targets after ``upto`` are hidden (a holdout stays unseen), and the
+    grid runs ``horizon`` periods further (with covariates where the frame has them, calendar encodings always)."""
+    spec = FeatureSpec.from_dict(json.loads(frame.attrs["feature_spec"]))
+    dates = pd.DatetimeIndex(json.loads(frame.attrs["dates"]))
+    if horizon:
+        freq = pd.infer_freq(dates[-3:]) or (dates[-1] - dates[-2])
+        extra = pd.date_range(dates[-1], periods=horizon + 1, freq=freq)[1:]
+        dates = dates.append(extra[~extra.isin(dates)])
+    keys = frame[SERIES].astype(str).drop_duplicates().reset_index(drop=True)
+    n, t = len(keys), len(dates)
+    row = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(frame[SERIES].astype(str)))
+    col = dates.get_indexer(pd.DatetimeIndex(frame["date"]))
+    values = np.full((n, t), np.nan, dtype="float32")
+    values[row, col] = frame["target"].to_numpy(dtype="float32")
+    observed = np.zeros((n, t), dtype=bool)
+    observed[row, col] = frame["observed"].to_numpy(dtype=bool)
+    present = np.zeros((n, t), dtype=bool)
+    present[row, col] = True
+    frame_last = np.where(present.any(1), t - 1 - present[:, ::-1].argmax(1), -1)
+    if upto is not None:
+        hidden = dates > upto
+        values[:, hidden], observed[:, hidden], present[:, hidden] = np.nan, False, False
+    first = np.where(present.any(1), present.argmax(1), 0)
+    last = np.where(present.any(1), t - 1 - present[:, ::-1].argmax(1), -1)
+    names = spec.future_names
+    future = np.zeros((n, t, len(names)), dtype="float32")
+    future[:, :, : len(calendar_names(spec.frequency))] = calendar_features(dates, spec.frequency)[None]
+    for j, name in enumerate(names):
+        future[row, col, j] = frame[f"future_{name}"].to_numpy(dtype="float32")
+    if spec.use_price and "log_price_ratio" in names:
+        # Beyond the frame the price stays where it was last.
+        j = names.index("log_price_ratio")
+        for i in np.flatnonzero((frame_last >= 0) & (frame_last < t - 1)):
+            future[i, frame_last[i] + 1 :, j] = future[i, frame_last[i], j]
+    firsts = frame.drop_duplicates(SERIES).set_index(SERIES)
+    firsts.index = pd.MultiIndex.from_arrays([firsts.index.get_level_values(c).astype(str) for c in SERIES])
+    firsts = firsts.reindex(pd.MultiIndex.from_frame(keys))
+    cats = list(spec.static_categorical) if spec.use_static else []
+    static_cat = np.stack([firsts[f"static_{c}"].to_numpy(dtype="int64") for c in cats], 1) if cats else np.zeros(
+        (n, 0), dtype="int64"
+    )
+    nums = spec.static_numeric if spec.use_static else []
+    static_num = np.stack([firsts[f"static_{c}"].to_numpy(dtype="float32") for c in nums], 1) if nums else np.zeros(
+        (n, 0), dtype="float32"
+    )
+    return Panel(keys, dates, values, observed, first, last, future, static_cat, static_num, spec)

@@ -1,0 +1,135 @@
+"""From an integrated history to a trained forecaster, its holdout score and its forecasts (no Dagster).
+
+The model that is scored is the model that is deployed: training reads targets up to ``len(dates) - horizon`` only
+(and holds out a validation stretch before that for early stopping); the last ``horizon`` periods are the holdout on
+which challenger and champion are compared. Forecasts then use every period as context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bi_pipeline.baselines import attach_actuals
+from bi_pipeline.evaluation import SERIES, score
+from bi_pipeline.features import FeatureSpec, Panel, build_panel, fit_spec
+from bi_pipeline.models import BIForecaster
+from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
+
+DEFAULT_HORIZON = {"D": 28, "W": 13, "M": 12}
+
+
+@dataclass
+class Trained:
+    result: TrainResult
+    panel: Panel
+    cutoff: int
+    holdout: pd.DataFrame  # holdout forecasts with the actual sales
+    scores: dict[str, float]
+    lineage: dict
+
+
+def data_hash(history: pd.DataFrame) -> str:
+    frame = history[[*SERIES, "date", "sales"]].astype({"store_id": str, "item_id": str})
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_holdout(history: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    dates = np.sort(history["date"].unique())
+    if len(dates) <= horizon + 2:
+        raise ValueError(f"{len(dates)} periods of history are too few for a holdout of {horizon}")
+    cutoff = dates[-horizon - 1]
+    return history[history["date"] <= cutoff], history[history["date"] > cutoff]
+
+
+def train_with_holdout(
+    history: pd.DataFrame,
+    frequency: str,
+    horizon: int,
+    season_length: int,
+    config: TrainConfig | None = None,
+    covariates: list[str] | None = None,
+    use_covariates: bool = True,
+    use_static: bool = True,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> Trained:
+    """Train on everything but the last ``horizon`` periods and score on them."""
+    train, test = split_holdout(history, horizon)
+    spec = fit_spec(train, frequency, covariates, use_covariates=use_covariates, use_static=use_static)
+    panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
+    cutoff = len(panel.dates) - horizon - 1
+    result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoint_dir, progress=progress)
+    holdout = attach_actuals(forecast(result.model, panel, cutoff), test)
+    lineage = {
+        "first_period": str(pd.Timestamp(history["date"].min()).date()),
+        "last_period": str(pd.Timestamp(history["date"].max()).date()),
+        "training_end": str(pd.Timestamp(train["date"].max()).date()),
+        "holdout_periods": horizon,
+        "series": int(history.groupby(SERIES, observed=True).ngroups),
+        "rows": len(history),
+        "data_hash": data_hash(history),
+    }
+    return Trained(result, panel, cutoff, holdout, score(holdout, train, season_length), lineage)
+
+
+def holdout_score(model: BIForecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
+    """A saved model's metrics on the last ``model.config.horizon`` periods of ``history``, with its own encodings:
+    how the champion is scored on the challenger's holdout."""
+    horizon = model.config.horizon
+    train, test = split_holdout(history, horizon)
+    spec = FeatureSpec.from_dict(model.config.feature_spec)
+    panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
+    cutoff = len(panel.dates) - horizon - 1
+    return score(attach_actuals(forecast(model, panel, cutoff), test), train, season_length)
+
+
+def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+    """Known-future rows for the ``horizon`` periods after the history: the calendar's planned holidays and events
+    (general rows for every store, store rows for theirs). Prices carry forward inside the panel; promotions not
+    planned in the calendar count as none."""
+    keys = history[SERIES].astype(str).drop_duplicates()
+    last = pd.Timestamp(history["date"].max())
+    dates = pd.date_range(last, periods=horizon + 1, freq=freq)[1:]
+    grid = keys.merge(pd.DataFrame({"date": dates}), how="cross")
+    if calendar is None or calendar.empty:
+        return grid
+    calendar = calendar.copy()
+    calendar["date"] = pd.to_datetime(calendar["date"])
+    columns = [c for c in calendar.columns if c not in ("date", "store_id", "source_row")]
+    store = calendar["store_id"].astype("string") if "store_id" in calendar else pd.Series(pd.NA, index=calendar.index)
+    general = calendar[store.isna()][["date", *columns]].drop_duplicates("date")
+    out = grid.merge(general, on="date", how="left")
+    specific = calendar[store.notna()].assign(store_id=store[store.notna()].astype(str))
+    if not specific.empty:
+        specific = specific[["store_id", "date", *columns]].drop_duplicates(["store_id", "date"])
+        out = out.merge(specific, on=["store_id", "date"], how="left", suffixes=("", "_store"))
+        for c in columns:
+            out[c] = out[f"{c}_store"].combine_first(out[c])
+            out = out.drop(columns=f"{c}_store")
+    for c in columns:
+        converted = pd.to_numeric(out[c], errors="coerce")
+        if converted.notna().any() or out[c].isna().all():
+            out[c] = converted
+    return out
+
+
+def forecast_latest(
+    model: BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
+    date, from a saved model and its own encodings."""
+    spec = FeatureSpec.from_dict(model.config.feature_spec)
+    horizon = model.config.horizon
+    panel = build_panel(history, spec, future=future, horizon=horizon)
+    origin = len(panel.dates) - horizon - 1
+    active = np.flatnonzero(panel.last == origin)
+    out = forecast(model, panel, origin, series=active)
+    out["cutoff"] = panel.dates[origin]
+    return out

@@ -1,0 +1,218 @@
+"""The forecaster: a PatchTST backbone from Hugging Face transformers with a quantile head that reads the known-future
+covariates and the static attributes (no Dagster).
+
+Packaged as a ``PreTrainedModel`` (``save_pretrained``/``from_pretrained``, safetensors). The config carries the
+feature encodings (:class:`bi_pipeline.features.FeatureSpec`), so a saved directory is everything needed to forecast.
+
+Design choices, each measured (README, ablations):
+- channel-independent patches of one series, per-window scaling by the context's mean absolute value: the model
+  sees shapes, never absolute levels, which lets it share what it learns across stores and items of any size;
+- LayerNorm, not BatchNorm, so the weights can be fine-tuned again on new data (continual training);
+- a direct multi-step head: a linear map of the flattened patch embeddings gives the median path, and a small MLP per
+  step adds the effect of that step's covariates, the step position and the static attributes;
+- quantiles that cannot cross: the median plus cumulative softplus gaps on either side.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PatchTSTConfig, PatchTSTModel, PretrainedConfig, PreTrainedModel
+
+from bi_pipeline.evaluation import QUANTILES
+
+
+class BIForecasterConfig(PretrainedConfig):
+    model_type = "bi_forecaster"
+
+    def __init__(
+        self,
+        context_length: int = 52,
+        patch_length: int = 4,
+        horizon: int = 13,
+        d_model: int = 64,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 4,
+        ffn_dim: int = 128,
+        dropout: float = 0.1,
+        head_dim: int = 64,
+        embedding_dim: int = 4,
+        quantiles: tuple[float, ...] | list[float] = QUANTILES,
+        num_future_features: int = 0,
+        static_cardinalities: list[int] | None = None,
+        num_static_numeric: int = 0,
+        feature_spec: dict | None = None,
+        random_mask_ratio: float = 0.4,
+        num_members: int = 4,
+        spread_scale: float = 1.0,
+        **kwargs,
+    ) -> None:
+        self.context_length = context_length
+        self.patch_length = patch_length
+        self.horizon = horizon
+        self.d_model = d_model
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.ffn_dim = ffn_dim
+        self.dropout = dropout
+        self.head_dim = head_dim
+        self.embedding_dim = embedding_dim
+        self.quantiles = list(quantiles)
+        self.num_future_features = num_future_features
+        self.static_cardinalities = list(static_cardinalities or [])
+        self.num_static_numeric = num_static_numeric
+        self.feature_spec = feature_spec or {}
+        self.random_mask_ratio = random_mask_ratio
+        self.num_members = num_members
+        # Multiplies every quantile's distance from the median; fitted on the validation windows after training.
+        self.spread_scale = spread_scale
+        super().__init__(**kwargs)
+
+    def backbone_config(self, masked: bool = False) -> PatchTSTConfig:
+        """The PatchTST encoder's config; ``masked`` for self-supervised masked-patch pretraining."""
+        return PatchTSTConfig(
+            num_input_channels=1,
+            context_length=self.context_length,
+            patch_length=self.patch_length,
+            patch_stride=self.patch_length,
+            d_model=self.d_model,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            ffn_dim=self.ffn_dim,
+            attention_dropout=self.dropout,
+            ff_dropout=self.dropout,
+            norm_type="layernorm",
+            scaling=None,  # windows arrive scaled (see BIForecaster.scale)
+            pooling_type=None,
+            do_mask_input=masked,
+            mask_type="random",
+            random_mask_ratio=self.random_mask_ratio,
+            prediction_length=self.horizon,
+        )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.context_length - self.patch_length) // self.patch_length + 1
+
+
+class _Member(nn.Module):
+    """One backbone and head; the forecaster averages the quantiles of ``num_members`` of these trained from
+    different seeds, which removes most of the run-to-run variance of a small model on little data."""
+
+    def __init__(self, config: BIForecasterConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = PatchTSTModel(config.backbone_config())
+        flat = config.d_model * config.num_patches
+        horizon, quantiles = config.horizon, len(config.quantiles)
+        self.dropout = nn.Dropout(config.dropout)
+        self.direct = nn.Linear(flat, horizon)
+        self.context = nn.Linear(flat, config.head_dim)
+        self.embeddings = nn.ModuleList(nn.Embedding(c, config.embedding_dim) for c in config.static_cardinalities)
+        self.step = nn.Embedding(horizon, config.embedding_dim)
+        width = (
+            config.head_dim
+            + config.embedding_dim * (1 + len(config.static_cardinalities))
+            + config.num_static_numeric
+            + config.num_future_features
+        )
+        self.step_mlp = nn.Sequential(
+            nn.Linear(width, config.head_dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.head_dim, quantiles),
+        )
+        self.median_index = list(config.quantiles).index(0.5)
+
+    def forward(
+        self,
+        scaled: torch.Tensor,
+        future_features: torch.Tensor | None,
+        static_categorical: torch.Tensor | None,
+        static_numeric: torch.Tensor | None,
+    ) -> torch.Tensor:
+        hidden = self.backbone(past_values=scaled.unsqueeze(-1)).last_hidden_state  # (B, 1, patches, d_model)
+        flat = self.dropout(hidden.flatten(1))
+        batch, horizon = flat.shape[0], self.config.horizon
+        parts = [
+            self.context(flat).unsqueeze(1).expand(batch, horizon, -1),
+            self.step.weight.unsqueeze(0).expand(batch, horizon, -1),
+        ]
+        for j, embedding in enumerate(self.embeddings):
+            parts.append(embedding(static_categorical[:, j]).unsqueeze(1).expand(batch, horizon, -1))
+        if self.config.num_static_numeric:
+            parts.append(static_numeric.unsqueeze(1).expand(batch, horizon, -1))
+        if self.config.num_future_features:
+            parts.append(future_features)
+        step = self.step_mlp(torch.cat(parts, dim=-1))  # (B, H, Q)
+        median = self.direct(flat) + step[..., self.median_index]
+        gaps = nn.functional.softplus(step) + 1e-4
+        below = torch.flip(torch.cumsum(torch.flip(gaps[..., : self.median_index], [-1]), -1), [-1])
+        above = torch.cumsum(gaps[..., self.median_index + 1 :], -1)
+        return torch.cat([median.unsqueeze(-1) - below, median.unsqueeze(-1), median.unsqueeze(-1) + above], dim=-1)
+
+
+class BIForecaster(PreTrainedModel):
+    config_class = BIForecasterConfig
+    base_model_prefix = "bi_forecaster"
+    main_input_name = "past_values"
+
+    def __init__(self, config: BIForecasterConfig) -> None:
+        super().__init__(config)
+        self.members = nn.ModuleList(_Member(config) for _ in range(config.num_members))
+        self._backbone_modules = {id(m) for member in self.members for m in member.backbone.modules()}
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Each backbone initialises itself (PatchTST's own scheme); only the heads' layers are set here.
+        if id(module) in getattr(self, "_backbone_modules", ()):
+            return
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.1)
+
+    @staticmethod
+    def scale(past_values: torch.Tensor, past_observed: torch.Tensor) -> torch.Tensor:
+        """(B, 1) mean absolute observed context value; 1 where the context is all zero or unobserved."""
+        weights = past_observed.to(past_values.dtype)
+        total = (past_values.abs() * weights).sum(1, keepdim=True)
+        count = weights.sum(1, keepdim=True).clamp(min=1.0)
+        scale = total / count
+        return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        past_observed: torch.Tensor,
+        future_features: torch.Tensor | None = None,
+        static_categorical: torch.Tensor | None = None,
+        static_numeric: torch.Tensor | None = None,
+        return_members: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantiles in units of the scale, and the scale (B, 1): multiply to get sales. The quantiles are (B, H, Q),
+        the members' average (monotone, as each member's are), or (K, B, H, Q) per member with ``return_members``."""
+        scale = self.scale(past_values, past_observed)
+        scaled = past_values / scale
+        stacked = torch.stack(
+            [m(scaled, future_features, static_categorical, static_numeric) for m in self.members]
+        )
+        if return_members:
+            return stacked, scale
+        quantiles = stacked.mean(0)
+        if self.config.spread_scale != 1.0:
+            median = quantiles[..., self.members[0].median_index : self.members[0].median_index + 1]
+            quantiles = median + (quantiles - median) * self.config.spread_scale
+        return quantiles, scale
+
+
+def pinball_loss(
+    quantiles: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, levels: torch.Tensor
+) -> torch.Tensor:
+    """Mean pinball loss over the quantile levels and the masked-in steps; quantiles (B, H, Q), target/mask (B, H)."""
+    diff = target.unsqueeze(-1) - quantiles
+    loss = torch.maximum(levels * diff, (levels - 1.0) * diff).mean(-1)
+    weights = mask.to(loss.dtype)
+    return (loss * weights).sum() / (mask != 0).sum().clamp(min=1)

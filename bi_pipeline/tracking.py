@@ -1,0 +1,169 @@
+"""MLflow tracking and the model registry (no Dagster).
+
+Each training is an MLflow run: parameters, a metric per epoch, the holdout ("backtest") metrics, data lineage (period
+range and a hash of the training data), and the model as a pyfunc wrapping the ``save_pretrained`` directory. The run's
+model is registered as ``bi_pipeline_forecaster``; the new version gets the alias ``challenger`` and becomes
+``champion`` only when it beats the current champion on the same holdout. The champion it replaces keeps the alias
+``previous_champion`` for rollback. Every decision is written to the version's tags and the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+MODEL_NAME = "bi_pipeline_forecaster"
+EXPERIMENT = "bi_pipeline"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+
+
+class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
+    """``mlflow.pyfunc.load_model(uri).predict(history)``: quantile forecasts after the last date of ``history`` (an
+    integrated-sales frame: store_id, item_id, date, sales and the covariates the model was trained with)."""
+
+    def load_context(self, context) -> None:
+        from bi_pipeline.models import BIForecaster
+
+        self.model = BIForecaster.from_pretrained(context.artifacts["model"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from bi_pipeline.forecasting import forecast_latest
+
+        return forecast_latest(self.model, model_input)
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    challenger_version: str
+    challenger_score: float
+    champion_version: str | None
+    champion_score: float | None
+    metric: str
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Tracker:
+    """The MLflow calls the pipeline makes, over one tracking URI (SQLite under the home by default, or Postgres)."""
+
+    def __init__(self, tracking_uri: str, artifact_location: str | None = None, experiment: str = EXPERIMENT) -> None:
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            self.experiment_id = found.experiment_id
+
+    def log_training(
+        self,
+        model_dir: Path,
+        params: dict,
+        epochs: list[dict],
+        metrics: dict[str, float],
+        lineage: dict,
+        run_name: str | None = None,
+    ) -> tuple[str, str]:
+        """One MLflow run for a training; returns (run_id, registered version)."""
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.set_tags({f"lineage.{k}": _param(v) for k, v in lineage.items()})
+            for record in epochs:
+                step = int(record["epoch"])
+                phase = record.get("phase", "fit")
+                for key in ("train_loss", "validation_loss"):
+                    value = record.get(key)
+                    if value is not None and math.isfinite(value):
+                        mlflow.log_metric(f"{phase}_{key}", float(value), step=step)
+            mlflow.log_metrics({f"holdout_{k}": float(v) for k, v in metrics.items() if _finite(v)})
+            mlflow.log_dict(lineage, "lineage.json")
+            info = mlflow.pyfunc.log_model(
+                name="forecaster",
+                python_model=ForecasterPyfunc(),
+                artifacts={"model": str(model_dir)},
+                registered_model_name=MODEL_NAME,
+            )
+            version = str(info.registered_model_version)
+        self.client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+        self.client.set_model_version_tag(MODEL_NAME, version, "holdout_metrics", json.dumps(metrics))
+        return run.info.run_id, version
+
+    def alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
+        except MlflowException:
+            return None
+
+    def run_of(self, version: str) -> str:
+        return self.client.get_model_version(MODEL_NAME, version).run_id
+
+    def model_dir(self, version: str) -> Path:
+        """The ``save_pretrained`` directory of a registered version, downloaded from the artifact store."""
+        target = Path(tempfile.mkdtemp(prefix=f"bi_forecaster_v{version}_"))
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target)
+        )
+        found = sorted(Path(path).rglob("config.json"))
+        found = [p for p in found if (p.parent / "model.safetensors").exists()]
+        if not found:
+            raise FileNotFoundError(f"version {version} of {MODEL_NAME} has no save_pretrained directory")
+        return found[0].parent
+
+    def decide(
+        self, version: str, challenger_score: float, champion_score: float | None, metric: str = "MASE",
+        margin: float = 0.0,
+    ) -> Decision:
+        """Promote ``version`` to champion when there is none, or when its score (lower is better) beats the
+        champion's on the same holdout by at least ``margin`` (relative). Logged on the version and its run."""
+        champion = self.alias_version(CHAMPION)
+        if champion is None:
+            promoted, reason = True, "no champion yet"
+        elif champion_score is None or not _finite(champion_score):
+            promoted, reason = True, f"champion v{champion} could not be scored on this holdout"
+        elif challenger_score <= champion_score * (1.0 - margin) and challenger_score < champion_score:
+            promoted = True
+            reason = f"{metric} {challenger_score:.4f} beats champion v{champion}'s {champion_score:.4f}"
+        else:
+            promoted = False
+            reason = f"{metric} {challenger_score:.4f} does not beat champion v{champion}'s {champion_score:.4f}"
+        decision = Decision(promoted, reason, version, challenger_score, champion, champion_score, metric)
+        if promoted:
+            if champion is not None and champion != version:
+                self.client.set_registered_model_alias(MODEL_NAME, PREVIOUS, champion)
+            self.client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        self.client.set_model_version_tag(MODEL_NAME, version, "decision", "promoted" if promoted else "kept")
+        self.client.set_model_version_tag(MODEL_NAME, version, "decision_reason", reason)
+        run_id = self.run_of(version)
+        self.client.set_tag(run_id, "decision", "promoted" if promoted else "kept")
+        self.client.set_tag(run_id, "decision_reason", reason)
+        if champion_score is not None and _finite(champion_score):
+            self.client.log_metric(run_id, f"champion_holdout_{metric}", float(champion_score))
+        return decision
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.tracking_uri} → experiment {self.experiment_id} → run {run_id}"
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _param(value) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text[:500]

@@ -1,0 +1,503 @@
+"""Training and forecasting with :class:`bi_pipeline.models.BIForecaster` (no Dagster).
+
+- device chosen automatically: CUDA with bf16 autocast when present, otherwise CPU with every core;
+- optional self-supervised masked-patch pretraining of the PatchTST backbone (transformers' PatchTSTForPretraining)
+  on every series' contexts before fine-tuning;
+- fine-tuning with the pinball loss over the quantiles, AdamW, gradient clipping, early stopping on the validation
+  loss (validation targets are never training targets, see :func:`bi_pipeline.features.split_windows`);
+- a checkpoint after every epoch; a run restarted with the same checkpoint directory resumes where it stopped;
+- progress reported through a callback (the Dagster log, or a bar in the CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bi_pipeline.evaluation import QUANTILES, quantile_column
+from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
+from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run; defaults are the measured product defaults (README)."""
+
+    context_length: int | None = None  # None: by frequency (56 daily, 52 weekly, 48 monthly)
+    patch_length: int | None = None
+    d_model: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    ffn_dim: int = 128
+    dropout: float = 0.1
+    num_members: int = 4
+    epochs: int = 40
+    patience: int = 6
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.95  # per epoch: later epochs take smaller steps, so the result depends less on the last batch
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    max_windows_per_epoch: int = 8192
+    pretrain_epochs: int = 0
+    pretrain_learning_rate: float = 1e-3
+    validation_periods: int | None = None  # None: the horizon, at most a fifth of the history
+    min_context: int | None = None  # None: two patches
+    refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
+    seed: int = 0
+    device: str = "auto"
+    init_from: str | None = None  # a save_pretrained directory or hub id to start from
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: BIForecaster
+    epochs_run: int
+    best_epoch: int
+    best_validation_loss: float
+    history: list[dict]
+    train_windows: int
+    validation_windows: int
+    seconds: float
+    pretrain_seconds: float
+    windows_per_second: float
+    device: str
+    validation_periods: int = 0
+    resumed_from_epoch: int | None = None
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+def gather(
+    panel: Panel, series: np.ndarray, start: np.ndarray, context: int, horizon: int, step_begin: int, step_end: int
+) -> dict[str, torch.Tensor]:
+    """Tensors for windows (series, start): context before ``start``, covariates and targets from ``start`` on."""
+    t = panel.values.shape[1]
+    ctx_idx = start[:, None] + np.arange(-context, 0)[None, :]
+    first = panel.first[series][:, None]
+    # Before a series begins, the context repeats its first value and is marked unobserved.
+    clipped = np.clip(np.maximum(ctx_idx, first), 0, t - 1)
+    past = panel.values[series[:, None], clipped]
+    past_observed = panel.observed[series[:, None], clipped] & (ctx_idx >= first)
+    step_idx = start[:, None] + np.arange(horizon)[None, :]
+    inside = step_idx < t
+    safe = np.minimum(step_idx, t - 1)
+    target = np.nan_to_num(panel.values[series[:, None], safe], nan=0.0)
+    mask = (
+        inside
+        & panel.observed[series[:, None], safe]
+        & (step_idx >= step_begin)
+        & (step_idx < step_end)
+        & (step_idx <= panel.last[series][:, None])
+    )
+    future = panel.future[series[:, None], safe]
+    relative = np.asarray(panel.spec.relative_mask, dtype=bool)
+    if relative.any():
+        context_mean = panel.future[series[:, None], clipped][..., relative].mean(axis=1, keepdims=True)
+        future[..., relative] -= context_mean
+    return {
+        "past_values": torch.from_numpy(np.nan_to_num(past, nan=0.0).astype("float32")),
+        "past_observed": torch.from_numpy(past_observed),
+        "future_features": torch.from_numpy(np.ascontiguousarray(future)),
+        "static_categorical": torch.from_numpy(panel.static_cat[series]),
+        "static_numeric": torch.from_numpy(panel.static_num[series]),
+        "target": torch.from_numpy(target.astype("float32")),
+        "mask": torch.from_numpy(mask),
+    }
+
+
+def model_config(panel: Panel, horizon: int, config: TrainConfig) -> BIForecasterConfig:
+    spec = panel.spec
+    return BIForecasterConfig(
+        context_length=config.context_length or DEFAULT_CONTEXT[spec.frequency],
+        patch_length=config.patch_length or DEFAULT_PATCH[spec.frequency],
+        horizon=horizon,
+        d_model=config.d_model,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        ffn_dim=config.ffn_dim,
+        dropout=config.dropout,
+        num_members=config.num_members,
+        quantiles=QUANTILES,
+        num_future_features=len(spec.future_names),
+        static_cardinalities=spec.static_cardinalities,
+        num_static_numeric=spec.static_numeric_count,
+        feature_spec=spec.to_dict(),
+    )
+
+
+def load_model(source: str, config: BIForecasterConfig | None = None) -> BIForecaster:
+    """A forecaster from a ``save_pretrained`` directory or hub id. With ``config``, layers whose shape differs
+    (another horizon or covariate set) start fresh and the backbones' weights are kept: fine-tuning a checkpoint."""
+    if config is None:
+        return BIForecaster.from_pretrained(source)
+    return BIForecaster.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+
+
+def _fingerprint(panel: Panel, horizon: int, cutoff: int, config: TrainConfig) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([config.to_dict(), horizon, cutoff, list(panel.values.shape)], sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(panel.values[:, : cutoff + 1]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def _run_loss(
+    model: BIForecaster, batch: dict[str, torch.Tensor], levels: torch.Tensor, members: bool = False
+) -> torch.Tensor:
+    """Pinball loss of the averaged quantiles; with ``members``, the sum of each member's own loss (training: every
+    member learns on its own, so they stay diverse)."""
+    quantiles, scale = model(
+        batch["past_values"],
+        batch["past_observed"],
+        batch["future_features"],
+        batch["static_categorical"],
+        batch["static_numeric"],
+        return_members=members,
+    )
+    target = batch["target"] / scale
+    mask = batch["mask"]
+    if members:
+        return sum(pinball_loss(q.float(), target, mask, levels) for q in quantiles)
+    return pinball_loss(quantiles.float(), target, mask, levels)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def evaluate_loss(
+    model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, batch_size: int = 1024
+) -> float:
+    cfg = model.config
+    levels = torch.tensor(cfg.quantiles, device=device)
+    model.eval()
+    total, weight = 0.0, 0.0
+    with torch.no_grad(), _autocast(device):
+        for idx in _batches(len(windows), batch_size, None):
+            batch = gather(
+                panel, windows.series[idx], windows.start[idx], cfg.context_length, cfg.horizon,
+                windows.step_begin, windows.step_end,
+            )
+            count = float(batch["mask"].sum())
+            if count == 0:
+                continue
+            total += float(_run_loss(model, _to(batch, device), levels)) * count
+            weight += count
+    return total / weight if weight else float("nan")
+
+
+SPREAD_GRID = tuple(np.round(np.arange(0.4, 1.61, 0.05), 2))
+
+
+def calibrate_spread(model: BIForecaster, panel: Panel, windows: Windows, device: torch.device) -> float:
+    """The factor on the quantiles' distances from the median that minimises the validation pinball loss: pinball
+    training on older, noisier windows tends to give intervals wider (or narrower) than recent data needs."""
+    losses = {}
+    for factor in SPREAD_GRID:
+        model.config.spread_scale = float(factor)
+        losses[float(factor)] = evaluate_loss(model, panel, windows, device)
+    return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
+
+
+def pretrain_backbone(
+    model: BIForecaster, panel: Panel, windows: Windows, config: TrainConfig, device: torch.device,
+    progress: Progress | None = None,
+) -> float:
+    """Masked-patch pretraining (PatchTSTForPretraining) on the windows' contexts; the encoder's weights move into
+    each member's backbone. Returns seconds spent."""
+    from transformers import PatchTSTForPretraining
+
+    started = time.perf_counter()
+    cfg = model.config
+    for number, member in enumerate(model.members):
+        pretrainer = PatchTSTForPretraining(cfg.backbone_config(masked=True)).to(device)
+        pretrainer.model.load_state_dict(member.backbone.state_dict(), strict=False)
+        optimizer = torch.optim.AdamW(pretrainer.parameters(), lr=config.pretrain_learning_rate)
+        rng = np.random.default_rng(config.seed + 1 + number)
+        for epoch in range(1, config.pretrain_epochs + 1):
+            pretrainer.train()
+            chosen = rng.permutation(len(windows))[: config.max_windows_per_epoch]
+            losses = []
+            for idx in _batches(len(chosen), config.batch_size, rng):
+                sel = chosen[idx]
+                batch = gather(panel, windows.series[sel], windows.start[sel], cfg.context_length, 1, 0, 0)
+                past = batch["past_values"].to(device)
+                scaled = past / BIForecaster.scale(past, batch["past_observed"].to(device))
+                with _autocast(device):
+                    loss = pretrainer(past_values=scaled.unsqueeze(-1)).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(pretrainer.parameters(), config.grad_clip)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            if progress:
+                progress({
+                    "stage": "pretrain", "member": number + 1, "epoch": epoch, "epochs": config.pretrain_epochs,
+                    "loss": float(np.mean(losses)),
+                })
+        member.backbone.load_state_dict(pretrainer.model.state_dict(), strict=False)
+    return time.perf_counter() - started
+
+
+def _train_epoch(
+    model: BIForecaster, optimizer: torch.optim.Optimizer, panel: Panel, windows: Windows, config: TrainConfig,
+    epoch: int, device: torch.device, salt: int = 0,
+) -> tuple[float, int, float]:
+    """One pass over (a sample of) the windows: (mean loss, windows seen, seconds)."""
+    cfg = model.config
+    levels = torch.tensor(cfg.quantiles, device=device)
+    for group in optimizer.param_groups:
+        group["lr"] = config.learning_rate * config.lr_decay ** (epoch - 1)
+    rng = np.random.default_rng(config.seed * 1000 + epoch + salt)
+    chosen = rng.permutation(len(windows))[: config.max_windows_per_epoch]
+    model.train()
+    started = time.perf_counter()
+    losses = []
+    for idx in _batches(len(chosen), config.batch_size, rng):
+        sel = chosen[idx]
+        batch = gather(
+            panel, windows.series[sel], windows.start[sel], cfg.context_length, cfg.horizon,
+            windows.step_begin, windows.step_end,
+        )
+        if not bool(batch["mask"].any()):
+            continue
+        with _autocast(device):
+            loss = _run_loss(model, _to(batch, device), levels, members=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()) / len(model.members))
+    return (float(np.mean(losses)) if losses else float("nan")), len(chosen), time.perf_counter() - started
+
+
+def _new_model(config: TrainConfig, model_cfg: BIForecasterConfig, device: torch.device) -> BIForecaster:
+    model = load_model(config.init_from, model_cfg) if config.init_from else BIForecaster(model_cfg)
+    return model.to(device)
+
+
+def train_forecaster(
+    panel: Panel,
+    horizon: int,
+    cutoff: int,
+    config: TrainConfig | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train on the panel's periods up to date index ``cutoff`` (inclusive); nothing later is read.
+
+    Phase 1 trains on targets before the validation periods and stops early on the validation loss; the quantile
+    spread is calibrated on the validation windows. With ``refit`` (the default), phase 2 trains the same recipe
+    again from its initial weights on every window up to the cutoff for the epochs phase 1 found best, so the most
+    recent periods, usually the most informative, are learnt too.
+    """
+    config = config or TrainConfig()
+    device = choose_device(config.device)
+    seed_everything(config.seed)
+    t0 = time.perf_counter()
+    model_cfg = model_config(panel, horizon, config)
+    history_len = int(np.median(cutoff + 1 - panel.first))
+    validation = config.validation_periods or max(1, min(horizon, history_len // 5))
+    min_context = config.min_context or 2 * model_cfg.patch_length
+    train_w, valid_w = split_windows(panel, horizon, cutoff, min_context, validation)
+    full_w = make_windows(panel, min_context, None, cutoff, 0, cutoff + 1)
+    if len(train_w) == 0:
+        raise ValueError(
+            f"no training windows: series need more than {min_context + validation} periods of history "
+            f"(context {min_context} + validation {validation})"
+        )
+    model = _new_model(config, model_cfg, device)
+    initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    fingerprint = _fingerprint(panel, horizon, cutoff, config)
+    state_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    state = {
+        "phase": "fit", "epoch": 0, "best_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
+        "best_state": None, "spread_scale": 1.0,
+    }
+    resumed = None
+    pretrain_seconds = 0.0
+    if state_path is not None and state_path.exists():
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            initial_state = saved["initial_state"]
+            state = {k: saved[k] for k in state}
+            resumed = state["epoch"]
+            if progress:
+                progress({"stage": "resume", "phase": state["phase"], "epoch": resumed})
+    if resumed is None and config.pretrain_epochs > 0:
+        pretrain_seconds = pretrain_backbone(model, panel, train_w, config, device, progress)
+        initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def checkpoint() -> None:
+        if state_path is not None:
+            _save_state(state_path, {
+                "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "initial_state": initial_state, **state,
+            })
+
+    seen, train_seconds = 0, 0.0
+    if state["phase"] == "fit":
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            if state["bad_epochs"] >= config.patience:
+                break
+            loss, count, seconds = _train_epoch(model, optimizer, panel, train_w, config, epoch, device)
+            seen, train_seconds = seen + count, train_seconds + seconds
+            valid_loss = evaluate_loss(model, panel, valid_w, device) if len(valid_w) else loss
+            improved = valid_loss < state["best_loss"] - 1e-6
+            if improved:
+                state.update(best_loss=valid_loss, best_epoch=epoch, bad_epochs=0)
+                state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+            record = {
+                "phase": "fit", "epoch": epoch, "train_loss": loss, "validation_loss": valid_loss,
+                "best": improved, "seconds": round(seconds, 2),
+            }
+            state["history"].append(record)
+            state["epoch"] = epoch
+            if progress:
+                progress({"stage": "train", "epochs": config.epochs, **record})
+            checkpoint()
+        if state["best_state"] is not None:
+            model.load_state_dict(state["best_state"])
+        if len(valid_w):
+            state["spread_scale"] = calibrate_spread(model, panel, valid_w, device)
+            if progress:
+                progress({"stage": "calibrate", "spread_scale": state["spread_scale"]})
+        if config.refit and state["best_epoch"] > 0 and len(full_w) > len(train_w):
+            # Phase 2 restarts from the initial weights with a fresh optimizer.
+            model.load_state_dict(initial_state)
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            )
+            state.update(phase="refit", epoch=0)
+            checkpoint()
+        else:
+            state["phase"] = "done"
+    if state["phase"] == "refit":
+        for epoch in range(state["epoch"] + 1, state["best_epoch"] + 1):
+            loss, count, seconds = _train_epoch(model, optimizer, panel, full_w, config, epoch, device, salt=7)
+            seen, train_seconds = seen + count, train_seconds + seconds
+            record = {"phase": "refit", "epoch": epoch, "train_loss": loss, "seconds": round(seconds, 2)}
+            state["history"].append(record)
+            state["epoch"] = epoch
+            if progress:
+                progress({"stage": "refit", "epochs": state["best_epoch"], **record})
+            checkpoint()
+        state["phase"] = "done"
+    model.config.spread_scale = state["spread_scale"]
+    model.eval()
+    return TrainResult(
+        model=model,
+        epochs_run=len(state["history"]),
+        best_epoch=state["best_epoch"],
+        best_validation_loss=float(state["best_loss"]),
+        history=state["history"],
+        train_windows=len(train_w),
+        validation_windows=len(valid_w),
+        seconds=time.perf_counter() - t0,
+        pretrain_seconds=pretrain_seconds,
+        windows_per_second=seen / train_seconds if train_seconds else float("nan"),
+        device=str(device),
+        validation_periods=validation,
+        resumed_from_epoch=resumed,
+    )
+
+
+def _save_state(path: Path, state: dict) -> None:
+    """Written to a temporary file and renamed: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def clear_checkpoints(checkpoint_dir: Path) -> None:
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def forecast(
+    model: BIForecaster, panel: Panel, origin: int, series: np.ndarray | None = None, batch_size: int = 1024
+) -> pd.DataFrame:
+    """Quantile forecasts for the ``horizon`` periods after date index ``origin``: store_id, item_id, date, mean
+    (the median, the point forecast that minimises absolute error) and q0.1 … q0.9, in sales units."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    if series is None:
+        series = np.flatnonzero(panel.first <= origin)
+    horizon = cfg.horizon
+    if origin + horizon >= len(panel.dates):
+        raise ValueError(f"the panel's date grid ends before origin + horizon ({origin} + {horizon})")
+    model.eval()
+    outputs = []
+    with torch.no_grad(), _autocast(device):
+        for idx in _batches(len(series), batch_size, None):
+            sel = series[idx]
+            batch = gather(panel, sel, np.full(len(sel), origin + 1), cfg.context_length, horizon, 0, 0)
+            quantiles, scale = model(
+                *(batch[k].to(device) for k in ("past_values", "past_observed", "future_features",
+                                                 "static_categorical", "static_numeric"))
+            )
+            outputs.append((quantiles.float() * scale.unsqueeze(-1)).cpu().numpy())
+    values = np.concatenate(outputs) if outputs else np.zeros((0, horizon, len(cfg.quantiles)))
+    n = len(series)
+    dates = panel.dates[origin + 1 : origin + 1 + horizon]
+    out = pd.DataFrame(
+        {
+            "store_id": np.repeat(panel.keys["store_id"].to_numpy()[series], horizon),
+            "item_id": np.repeat(panel.keys["item_id"].to_numpy()[series], horizon),
+            "date": np.tile(dates.to_numpy(), n),
+        }
+    )
+    flat = values.reshape(n * horizon, len(cfg.quantiles))
+    for j, q in enumerate(cfg.quantiles):
+        out[quantile_column(q)] = flat[:, j].astype("float64")
+    out["mean"] = out[quantile_column(0.5)]
+    return out[["store_id", "item_id", "date", "mean", *[quantile_column(q) for q in QUANTILES]]]
