@@ -115,7 +115,10 @@ def blend(first: pd.DataFrame, second: pd.DataFrame, weight: float) -> pd.DataFr
 
 
 def fit_blend_weight(
-    transformer_val: pd.DataFrame, lightgbm_val: pd.DataFrame, actual: pd.DataFrame, train: pd.DataFrame,
+    transformer_val: pd.DataFrame,
+    lightgbm_val: pd.DataFrame,
+    actual: pd.DataFrame,
+    train: pd.DataFrame,
     season_length: int,
 ) -> float:
     """The transformer's share in the ensemble that minimises MASE over the validation periods (never the test)."""
@@ -180,7 +183,8 @@ def run_backtest(
             weights.append(weight)
             forecasts["ensemble"] = blend(forecasts["transformer"], forecasts["lightgbm"], weight)
             seconds["ensemble"] = {
-                "fit_seconds": seconds["transformer"]["fit_seconds"] + seconds["lightgbm"]["fit_seconds"]
+                "fit_seconds": seconds["transformer"]["fit_seconds"]
+                + seconds["lightgbm"]["fit_seconds"]
                 + lgb_val.attrs["timing"]["fit_seconds"],
                 "predict_seconds": seconds["transformer"]["predict_seconds"] + seconds["lightgbm"]["predict_seconds"],
             }

@@ -81,10 +81,17 @@ def statistical_forecast(
     predictions = predictions.reset_index() if "unique_id" not in predictions.columns else predictions
     # One engine fits both models: its time is split evenly between them.
     timing = {"fit_seconds": (fitted - started) / 2, "predict_seconds": (predicted - fitted) / 2}
-    return {
-        "seasonal_naive": _from_intervals(predictions, "SeasonalNaive"),
-        "auto_ets": _from_intervals(predictions, "AutoETS"),
-    }, {"seasonal_naive": dict(timing), "auto_ets": dict(timing)}
+    # A series shorter than one season has no seasonal-naive forecast: it gets the naive one (its last value).
+    last = data.groupby("unique_id")["y"].last()
+    out = {}
+    for name, model in (("seasonal_naive", "SeasonalNaive"), ("auto_ets", "AutoETS")):
+        frame = _from_intervals(predictions, model)
+        fallback = (frame["store_id"] + "|" + frame["item_id"]).map(last)
+        columns = ["mean", *[quantile_column(q) for q in QUANTILES]]
+        for column in columns:
+            frame[column] = frame[column].fillna(fallback)
+        out[name] = frame
+    return out, {"seasonal_naive": dict(timing), "auto_ets": dict(timing)}
 
 
 def lightgbm_forecast(

@@ -101,6 +101,24 @@ def _print_summary(summary, settings: Settings) -> None:
         print(f"  check {name:<45} {verdict}: {check['description']}")
     if summary.error:
         print(f"  error: {summary.error}")
+    trained = summary.materialized.get("forecaster")
+    if trained:
+        print(
+            f"  forecaster        model v{trained['model_version']} {trained['decision']}"
+            f" ({trained['decision_reason']});"
+            f" holdout MASE {trained['holdout_MASE']:.3f}, WQL {trained['holdout_WQL']:.3f}; {trained['device']},"
+            f" {trained['training_seconds']} s"
+        )
+        print(f"  MLflow            {trained['mlflow_ui']}")
+    published = summary.materialized.get("forecasts")
+    if published:
+        print(
+            f"  forecasts         {published['series']} series x {published['horizon']} periods after "
+            f"{published['cutoff']} from champion v{published['model_version']}"
+        )
+    compared = summary.materialized.get("backtest")
+    if compared:
+        print("  backtest on the holdout:\n" + "\n".join("    " + line for line in compared["comparison"].splitlines()))
     docs = settings.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     if docs.exists():
         print(f"  GX Data Docs: file://{docs}")
@@ -119,6 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.success else 1
 
 
+DEMO_TRAINING = {"BI_PIPELINE_MEMBERS": "2", "BI_PIPELINE_EPOCHS": "15", "BI_PIPELINE_MAX_WINDOWS_PER_EPOCH": "4096"}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bi_pipeline.defs.runner import run_pipeline
     from bi_pipeline.generate import generate
@@ -133,6 +154,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"({report.series} series x {report.periods} periods, {report.frequency}); injected defects: "
         + ", ".join(f"{k}={v}" for k, v in sorted(report.expected_quarantine.items()) if v)
     )
+    # The demo trains a smaller ensemble for fewer epochs than the product default, so it finishes in minutes.
+    for name, value in DEMO_TRAINING.items():
+        os.environ.setdefault(name, value)
+    print("demo training budget: " + ", ".join(f"{k}={os.environ[k]}" for k in DEMO_TRAINING))
     summary = run_pipeline(settings)
     _print_summary(summary, settings)
     found = summary.materialized.get("sales_quarantine", {}).get("by_reason", {})
@@ -196,7 +221,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from bi_pipeline.training import TrainConfig
 
     config = TrainConfig(
-        num_members=args.members, epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, seed=args.seed,
+        num_members=args.members,
+        epochs=args.epochs,
+        pretrain_epochs=args.pretrain_epochs,
+        seed=args.seed,
         init_from=args.init_from,
     )
     result = run_backtest(

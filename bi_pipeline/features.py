@@ -429,11 +429,15 @@ def panel_from_frame(frame: pd.DataFrame, upto: pd.Timestamp | None = None, hori
     firsts.index = pd.MultiIndex.from_arrays([firsts.index.get_level_values(c).astype(str) for c in SERIES])
     firsts = firsts.reindex(pd.MultiIndex.from_frame(keys))
     cats = list(spec.static_categorical) if spec.use_static else []
-    static_cat = np.stack([firsts[f"static_{c}"].to_numpy(dtype="int64") for c in cats], 1) if cats else np.zeros(
-        (n, 0), dtype="int64"
+    static_cat = (
+        np.stack([firsts[f"static_{c}"].to_numpy(dtype="int64") for c in cats], 1)
+        if cats
+        else np.zeros((n, 0), dtype="int64")
     )
     nums = spec.static_numeric if spec.use_static else []
-    static_num = np.stack([firsts[f"static_{c}"].to_numpy(dtype="float32") for c in nums], 1) if nums else np.zeros(
-        (n, 0), dtype="float32"
+    static_num = (
+        np.stack([firsts[f"static_{c}"].to_numpy(dtype="float32") for c in nums], 1)
+        if nums
+        else np.zeros((n, 0), dtype="float32")
     )
     return Panel(keys, dates, values, observed, first, last, future, static_cat, static_num, spec)

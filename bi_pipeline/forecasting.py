@@ -120,9 +120,7 @@ def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, hori
     return out
 
 
-def forecast_latest(
-    model: BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
-) -> pd.DataFrame:
+def forecast_latest(model: BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
     """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
     date, from a saved model and its own encodings."""
     spec = FeatureSpec.from_dict(model.config.feature_spec)

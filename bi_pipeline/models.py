@@ -196,9 +196,7 @@ class BIForecaster(PreTrainedModel):
         the members' average (monotone, as each member's are), or (K, B, H, Q) per member with ``return_members``."""
         scale = self.scale(past_values, past_observed)
         scaled = past_values / scale
-        stacked = torch.stack(
-            [m(scaled, future_features, static_categorical, static_numeric) for m in self.members]
-        )
+        stacked = torch.stack([m(scaled, future_features, static_categorical, static_numeric) for m in self.members])
         if return_members:
             return stacked, scale
         quantiles = stacked.mean(0)

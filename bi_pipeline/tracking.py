@@ -113,9 +113,7 @@ class Tracker:
     def model_dir(self, version: str) -> Path:
         """The ``save_pretrained`` directory of a registered version, downloaded from the artifact store."""
         target = Path(tempfile.mkdtemp(prefix=f"bi_forecaster_v{version}_"))
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target)
-        )
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target))
         found = sorted(Path(path).rglob("config.json"))
         found = [p for p in found if (p.parent / "model.safetensors").exists()]
         if not found:
@@ -123,7 +121,11 @@ class Tracker:
         return found[0].parent
 
     def decide(
-        self, version: str, challenger_score: float, champion_score: float | None, metric: str = "MASE",
+        self,
+        version: str,
+        challenger_score: float,
+        champion_score: float | None,
+        metric: str = "MASE",
         margin: float = 0.0,
     ) -> Decision:
         """Promote ``version`` to champion when there is none, or when its score (lower is better) beats the

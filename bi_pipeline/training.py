@@ -174,7 +174,9 @@ def load_model(source: str, config: BIForecasterConfig | None = None) -> BIForec
 
 def _fingerprint(panel: Panel, horizon: int, cutoff: int, config: TrainConfig) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([config.to_dict(), horizon, cutoff, list(panel.values.shape)], sort_keys=True).encode())
+    # The epoch budget is left out: a resumed run may be given more epochs than the one that crashed.
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")}
+    digest.update(json.dumps([recipe, horizon, cutoff, list(panel.values.shape)], sort_keys=True).encode())
     digest.update(np.ascontiguousarray(panel.values[:, : cutoff + 1]).tobytes())
     return digest.hexdigest()[:16]
 
@@ -218,8 +220,13 @@ def evaluate_loss(
     with torch.no_grad(), _autocast(device):
         for idx in _batches(len(windows), batch_size, None):
             batch = gather(
-                panel, windows.series[idx], windows.start[idx], cfg.context_length, cfg.horizon,
-                windows.step_begin, windows.step_end,
+                panel,
+                windows.series[idx],
+                windows.start[idx],
+                cfg.context_length,
+                cfg.horizon,
+                windows.step_begin,
+                windows.step_end,
             )
             count = float(batch["mask"].sum())
             if count == 0:
@@ -243,7 +250,11 @@ def calibrate_spread(model: BIForecaster, panel: Panel, windows: Windows, device
 
 
 def pretrain_backbone(
-    model: BIForecaster, panel: Panel, windows: Windows, config: TrainConfig, device: torch.device,
+    model: BIForecaster,
+    panel: Panel,
+    windows: Windows,
+    config: TrainConfig,
+    device: torch.device,
     progress: Progress | None = None,
 ) -> float:
     """Masked-patch pretraining (PatchTSTForPretraining) on the windows' contexts; the encoder's weights move into
@@ -274,17 +285,28 @@ def pretrain_backbone(
                 optimizer.step()
                 losses.append(float(loss.detach()))
             if progress:
-                progress({
-                    "stage": "pretrain", "member": number + 1, "epoch": epoch, "epochs": config.pretrain_epochs,
-                    "loss": float(np.mean(losses)),
-                })
+                progress(
+                    {
+                        "stage": "pretrain",
+                        "member": number + 1,
+                        "epoch": epoch,
+                        "epochs": config.pretrain_epochs,
+                        "loss": float(np.mean(losses)),
+                    }
+                )
         member.backbone.load_state_dict(pretrainer.model.state_dict(), strict=False)
     return time.perf_counter() - started
 
 
 def _train_epoch(
-    model: BIForecaster, optimizer: torch.optim.Optimizer, panel: Panel, windows: Windows, config: TrainConfig,
-    epoch: int, device: torch.device, salt: int = 0,
+    model: BIForecaster,
+    optimizer: torch.optim.Optimizer,
+    panel: Panel,
+    windows: Windows,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    salt: int = 0,
 ) -> tuple[float, int, float]:
     """One pass over (a sample of) the windows: (mean loss, windows seen, seconds)."""
     cfg = model.config
@@ -299,8 +321,13 @@ def _train_epoch(
     for idx in _batches(len(chosen), config.batch_size, rng):
         sel = chosen[idx]
         batch = gather(
-            panel, windows.series[sel], windows.start[sel], cfg.context_length, cfg.horizon,
-            windows.step_begin, windows.step_end,
+            panel,
+            windows.series[sel],
+            windows.start[sel],
+            cfg.context_length,
+            cfg.horizon,
+            windows.step_begin,
+            windows.step_end,
         )
         if not bool(batch["mask"].any()):
             continue
@@ -356,8 +383,14 @@ def train_forecaster(
     fingerprint = _fingerprint(panel, horizon, cutoff, config)
     state_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     state = {
-        "phase": "fit", "epoch": 0, "best_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
-        "best_state": None, "spread_scale": 1.0,
+        "phase": "fit",
+        "epoch": 0,
+        "best_loss": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "history": [],
+        "best_state": None,
+        "spread_scale": 1.0,
     }
     resumed = None
     pretrain_seconds = 0.0
@@ -368,6 +401,7 @@ def train_forecaster(
             optimizer.load_state_dict(saved["optimizer"])
             initial_state = saved["initial_state"]
             state = {k: saved[k] for k in state}
+            torch.set_rng_state(saved["torch_rng"])
             resumed = state["epoch"]
             if progress:
                 progress({"stage": "resume", "phase": state["phase"], "epoch": resumed})
@@ -377,10 +411,17 @@ def train_forecaster(
 
     def checkpoint() -> None:
         if state_path is not None:
-            _save_state(state_path, {
-                "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "initial_state": initial_state, **state,
-            })
+            _save_state(
+                state_path,
+                {
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "initial_state": initial_state,
+                    "torch_rng": torch.get_rng_state(),
+                    **state,
+                },
+            )
 
     seen, train_seconds = 0, 0.0
     if state["phase"] == "fit":
@@ -397,14 +438,18 @@ def train_forecaster(
             else:
                 state["bad_epochs"] += 1
             record = {
-                "phase": "fit", "epoch": epoch, "train_loss": loss, "validation_loss": valid_loss,
-                "best": improved, "seconds": round(seconds, 2),
+                "phase": "fit",
+                "epoch": epoch,
+                "train_loss": loss,
+                "validation_loss": valid_loss,
+                "best": improved,
+                "seconds": round(seconds, 2),
             }
             state["history"].append(record)
             state["epoch"] = epoch
+            checkpoint()
             if progress:
                 progress({"stage": "train", "epochs": config.epochs, **record})
-            checkpoint()
         if state["best_state"] is not None:
             model.load_state_dict(state["best_state"])
         if len(valid_w):
@@ -414,9 +459,7 @@ def train_forecaster(
         if config.refit and state["best_epoch"] > 0 and len(full_w) > len(train_w):
             # Phase 2 restarts from the initial weights with a fresh optimizer.
             model.load_state_dict(initial_state)
-            optimizer = torch.optim.AdamW(
-                model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-            )
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
             state.update(phase="refit", epoch=0)
             checkpoint()
         else:
@@ -428,9 +471,9 @@ def train_forecaster(
             record = {"phase": "refit", "epoch": epoch, "train_loss": loss, "seconds": round(seconds, 2)}
             state["history"].append(record)
             state["epoch"] = epoch
+            checkpoint()
             if progress:
                 progress({"stage": "refit", "epochs": state["best_epoch"], **record})
-            checkpoint()
         state["phase"] = "done"
     model.config.spread_scale = state["spread_scale"]
     model.eval()
@@ -482,8 +525,10 @@ def forecast(
             sel = series[idx]
             batch = gather(panel, sel, np.full(len(sel), origin + 1), cfg.context_length, horizon, 0, 0)
             quantiles, scale = model(
-                *(batch[k].to(device) for k in ("past_values", "past_observed", "future_features",
-                                                 "static_categorical", "static_numeric"))
+                *(
+                    batch[k].to(device)
+                    for k in ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
+                )
             )
             outputs.append((quantiles.float() * scale.unsqueeze(-1)).cpu().numpy())
     values = np.concatenate(outputs) if outputs else np.zeros((0, horizon, len(cfg.quantiles)))

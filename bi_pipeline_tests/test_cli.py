@@ -117,6 +117,10 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "4",
             "--windows",
             "2",
+            "--members",
+            "1",
+            "--epochs",
+            "2",
             "--out",
             str(out),
         ]
@@ -125,8 +129,12 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["series"] == 10
-    assert set(result["models"]) == {"seasonal_naive", "auto_ets", "lightgbm"}
+    assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
     for metrics in result["models"].values():
-        assert set(metrics) == {"MASE", "WAPE", "WQL", "coverage_80", "bias", "fit_seconds", "predict_seconds"}
+        assert {"MASE", "WAPE", "WQL", "coverage_80", "bias", "fit_seconds", "predict_seconds"} <= set(metrics)
         assert metrics["MASE"] > 0 and 0 <= metrics["coverage_80"] <= 1
-    assert "seasonal_naive" in capsys.readouterr().out
+    assert result["models"]["transformer"]["train_windows_per_second"] > 0
+    assert 0.0 <= result["models"]["ensemble"]["transformer_weight"] <= 1.0
+    assert result["transformer_config"]["num_members"] == 1
+    printed = capsys.readouterr().out
+    assert "transformer" in printed and "ensemble" in printed

@@ -1,7 +1,6 @@
 """Forecasting: features → forecaster (trained, tracked in MLflow, promoted only when better) → forecasts, and the
 backtest that compares the forecaster with strong baselines on the same holdout."""
 
-
 import base64
 import io
 import json
@@ -153,9 +152,15 @@ def forecaster(
         "dagster_run_id": context.run_id,
     }
     params = {
-        **config.to_dict(), "horizon": horizon, "frequency": frequency, "season_length": season,
-        "train_windows": result.train_windows, "validation_windows": result.validation_windows,
-        "best_epoch": result.best_epoch, "device": result.device, "spread_scale": model.config.spread_scale,
+        **config.to_dict(),
+        "horizon": horizon,
+        "frequency": frequency,
+        "season_length": season,
+        "train_windows": result.train_windows,
+        "validation_windows": result.validation_windows,
+        "best_epoch": result.best_epoch,
+        "device": result.device,
+        "spread_scale": model.config.spread_scale,
         "future_features": model.config.feature_spec and ",".join(panel.spec.future_names),
     }
     run_id, version = tracker.log_training(model_dir, params, result.history, scores, lineage, run_name=context.run_id)
@@ -168,11 +173,15 @@ def forecaster(
         except (ValueError, KeyError, OSError) as exc:
             context.log.warning(f"champion v{champion} could not be scored on this holdout: {exc}")
     decision = tracker.decide(
-        version, scores["MASE"], champion_scores["MASE"] if champion_scores else None,
+        version,
+        scores["MASE"],
+        champion_scores["MASE"] if champion_scores else None,
         margin=forecasting.promotion_margin,
     )
-    context.log.info(f"model version {version}: {'promoted to champion' if decision.promoted else 'kept as challenger'}"
-                     f" — {decision.reason}")
+    context.log.info(
+        f"model version {version}: {'promoted to champion' if decision.promoted else 'kept as challenger'}"
+        f" — {decision.reason}"
+    )
     clear_checkpoints(checkpoints)
     shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
     value = pd.concat([holdout.drop(columns="sales").assign(kind="holdout"), own], ignore_index=True)
@@ -244,9 +253,7 @@ def forecasts(
     model = BIForecaster.from_pretrained(tracker.model_dir(version))
     frequency = model.config.feature_spec["frequency"]
     history = integrated_sales
-    future = future_covariates(
-        master_or_none(calendar), history, model.config.horizon, pandas_freq(history, frequency)
-    )
+    future = future_covariates(master_or_none(calendar), history, model.config.horizon, pandas_freq(history, frequency))
     out = forecast_latest(model, history, future)
     out["model_version"] = version
     context.log.info(f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version}")

@@ -135,6 +135,11 @@ class ForecastingResource(dg.ConfigurableResource):
         from bi_pipeline.training import TrainConfig
 
         return TrainConfig(
-            num_members=self.members, epochs=self.epochs, max_windows_per_epoch=self.max_windows_per_epoch,
-            pretrain_epochs=self.pretrain_epochs, init_from=self.init_from, device=self.device, seed=self.seed,
+            num_members=self.members,
+            epochs=self.epochs,
+            max_windows_per_epoch=self.max_windows_per_epoch,
+            pretrain_epochs=self.pretrain_epochs,
+            init_from=self.init_from,
+            device=self.device,
+            seed=self.seed,
         )

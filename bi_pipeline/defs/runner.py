@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bi_pipeline.config import Settings, prepare_dagster_home
+from bi_pipeline.config import ForecastSettings, Settings, prepare_dagster_home
 from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import chunks, sales_periods
@@ -41,9 +41,14 @@ def _plain(value) -> object:
     return inner if isinstance(inner, (int, float, str, bool, dict, list)) or inner is None else str(inner)
 
 
-def run_pipeline(settings: Settings, instance: dg.DagsterInstance | None = None, log_level: str = "INFO") -> RunSummary:
+def run_pipeline(
+    settings: Settings,
+    instance: dg.DagsterInstance | None = None,
+    log_level: str = "INFO",
+    forecast: ForecastSettings | None = None,
+) -> RunSummary:
     """Every stage over every landed period: one run when the history fits in one (``PERIODS_PER_RUN``), otherwise
-    an ingest run per range of periods and then one run for the integrated view."""
+    an ingest run per range of periods, then one run for the integrated view and one for training and forecasts."""
     prepare_dagster_home(settings)
     instance = instance or dg.DagsterInstance.get()
     keys, rejected = register_periods(instance, settings)
@@ -51,14 +56,14 @@ def run_pipeline(settings: Settings, instance: dg.DagsterInstance | None = None,
         raise SystemExit(
             f"no sales files in {settings.landing / 'sales'}: run `bi-pipeline generate` or land files first"
         )
-    defs = build_defs(settings)
+    defs = build_defs(settings, forecast)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     summary = RunSummary(success=True, run_id="", partitions=len(keys), rejected_files=rejected)
     # Partition order is the order periods were added; each range covers consecutive ones.
     ranges = chunks(keys)
     plan = [("pipeline_job", ranges[0])] if len(ranges) == 1 else [("ingest_job", r) for r in ranges]
     if len(ranges) > 1:
-        plan.append(("integrate_job", []))
+        plan += [("integrate_job", []), ("train_job", [])]
     for job_name, part in plan:
         tags = {ASSET_PARTITION_RANGE_START_TAG: part[0], ASSET_PARTITION_RANGE_END_TAG: part[-1]} if part else {}
         result = defs.resolve_job_def(job_name).execute_in_process(

@@ -1,0 +1,217 @@
+"""The forecaster's core without Dagster: features, the model, training, checkpoints, save/load, forecasts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bi_pipeline.backtest import blend, fit_blend_weight
+from bi_pipeline.evaluation import QUANTILES, quantile_column
+from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame, split_windows
+from bi_pipeline.forecasting import forecast_latest, holdout_score, train_with_holdout
+from bi_pipeline.models import BIForecaster, pinball_loss
+from bi_pipeline.training import TrainConfig, forecast, gather, load_model, model_config, train_forecaster
+
+QCOLS = [quantile_column(q) for q in QUANTILES]
+
+
+def weekly_history(series: int = 6, periods: int = 90, seed: int = 0) -> pd.DataFrame:
+    """Seasonal weekly series of different sizes with a holiday flag that lifts sales, and a store attribute."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2021-01-04", periods=periods, freq="W-MON")
+    holiday = (dates.isocalendar().week.to_numpy() % 13 == 0).astype("float32")
+    frames = []
+    for i in range(series):
+        level = 10.0 * (i + 1)
+        season = 1 + 0.3 * np.sin(2 * np.pi * np.arange(periods) / 52.0 + i)
+        sales = level * season * (1 + 0.5 * holiday) + rng.normal(0, 0.5, periods)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": dates,
+                    "store_id": f"S{i % 3}",
+                    "item_id": f"I{i}",
+                    "sales": sales.astype("float32"),
+                    "observed": True,
+                    "format": "big" if i % 3 == 0 else "small",
+                    "holiday": holiday,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+TINY = dict(d_model=16, ffn_dim=32, num_attention_heads=2, num_hidden_layers=1, max_windows_per_epoch=256)
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = {**TINY, "num_members": 1, "epochs": 4, "patience": 100, "batch_size": 64, **overrides}
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def panel():
+    history = weekly_history()
+    spec = fit_spec(history, "W")
+    return build_panel(history, spec, horizon=8)
+
+
+def test_spec_takes_flags_and_static_attributes_and_leaves_out_continuous_covariates():
+    history = weekly_history()
+    history["temperature"] = np.linspace(0, 30, len(history)).astype("float32")
+    spec = fit_spec(history, "W")
+    assert spec.covariates == ["holiday"]
+    assert list(spec.static_categorical) == ["format"] and spec.static_categorical["format"] == ["big", "small"]
+    assert fit_spec(history, "W", continuous_covariates=True).covariates == ["holiday", "temperature"]
+    assert fit_spec(history, "W", use_covariates=False).future_names == [
+        "year_sin1",
+        "year_cos1",
+        "year_sin2",
+        "year_cos2",
+        "year_sin3",
+        "year_cos3",
+    ]
+
+
+def test_validation_targets_are_never_training_targets(panel):
+    cutoff, horizon, validation = 81, 8, 8
+    train, valid = split_windows(panel, horizon, cutoff, min_context=8, validation=validation)
+    assert (train.step_begin, train.step_end) == (0, cutoff + 1 - validation)
+    assert (valid.step_begin, valid.step_end) == (cutoff + 1 - validation, cutoff + 1)
+    batch = gather(panel, train.series, train.start, 52, horizon, train.step_begin, train.step_end)
+    steps = train.start[:, None] + np.arange(horizon)[None, :]
+    assert steps[batch["mask"].numpy()].max() == cutoff - validation
+    batch = gather(panel, valid.series, valid.start, 52, horizon, valid.step_begin, valid.step_end)
+    steps = valid.start[:, None] + np.arange(horizon)[None, :]
+    counted = steps[batch["mask"].numpy()]
+    assert counted.min() == cutoff + 1 - validation and counted.max() == cutoff
+
+
+def test_context_before_a_series_starts_is_padded_and_unobserved(panel):
+    batch = gather(panel, np.array([0]), np.array([10]), 52, 8, 0, 90)
+    observed = batch["past_observed"].numpy()[0]
+    assert observed.sum() == 10 and not observed[:42].any()
+    assert np.allclose(batch["past_values"].numpy()[0, :42], panel.values[0, 0])
+
+
+def test_features_frame_round_trips_through_parquet(panel, tmp_path):
+    frame = panel_frame(panel, split_at={"validation": 70, "test": 82})
+    frame.to_parquet(tmp_path / "f.parquet")
+    back = panel_from_frame(pd.read_parquet(tmp_path / "f.parquet"))
+    assert np.array_equal(back.static_cat, panel.static_cat)
+    assert np.allclose(back.future[:, :90], panel.future[:, :90])
+    assert np.allclose(back.values[:, :90], panel.values[:, :90])
+    assert frame["split"].value_counts().to_dict() == {"train": 6 * 70, "validation": 6 * 12, "test": 6 * 8}
+
+
+def test_pinball_loss_matches_hand_computation():
+    quantiles = torch.tensor([[[1.0, 2.0, 3.0]]])
+    target = torch.tensor([[2.5]])
+    levels = torch.tensor([0.1, 0.5, 0.9])
+    # y - q = 1.5, 0.5, -0.5 → 0.1·1.5, 0.5·0.5, 0.1·0.5 = 0.15, 0.25, 0.05 → mean 0.15
+    loss = pinball_loss(quantiles, target, torch.tensor([[True]]), levels)
+    assert loss.item() == pytest.approx(0.15)
+    assert pinball_loss(quantiles, target, torch.tensor([[False]]), levels).item() == 0.0
+
+
+def test_training_reduces_the_loss_and_quantiles_are_monotone(panel):
+    result = train_forecaster(panel, 8, 81, tiny(epochs=5))
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    out = forecast(result.model, panel, 81)
+    assert len(out) == 6 * 8
+    values = out[QCOLS].to_numpy()
+    assert (np.diff(values, axis=1) >= 0).all()
+    assert np.array_equal(out["mean"].to_numpy(), out["q0.5"].to_numpy())
+
+
+def test_save_and_load_give_identical_forecasts(panel, tmp_path):
+    model = train_forecaster(panel, 8, 81, tiny(epochs=1)).model
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    loaded = BIForecaster.from_pretrained(tmp_path / "model")
+    assert loaded.config.spread_scale == model.config.spread_scale
+    pd.testing.assert_frame_equal(forecast(model, panel, 81), forecast(loaded, panel, 81))
+
+
+def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path):
+    straight = train_forecaster(panel, 8, 81, tiny(epochs=4))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(record: dict) -> None:
+        if record.get("stage") == "train" and record["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_forecaster(panel, 8, 81, tiny(epochs=4), checkpoint_dir=tmp_path, progress=crash_after_two)
+    resumed = train_forecaster(panel, 8, 81, tiny(epochs=4), checkpoint_dir=tmp_path)
+    assert resumed.resumed_from_epoch == 2
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(forecast(straight.model, panel, 81), forecast(resumed.model, panel, 81))
+
+
+def test_early_stopping_stops_when_validation_stops_improving(panel):
+    result = train_forecaster(panel, 8, 81, tiny(epochs=30, patience=2, learning_rate=0.05))
+    assert result.epochs_run < 30
+    assert result.epochs_run - result.best_epoch == 2
+
+
+def test_fine_tuning_starts_from_a_local_checkpoint_with_another_head(panel, tmp_path):
+    source = BIForecaster(model_config(panel, 8, tiny()))
+    source.save_pretrained(tmp_path / "pretrained")
+    target_config = model_config(panel, 4, tiny())
+    loaded = load_model(str(tmp_path / "pretrained"), target_config)
+    assert loaded.config.horizon == 4 and loaded.members[0].direct.out_features == 4
+    for name, weight in source.members[0].backbone.state_dict().items():
+        assert torch.equal(weight, loaded.members[0].backbone.state_dict()[name]), name
+    result = train_forecaster(panel, 4, 81, tiny(epochs=1, init_from=str(tmp_path / "pretrained")))
+    assert result.model.config.horizon == 4
+
+
+def test_masked_pretraining_changes_the_backbone(panel):
+    plain = train_forecaster(panel, 8, 81, tiny(epochs=1))
+    pretrained = train_forecaster(panel, 8, 81, tiny(epochs=1, pretrain_epochs=2))
+    assert pretrained.pretrain_seconds > 0
+    a = plain.model.members[0].backbone.state_dict()
+    b = pretrained.model.members[0].backbone.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_holdout_training_and_latest_forecasts_from_a_saved_model(tmp_path):
+    history = weekly_history(periods=100)
+    trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=3))
+    assert trained.lineage["training_end"] == str(pd.Timestamp(history["date"].unique()[-9]).date())
+    assert set(trained.scores) == {"MASE", "WAPE", "WQL", "coverage_80", "bias"}
+    trained.result.model.save_pretrained(tmp_path / "m")
+    model = BIForecaster.from_pretrained(tmp_path / "m")
+    assert holdout_score(model, history, 52) == pytest.approx(trained.scores)
+    latest = forecast_latest(model, history)
+    assert len(latest) == 6 * 8
+    assert latest["date"].min() == history["date"].max() + pd.Timedelta(weeks=1)
+    assert (latest["cutoff"] == history["date"].max()).all()
+
+
+def test_ensemble_weight_is_fitted_on_validation_and_blends_quantiles():
+    dates = pd.date_range("2024-01-01", periods=4, freq="W-MON")
+    actual = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": [10.0, 12, 11, 13]})
+    train = pd.DataFrame(
+        {"store_id": "S", "item_id": "I", "date": dates - pd.Timedelta(weeks=4), "sales": [9.0, 11, 10, 12]}
+    )
+
+    def frame(values):
+        out = actual[["store_id", "item_id", "date"]].copy()
+        out["mean"] = values
+        for q in QUANTILES:
+            out[quantile_column(q)] = np.asarray(values) + (q - 0.5)
+        return out
+
+    perfect, off = frame([10.0, 12, 11, 13]), frame([20.0, 22, 21, 23])
+    assert fit_blend_weight(perfect, off, actual, train, 1) == 1.0
+    assert fit_blend_weight(off, perfect, actual, train, 1) == 0.0
+    mixed = blend(perfect, off, 0.5)
+    assert mixed["mean"].tolist() == [15.0, 17.0, 16.0, 18.0]
+    assert (np.diff(mixed[QCOLS].to_numpy(), axis=1) > 0).all()
