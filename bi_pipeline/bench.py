@@ -185,3 +185,72 @@ def bench_ingest(
     if not keep and not workdir:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def bench_forecaster(
+    series: int = 300,
+    periods: int = 156,
+    frequency: str = "W",
+    horizon: int = 13,
+    epochs: int = 3,
+    members: int = 1,
+    max_windows_per_epoch: int = 4096,
+    batch_size: int = 128,
+    device: str = "auto",
+    workdir: Path | None = None,
+) -> dict:
+    """Training throughput (windows/s) and inference speed (series/s) of the forecaster on generated data, with the
+    device, its precision (bf16 autocast on CUDA) and peak memory."""
+    import torch
+
+    from bi_pipeline.backtest import load_history
+    from bi_pipeline.features import build_panel, fit_spec
+    from bi_pipeline.generate import GenerationSpec, generate
+    from bi_pipeline.training import TrainConfig, choose_device, forecast, train_forecaster
+
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bi_pipeline_bench_fc_"))
+    stores, items = split_series(series)
+    landing = root / "landing"
+    generate(landing, GenerationSpec(stores=stores, items=items, periods=periods, frequency=frequency, defects=0))
+    history, freq, covariates = load_history(landing, Settings(home=root / "home", landing=landing))
+    spec = fit_spec(history, freq, covariates)
+    panel = build_panel(history, spec, horizon=horizon)
+    origin = len(panel.dates) - horizon - 1
+    config = TrainConfig(
+        num_members=members,
+        epochs=epochs,
+        patience=epochs + 1,
+        max_windows_per_epoch=max_windows_per_epoch,
+        batch_size=batch_size,
+        device=device,
+    )
+    started = time.perf_counter()
+    result = train_forecaster(panel, horizon, origin, config)
+    train_seconds = time.perf_counter() - started
+    forecast(result.model, panel, origin)  # warm-up
+    started = time.perf_counter()
+    out = forecast(result.model, panel, origin)
+    predict_seconds = time.perf_counter() - started
+    chosen = choose_device(device)
+    if not workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "benchmark": "forecaster",
+        "series": panel.series,
+        "periods": len(panel.dates) - horizon,
+        "frequency": freq,
+        "horizon": horizon,
+        "members": members,
+        "epochs": result.epochs_run,
+        "parameters": int(sum(p.numel() for p in result.model.parameters())),
+        "device": str(chosen),
+        "precision": "bf16 autocast" if chosen.type == "cuda" else "fp32",
+        "torch_threads": torch.get_num_threads(),
+        "train_windows_per_second": round(result.windows_per_second, 1),
+        "train_seconds": round(train_seconds, 2),
+        "inference_series_per_second": round(len(out) / horizon / predict_seconds, 1),
+        "inference_seconds": round(predict_seconds, 3),
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "gpu_peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if chosen.type == "cuda" else None,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }

@@ -245,6 +245,26 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_forecaster(args: argparse.Namespace) -> int:
+    from bi_pipeline.bench import bench_forecaster
+
+    result = bench_forecaster(
+        series=args.series,
+        periods=args.periods,
+        frequency=args.frequency,
+        horizon=args.horizon,
+        epochs=args.epochs,
+        members=args.members,
+        max_windows_per_epoch=args.max_windows,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bi_pipeline.bench import bench_ingest
 
@@ -338,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="GX-validate the landed rows of chunks up to this size (default: BI_PIPELINE_GX_LANDED_MAX_ROWS)",
     )
     ingest.set_defaults(func=cmd_bench_ingest)
+    fc = bench_sub.add_parser("forecaster", help="training windows/s and inference series/s of the forecaster")
+    fc.add_argument("--series", type=int, default=300)
+    fc.add_argument("--periods", type=int, default=156)
+    fc.add_argument("--frequency", choices=FREQUENCIES, default="W")
+    fc.add_argument("--horizon", type=int, default=13)
+    fc.add_argument("--epochs", type=int, default=3)
+    fc.add_argument("--members", type=int, default=1)
+    fc.add_argument("--max-windows", type=int, default=4096, help="training windows per epoch")
+    fc.add_argument("--batch-size", type=int, default=128)
+    fc.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    fc.add_argument("--out", help="write the JSON here too")
+    fc.set_defaults(func=cmd_bench_forecaster)
     return parser
 
 

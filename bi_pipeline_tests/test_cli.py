@@ -138,3 +138,12 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert result["transformer_config"]["num_members"] == 1
     printed = capsys.readouterr().out
     assert "transformer" in printed and "ensemble" in printed
+
+
+def test_bench_forecaster_reports_throughput(tmp_path):
+    from bi_pipeline.bench import bench_forecaster
+
+    result = bench_forecaster(series=6, periods=60, horizon=4, epochs=1, max_windows_per_epoch=64, workdir=tmp_path)
+    assert result["series"] == 6 and result["device"] == "cpu" and result["precision"] == "fp32"
+    assert result["train_windows_per_second"] > 0 and result["inference_series_per_second"] > 0
+    assert result["epochs"] == 1
