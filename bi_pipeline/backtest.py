@@ -16,7 +16,7 @@ import pandas as pd
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, statistical_forecast
 from bi_pipeline.config import Settings
 from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
-from bi_pipeline.evaluation import QUANTILES, SEASON_LENGTH, mase, mase_scales, quantile_column, score
+from bi_pipeline.evaluation import QUANTILES, mase, mase_scales, quantile_column, score, season_length_for
 from bi_pipeline.features import build_panel, fit_spec
 from bi_pipeline.integration import integrate
 from bi_pipeline.quality import clean_periods, known_ids
@@ -145,7 +145,8 @@ def run_backtest(
     """The JSON of `bi-pipeline backtest`: per model the averaged metrics and the fit/predict seconds."""
     from bi_pipeline.training import TrainConfig
 
-    season_length = season_length or SEASON_LENGTH[frequency]
+    training_periods = history["date"].nunique() - horizon * windows
+    season_length = season_length_for(frequency, training_periods, season_length)
     train_config = train_config or TrainConfig()
     per_model: dict[str, list[dict]] = {}
     timing: dict[str, dict[str, float]] = {}

@@ -69,11 +69,12 @@ def statistical_forecast(
 ) -> dict[str, pd.DataFrame]:
     """Seasonal naive and AutoETS (additive error) forecasts with quantiles, per series."""
     from statsforecast import StatsForecast
-    from statsforecast.models import AutoETS, SeasonalNaive
+    from statsforecast.models import AutoETS, Naive, SeasonalNaive
 
     data = to_nixtla(history)
     models = [SeasonalNaive(season_length=season_length), AutoETS(season_length=season_length, model="AZZ")]
-    engine = StatsForecast(models=models, freq=pandas_freq(history, frequency), n_jobs=1)
+    # A series too short for ETS (a new item with a few periods) gets the naive forecast instead of failing all.
+    engine = StatsForecast(models=models, freq=pandas_freq(history, frequency), n_jobs=1, fallback_model=Naive())
     started = time.perf_counter()
     engine.fit(df=data)
     fitted = time.perf_counter()

@@ -21,6 +21,15 @@ SEASON_LENGTH = {"D": 7, "W": 52, "M": 12}
 SERIES = ["store_id", "item_id"]
 
 
+def season_length_for(frequency: str, training_periods: int, configured: int | None = None) -> int:
+    """The configured season length, else the frequency's default when the training history holds more than one
+    season of it, else 1 (a history shorter than a season has no seasonal differences to scale by)."""
+    if configured:
+        return configured
+    default = SEASON_LENGTH[frequency]
+    return default if training_periods > default else 1
+
+
 def quantile_column(level: float) -> str:
     return f"q{level:g}"
 

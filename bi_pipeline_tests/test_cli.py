@@ -17,6 +17,14 @@ def home(tmp_path, monkeypatch):
     monkeypatch.delenv("BI_PIPELINE_LANDING", raising=False)
     monkeypatch.setenv("BI_PIPELINE_MAX_BAD_ROW_RATE", "0.2")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # A tiny training budget: these tests are about the command, test_forecaster about the model.
+    for name, value in {
+        "BI_PIPELINE_HORIZON": "4",
+        "BI_PIPELINE_MEMBERS": "1",
+        "BI_PIPELINE_EPOCHS": "2",
+        "BI_PIPELINE_MAX_WINDOWS_PER_EPOCH": "256",
+    }.items():
+        monkeypatch.setenv(name, value)
     return tmp_path / "home"
 
 
@@ -26,6 +34,9 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert code == 0, out
     assert "quarantine matches the injected defects: True" in out
     assert "integrated_sales" in out and "check clean_sales:clean_sales_expectations" in out
+    assert "forecaster        model v1 promoted (no champion yet)" in out
+    # 2 of the 12 series were discontinued before the last period: 10 are forecast.
+    assert "10 series x 4 periods" in out and "backtest on the holdout" in out and "| ensemble" in out
     # The run is in the persistent instance under the home, where `make ui` will show it.
     assert (home / "dagster" / "dagster.yaml").exists()
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
@@ -46,7 +57,7 @@ def test_long_histories_run_in_ranges_then_one_integration(home, capsys, monkeyp
     assert "quarantine matches the injected defects: True" in out
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = sorted(instance.get_runs(), key=lambda r: r.create_timestamp if hasattr(r, "create_timestamp") else 0)
-        assert sorted(r.job_name for r in runs) == ["ingest_job"] * 3 + ["integrate_job"]
+        assert sorted(r.job_name for r in runs) == ["ingest_job"] * 3 + ["integrate_job", "train_job"]
         assert all(r.is_success for r in runs)
 
 

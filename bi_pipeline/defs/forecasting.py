@@ -17,7 +17,7 @@ from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
-from bi_pipeline.evaluation import QUANTILES, SEASON_LENGTH, SERIES, quantile_column, score
+from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
 from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame
 from bi_pipeline.forecasting import DEFAULT_HORIZON, data_hash, forecast_latest, future_covariates, holdout_score
 from bi_pipeline.models import BIForecaster
@@ -31,8 +31,9 @@ def _horizon(forecasting: ForecastingResource, frequency: str) -> int:
     return forecasting.horizon or DEFAULT_HORIZON[frequency]
 
 
-def _season(forecasting: ForecastingResource, frequency: str) -> int:
-    return forecasting.season_length or SEASON_LENGTH[frequency]
+def _season(forecasting: ForecastingResource, frequency: str, features: pd.DataFrame) -> int:
+    training_periods = int((pd.to_datetime(features["date"].unique()) <= pd.Timestamp(features.attrs["cutoff"])).sum())
+    return season_length_for(frequency, training_periods, forecasting.season_length)
 
 
 def _md_table(frame: pd.DataFrame, digits: int = 3) -> dg.MetadataValue:
@@ -105,7 +106,7 @@ def forecaster(
     settings = pipeline.settings()
     frequency = features.attrs["frequency"]
     horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
-    season = _season(forecasting, frequency)
+    season = _season(forecasting, frequency, features)
     cutoff_date = pd.Timestamp(features.attrs["cutoff"])
     panel = panel_from_frame(features, upto=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
@@ -295,7 +296,7 @@ def backtest(
     and an ensemble of the forecaster and LightGBM whose weight is fitted on the validation periods before it."""
     frequency = features.attrs["frequency"]
     horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
-    season = _season(forecasting, frequency)
+    season = _season(forecasting, frequency, features)
     cutoff_date = pd.Timestamp(features.attrs["cutoff"])
     history = integrated_sales
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
