@@ -248,7 +248,8 @@ def build_panel(
 
     frame = history
     if future is not None and len(future):
-        frame = pd.concat([history, future[future["date"] > end]], ignore_index=True)
+        later = future[future["date"] > end].dropna(axis=1, how="all")
+        frame = pd.concat([history, later], ignore_index=True) if len(later) else history
         frame = frame[frame[SERIES].astype(str).apply(tuple, axis=1).isin(set(map(tuple, keys.to_numpy())))]
     f_row = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(frame[SERIES].astype(str)))
     f_col = dates.get_indexer(pd.DatetimeIndex(frame["date"]))

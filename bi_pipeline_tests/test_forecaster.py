@@ -215,3 +215,9 @@ def test_ensemble_weight_is_fitted_on_validation_and_blends_quantiles():
     mixed = blend(perfect, off, 0.5)
     assert mixed["mean"].tolist() == [15.0, 17.0, 16.0, 18.0]
     assert (np.diff(mixed[QCOLS].to_numpy(), axis=1) > 0).all()
+
+
+def test_refit_trains_again_on_every_window_for_the_best_epoch_count(panel):
+    result = train_forecaster(panel, 8, 81, tiny(epochs=3, refit=True))
+    phases = [r["phase"] for r in result.history]
+    assert phases.count("fit") == 3 and phases.count("refit") == result.best_epoch
