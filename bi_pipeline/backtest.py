@@ -6,7 +6,6 @@ window ends at the last landed period. Metrics are computed per window and avera
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, statistical
 from bi_pipeline.config import Settings
 from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
 from bi_pipeline.evaluation import QUANTILES, mase, mase_scales, quantile_column, score, season_length_for
-from bi_pipeline.features import build_panel, fit_spec
 from bi_pipeline.integration import integrate
 from bi_pipeline.quality import clean_periods, known_ids
 
@@ -74,34 +72,59 @@ def transformer_forecast(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The transformer trained up to the window's cutoff: (test forecasts, forecasts over its own validation periods
     from the origin before them, timing)."""
-    from bi_pipeline.training import forecast, train_forecaster
-
-    spec = fit_spec(train, frequency, covariates, use_covariates=use_covariates)
-    panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
-    cutoff = len(panel.dates) - horizon - 1
+    from bi_pipeline.forecasting import train_with_holdout
+    from bi_pipeline.training import forecast
 
     def report(record: dict) -> None:
         if progress and record.get("stage") in ("train", "pretrain", "refit"):
             loss = record.get("validation_loss", record.get("loss"))
             progress(f"  transformer {record['stage']} epoch {record['epoch']}: loss {loss:.4f}")
 
-    started = time.perf_counter()
-    result = train_forecaster(panel, horizon, cutoff, config, progress=report)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    out = forecast(result.model, panel, cutoff)
-    predict_seconds = time.perf_counter() - started
+    trained = train_with_holdout(
+        pd.concat([train, test], ignore_index=True),
+        frequency,
+        horizon,
+        season_length=1,
+        config=config,
+        covariates=covariates,
+        use_covariates=use_covariates,
+        progress=report,
+    )
+    result, panel, cutoff = trained.result, trained.panel, trained.cutoff
     validation = result.validation_periods
     own = forecast(result.model, panel, cutoff - validation)
     own = own[own["date"] <= panel.dates[cutoff]]
     timing = {
-        "fit_seconds": fit_seconds,
-        "predict_seconds": predict_seconds,
+        "fit_seconds": result.seconds,
+        "predict_seconds": trained.predict_seconds,
         "windows_per_second": result.windows_per_second,
-        "series_per_second": panel.series / predict_seconds if predict_seconds else float("nan"),
+        "series_per_second": panel.series / trained.predict_seconds if trained.predict_seconds else float("nan"),
         "validation_periods": validation,
     }
-    return out, own, timing
+    return trained.holdout.drop(columns="sales"), own, timing
+
+
+def ensemble_forecast(
+    train: pd.DataFrame,
+    transformer: pd.DataFrame,
+    lightgbm: pd.DataFrame,
+    own_validation: pd.DataFrame,
+    validation: int,
+    horizon: int,
+    frequency: str,
+    season_length: int,
+    covariates: list[str] | None,
+) -> tuple[pd.DataFrame, float, float]:
+    """(blend of the transformer and LightGBM, the transformer's weight, seconds spent fitting the weight).
+
+    The weight comes from the ``validation`` periods just before the cutoff, never from the test: LightGBM refitted
+    without them, the transformer from the origin before its own validation stretch (``own_validation``)."""
+    dates = np.sort(train["date"].unique())
+    inner_train = train[train["date"] <= dates[-validation - 1]]
+    inner_test = train[train["date"] > dates[-validation - 1]]
+    lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season_length, covariates)
+    weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, season_length)
+    return blend(transformer, lightgbm, weight), weight, lgb_val.attrs["timing"]["fit_seconds"]
 
 
 def blend(first: pd.DataFrame, second: pd.DataFrame, weight: float) -> pd.DataFrame:
@@ -173,20 +196,23 @@ def run_backtest(
                 train, test, horizon, frequency, covariates, train_config, use_covariates, progress
             )
         if "ensemble" in models:
-            # The blend weight comes from the periods just before the cutoff: LightGBM refitted without them, the
-            # transformer from the origin before its own validation stretch.
             validation = int(seconds["transformer"]["validation_periods"])
-            dates = np.sort(train["date"].unique())
-            inner_train = train[train["date"] <= dates[-validation - 1]]
-            inner_test = train[train["date"] > dates[-validation - 1]]
-            lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season_length, covariates)
-            weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, season_length)
+            forecasts["ensemble"], weight, weight_seconds = ensemble_forecast(
+                train,
+                forecasts["transformer"],
+                forecasts["lightgbm"],
+                own_validation,
+                validation,
+                horizon,
+                frequency,
+                season_length,
+                covariates,
+            )
             weights.append(weight)
-            forecasts["ensemble"] = blend(forecasts["transformer"], forecasts["lightgbm"], weight)
             seconds["ensemble"] = {
                 "fit_seconds": seconds["transformer"]["fit_seconds"]
                 + seconds["lightgbm"]["fit_seconds"]
-                + lgb_val.attrs["timing"]["fit_seconds"],
+                + weight_seconds,
                 "predict_seconds": seconds["transformer"]["predict_seconds"] + seconds["lightgbm"]["predict_seconds"],
             }
             if progress:

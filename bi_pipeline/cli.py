@@ -209,6 +209,11 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(result: dict, out: str | None) -> None:
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from bi_pipeline.backtest import load_history, run_backtest, table
 
@@ -240,8 +245,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         use_covariates=not args.no_covariates,
     )
     print(table(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(result, args.out)
     return 0
 
 
@@ -260,8 +264,7 @@ def cmd_bench_forecaster(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(result, args.out)
     return 0
 
 
@@ -277,10 +280,8 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         gx_landed_max_rows=args.gx_landed_max_rows,
         progress=_progress,
     )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    _write_json(result, args.out)
     return 0
 
 

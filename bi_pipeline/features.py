@@ -250,7 +250,8 @@ def build_panel(
     if future is not None and len(future):
         later = future[future["date"] > end].dropna(axis=1, how="all")
         frame = pd.concat([history, later], ignore_index=True) if len(later) else history
-        frame = frame[frame[SERIES].astype(str).apply(tuple, axis=1).isin(set(map(tuple, keys.to_numpy())))]
+        # Only the history's series (vectorised: a row-wise apply is minutes at M5 scale).
+        frame = frame[pd.MultiIndex.from_frame(frame[SERIES].astype(str)).isin(pd.MultiIndex.from_frame(keys))]
     f_row = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(frame[SERIES].astype(str)))
     f_col = dates.get_indexer(pd.DatetimeIndex(frame["date"]))
     keep = (f_row >= 0) & (f_col >= 0)

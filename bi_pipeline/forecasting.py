@@ -8,6 +8,7 @@ which challenger and champion are compared. Forecasts then use every period as c
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class Trained:
     holdout: pd.DataFrame  # holdout forecasts with the actual sales
     scores: dict[str, float]
     lineage: dict
+    predict_seconds: float
 
 
 def data_hash(history: pd.DataFrame) -> str:
@@ -66,17 +68,24 @@ def train_with_holdout(
     panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
     cutoff = len(panel.dates) - horizon - 1
     result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoint_dir, progress=progress)
+    started = time.perf_counter()
     holdout = attach_actuals(forecast(result.model, panel, cutoff), test)
-    lineage = {
+    predict_seconds = time.perf_counter() - started
+    lineage = lineage_of(history, pd.Timestamp(train["date"].max()), horizon)
+    return Trained(result, panel, cutoff, holdout, score(holdout, train, season_length), lineage, predict_seconds)
+
+
+def lineage_of(history: pd.DataFrame, training_end: pd.Timestamp, horizon: int) -> dict:
+    """What a model was trained on, for MLflow: period range, training end, holdout, size and a data hash."""
+    return {
         "first_period": str(pd.Timestamp(history["date"].min()).date()),
         "last_period": str(pd.Timestamp(history["date"].max()).date()),
-        "training_end": str(pd.Timestamp(train["date"].max()).date()),
+        "training_end": str(pd.Timestamp(training_end).date()),
         "holdout_periods": horizon,
         "series": int(history.groupby(SERIES, observed=True).ngroups),
         "rows": len(history),
         "data_hash": data_hash(history),
     }
-    return Trained(result, panel, cutoff, holdout, score(holdout, train, season_length), lineage)
 
 
 def holdout_score(model: BIForecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:

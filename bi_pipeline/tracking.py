@@ -50,9 +50,6 @@ class Decision:
     champion_score: float | None
     metric: str
 
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
-
 
 class Tracker:
     """The MLflow calls the pipeline makes, over one tracking URI (SQLite under the home by default, or Postgres)."""
@@ -154,9 +151,6 @@ class Tracker:
         if champion_score is not None and _finite(champion_score):
             self.client.log_metric(run_id, f"champion_holdout_{metric}", float(champion_score))
         return decision
-
-    def run_url(self, run_id: str) -> str:
-        return f"{self.tracking_uri} → experiment {self.experiment_id} → run {run_id}"
 
 
 def _finite(value) -> bool:

@@ -12,14 +12,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.backtest import METRICS, blend, fit_blend_weight
+from bi_pipeline.backtest import METRICS, ensemble_forecast
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, statistical_forecast
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
 from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame
-from bi_pipeline.forecasting import DEFAULT_HORIZON, data_hash, forecast_latest, future_covariates, holdout_score
+from bi_pipeline.forecasting import DEFAULT_HORIZON, forecast_latest, future_covariates, holdout_score, lineage_of
 from bi_pipeline.models import BIForecaster
 from bi_pipeline.tracking import CHAMPION
 from bi_pipeline.training import clear_checkpoints, forecast, train_forecaster
@@ -142,16 +142,7 @@ def forecaster(
     model_dir = settings.home / "models" / time.strftime("%Y%m%dT%H%M%S")
     model.save_pretrained(model_dir)
     tracker = mlflow_tracking.tracker()
-    lineage = {
-        "first_period": str(pd.Timestamp(history["date"].min()).date()),
-        "last_period": str(pd.Timestamp(history["date"].max()).date()),
-        "training_end": str(cutoff_date.date()),
-        "holdout_periods": horizon,
-        "series": panel.series,
-        "rows": len(history),
-        "data_hash": data_hash(history),
-        "dagster_run_id": context.run_id,
-    }
+    lineage = {**lineage_of(history, cutoff_date, horizon), "dagster_run_id": context.run_id}
     params = {
         **config.to_dict(),
         "horizon": horizon,
@@ -305,13 +296,10 @@ def backtest(
     forecasts_by_model["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season, covariates)
     transformer = forecaster[forecaster["kind"] == "holdout"].drop(columns=["kind", "model_version"])
     forecasts_by_model["transformer"] = transformer
-    dates = np.sort(train["date"].unique())
-    inner_cutoff = dates[-validation - 1]
-    inner_train, inner_test = train[train["date"] <= inner_cutoff], train[train["date"] > inner_cutoff]
-    lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season, covariates)
     own = forecaster[forecaster["kind"] == "validation"].drop(columns=["kind", "model_version"])
-    weight = fit_blend_weight(own, lgb_val, inner_test, inner_train, season)
-    forecasts_by_model["ensemble"] = blend(transformer, forecasts_by_model["lightgbm"], weight)
+    forecasts_by_model["ensemble"], weight, _ = ensemble_forecast(
+        train, transformer, forecasts_by_model["lightgbm"], own, validation, horizon, frequency, season, covariates
+    )
     rows = []
     for name in ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"):
         metrics = score(attach_actuals(forecasts_by_model[name], test), train, season)
