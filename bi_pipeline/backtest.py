@@ -15,13 +15,13 @@ import pandas as pd
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, statistical_forecast
 from bi_pipeline.config import Settings
 from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
-from bi_pipeline.evaluation import QUANTILES, mase, mase_scales, quantile_column, score, season_length_for
+from bi_pipeline.ensemble import ensemble_forecast
+from bi_pipeline.evaluation import score, season_length_for
 from bi_pipeline.integration import integrate
 from bi_pipeline.quality import clean_periods, known_ids
 
 METRICS = ("MASE", "WAPE", "WQL", "coverage_80", "bias")
 MODELS = ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble")
-WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))
 
 
 def load_history(landing: Path, settings: Settings | None = None) -> tuple[pd.DataFrame, str, list[str]]:
@@ -102,55 +102,6 @@ def transformer_forecast(
         "validation_periods": validation,
     }
     return trained.holdout.drop(columns="sales"), own, timing
-
-
-def ensemble_forecast(
-    train: pd.DataFrame,
-    transformer: pd.DataFrame,
-    lightgbm: pd.DataFrame,
-    own_validation: pd.DataFrame,
-    validation: int,
-    horizon: int,
-    frequency: str,
-    season_length: int,
-    covariates: list[str] | None,
-) -> tuple[pd.DataFrame, float, float]:
-    """(blend of the transformer and LightGBM, the transformer's weight, seconds spent fitting the weight).
-
-    The weight comes from the ``validation`` periods just before the cutoff, never from the test: LightGBM refitted
-    without them, the transformer from the origin before its own validation stretch (``own_validation``)."""
-    dates = np.sort(train["date"].unique())
-    inner_train = train[train["date"] <= dates[-validation - 1]]
-    inner_test = train[train["date"] > dates[-validation - 1]]
-    lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season_length, covariates)
-    weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, season_length)
-    return blend(transformer, lightgbm, weight), weight, lgb_val.attrs["timing"]["fit_seconds"]
-
-
-def blend(first: pd.DataFrame, second: pd.DataFrame, weight: float) -> pd.DataFrame:
-    """weight·first + (1 − weight)·second, point and quantiles alike (averaged quantiles stay monotone)."""
-    keys = ["store_id", "item_id", "date"]
-    columns = ["mean", *[quantile_column(q) for q in QUANTILES]]
-    a = first.astype({"store_id": str, "item_id": str}).set_index(keys)[columns]
-    b = second.astype({"store_id": str, "item_id": str}).set_index(keys)[columns]
-    a, b = a.align(b, join="inner")
-    return (a * weight + b * (1.0 - weight)).reset_index()
-
-
-def fit_blend_weight(
-    transformer_val: pd.DataFrame,
-    lightgbm_val: pd.DataFrame,
-    actual: pd.DataFrame,
-    train: pd.DataFrame,
-    season_length: int,
-) -> float:
-    """The transformer's share in the ensemble that minimises MASE over the validation periods (never the test)."""
-    scales = mase_scales(train, season_length)
-    losses = {}
-    for w in WEIGHTS:
-        blended = attach_actuals(blend(transformer_val, lightgbm_val, float(w)), actual).dropna(subset=["sales"])
-        losses[float(w)] = mase(blended, scales)
-    return min(losses, key=lambda w: (losses[w], abs(w - 0.5)))
 
 
 def run_backtest(

@@ -11,7 +11,10 @@ Every model returns the same frame: store_id, item_id, date, mean and the quanti
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,29 +99,58 @@ def statistical_forecast(
     return out, {"seasonal_naive": dict(timing), "auto_ets": dict(timing)}
 
 
-def lightgbm_forecast(
-    history: pd.DataFrame,
-    future: pd.DataFrame | None,
-    horizon: int,
-    frequency: str,
-    season_length: int,
-    covariates: list[str] | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Recursive LightGBM with lag/rolling/calendar features; ``future`` holds known-future covariates."""
-    import lightgbm as lgb
-    from mlforecast import MLForecast
-    from mlforecast.lag_transforms import RollingMean
-    from mlforecast.target_transforms import LocalRobustScaler
+@dataclass
+class LightGBMModel:
+    """A fitted recursive LightGBM (mlforecast) and what it needs to forecast again from newer history: the same
+    trees read the new periods' lags (``predict(new_df=…)``), as the transformer reads a newer context."""
 
-    covariates = [c for c in (covariates or []) if c in history.columns]
+    forecaster: object  # mlforecast.MLForecast
+    frequency: str
+    freq: str  # pandas offset alias
+    covariates: list[str]
+    fit_seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.forecaster.save(path / "mlforecast")
+        (path / "lightgbm.json").write_text(
+            json.dumps({"frequency": self.frequency, "freq": self.freq, "covariates": self.covariates})
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> LightGBMModel:
+        from mlforecast import MLForecast
+
+        meta = json.loads((path / "lightgbm.json").read_text())
+        return cls(MLForecast.load(path / "mlforecast"), meta["frequency"], meta["freq"], meta["covariates"])
+
+
+def _lightgbm_frame(history: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
     data = to_nixtla(history)
     extra = history.assign(unique_id=series_id(history))[["unique_id", "date", *covariates]].rename(
         columns={"date": "ds"}
     )
     data = data.merge(extra, on=["unique_id", "ds"], how="left")
     data["store"] = data["unique_id"].str.split("|").str[0].astype("category")
-    longest = max(len(g) for _, g in data.groupby("unique_id"))
+    return data
+
+
+def fit_lightgbm(
+    history: pd.DataFrame,
+    horizon: int,
+    frequency: str,
+    covariates: list[str] | None = None,
+    seed: int = 0,
+) -> LightGBMModel:
+    """Recursive LightGBM with lag/rolling/calendar features, a point model and quantile-loss models."""
+    import lightgbm as lgb
+    from mlforecast import MLForecast
+    from mlforecast.lag_transforms import RollingMean
+    from mlforecast.target_transforms import LocalRobustScaler
+
+    covariates = [c for c in (covariates or []) if c in history.columns]
+    data = _lightgbm_frame(history, covariates)
+    longest = int(data.groupby("unique_id").size().max())
     if frequency == "W":
         lags = [1, 2, 3, 4, 8, 13, 26, 52]
     elif frequency == "M":
@@ -138,24 +170,38 @@ def lightgbm_forecast(
             if q != 0.5
         }
     )
+    freq = pandas_freq(history, frequency)
     model = MLForecast(
         models=models,
         # Each series scaled by its own median and MAD: one global model for series of very different sizes
         # (measured on Walmart: MASE 0.691 unscaled, 0.640 standard-scaled, 0.612 robust-scaled).
         target_transforms=[LocalRobustScaler(scale="mad")],
-        freq=pandas_freq(history, frequency),
+        freq=freq,
         lags=lags,
         lag_transforms={1: [RollingMean(window_size=w) for w in windows]} if windows else None,
         date_features=["month", "week"] if frequency in ("D", "W") else ["month"],
     )
     started = time.perf_counter()
     model.fit(data, static_features=["store"])
-    fit_seconds = time.perf_counter() - started
+    return LightGBMModel(model, frequency, freq, covariates, time.perf_counter() - started)
+
+
+def predict_lightgbm(
+    model: LightGBMModel,
+    history: pd.DataFrame,
+    horizon: int,
+    future: pd.DataFrame | None = None,
+    fitted: bool = False,
+) -> pd.DataFrame:
+    """Quantile forecasts for ``horizon`` periods after ``history``: newer periods than the fit are read by the same
+    trees (``fitted``: ``history`` is the very frame the model was fitted on); ``future`` holds known-future
+    covariates."""
+    new_df = None if fitted else _lightgbm_frame(history, model.covariates)
     x_future = None
-    if covariates:
-        x_future = _future_covariates(history, future, covariates, horizon, pandas_freq(history, frequency))
+    if model.covariates:
+        x_future = _future_covariates(history, future, model.covariates, horizon, model.freq)
     started = time.perf_counter()
-    predictions = model.predict(h=horizon, X_df=x_future)
+    predictions = model.forecaster.predict(h=horizon, X_df=x_future, new_df=new_df)
     predict_seconds = time.perf_counter() - started
     ids = predictions["unique_id"].astype(str).str.split("|", n=1, expand=True)
     out = pd.DataFrame({"store_id": ids[0], "item_id": ids[1], "date": predictions["ds"].to_numpy()})
@@ -165,8 +211,23 @@ def lightgbm_forecast(
         out[quantile_column(q)] = predictions[source].to_numpy(dtype="float64")
     columns = [quantile_column(q) for q in QUANTILES]
     out[columns] = np.sort(out[columns].to_numpy(), axis=1)
-    out.attrs["timing"] = {"fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
+    out.attrs["timing"] = {"fit_seconds": model.fit_seconds, "predict_seconds": predict_seconds}
     return out
+
+
+def lightgbm_forecast(
+    history: pd.DataFrame,
+    future: pd.DataFrame | None,
+    horizon: int,
+    frequency: str,
+    season_length: int,
+    covariates: list[str] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Recursive LightGBM fitted on ``history``, forecasting the next ``horizon`` periods; ``future`` holds
+    known-future covariates."""
+    model = fit_lightgbm(history, horizon, frequency, covariates, seed)
+    return predict_lightgbm(model, history, horizon, future, fitted=True)
 
 
 def _future_covariates(

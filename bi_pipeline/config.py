@@ -125,6 +125,8 @@ class ForecastSettings:
     seed: int = 0
     # A challenger must beat the champion's holdout MASE by at least this share to be promoted.
     promotion_margin: float = 0.0
+    # Blend the transformer with LightGBM when the validation periods say the blend is better.
+    ensemble: bool = True
     # None: sqlite:///$BI_PIPELINE_HOME/mlflow.db with artifacts under $BI_PIPELINE_HOME/mlartifacts.
     mlflow_tracking_uri: str | None = None
 
@@ -145,6 +147,7 @@ class ForecastSettings:
             device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),
             promotion_margin=_env_float("BI_PIPELINE_PROMOTION_MARGIN", 0.0),
+            ensemble=os.environ.get("BI_PIPELINE_ENSEMBLE", "1").strip().lower() not in ("0", "false", "no", "off"),
             mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
         )
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.baselines import attach_actuals
+from bi_pipeline.baselines import attach_actuals, fit_lightgbm, predict_lightgbm
+from bi_pipeline.ensemble import Forecaster, blend, ensemble_forecast
 from bi_pipeline.evaluation import SERIES, score
 from bi_pipeline.features import FeatureSpec, Panel, build_panel, fit_spec
 from bi_pipeline.models import BIForecaster
@@ -88,15 +89,79 @@ def lineage_of(history: pd.DataFrame, training_end: pd.Timestamp, horizon: int) 
     }
 
 
-def holdout_score(model: BIForecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
-    """A saved model's metrics on the last ``model.config.horizon`` periods of ``history``, with its own encodings:
-    how the champion is scored on the challenger's holdout."""
-    horizon = model.config.horizon
+def _deployable(model: BIForecaster | Forecaster) -> Forecaster:
+    return model if isinstance(model, Forecaster) else Forecaster(model)
+
+
+def holdout_score(model: BIForecaster | Forecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
+    """A saved model's metrics on the last ``horizon`` periods of ``history``, with its own encodings (and, for an
+    ensemble, its own LightGBM reading the newer lags): how the champion is scored on the challenger's holdout."""
+    model = _deployable(model)
+    horizon = model.horizon
     train, test = split_holdout(history, horizon)
-    spec = FeatureSpec.from_dict(model.config.feature_spec)
+    spec = FeatureSpec.from_dict(model.transformer.config.feature_spec)
     panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
     cutoff = len(panel.dates) - horizon - 1
-    return score(attach_actuals(forecast(model, panel, cutoff), test), train, season_length)
+    out = forecast(model.transformer, panel, cutoff)
+    if model.lightgbm is not None:
+        out = blend(out, predict_lightgbm(model.lightgbm, train, horizon, future=test), model.weight)
+    return score(attach_actuals(out, test), train, season_length)
+
+
+@dataclass
+class Candidate:
+    """The model a training proposes for champion, and the holdout forecasts of its parts."""
+
+    model: Forecaster
+    holdout: dict[str, pd.DataFrame]  # transformer, lightgbm, ensemble: holdout forecasts (no actuals)
+    scores: dict[str, dict[str, float]]
+    weight: float  # the transformer's share, fitted on validation
+    lightgbm_seconds: float
+    validation: pd.DataFrame  # the transformer's forecasts of its validation periods
+
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    @property
+    def own_scores(self) -> dict[str, float]:
+        return self.scores[self.kind]
+
+
+def make_candidate(
+    trained: TrainResult,
+    panel: Panel,
+    cutoff: int,
+    history: pd.DataFrame,
+    frequency: str,
+    horizon: int,
+    season_length: int,
+    covariates: list[str] | None,
+    ensemble: bool = True,
+) -> Candidate:
+    """LightGBM fitted on the same training periods, blended with the transformer at the weight that is best on
+    the validation periods: the ensemble when that weight is below 1, else the transformer alone (always, when
+    ``ensemble`` is off)."""
+    cutoff_date = panel.dates[cutoff]
+    train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
+    transformer = forecast(trained.model, panel, cutoff)
+    validation = trained.validation_periods
+    own = forecast(trained.model, panel, cutoff - validation)
+    own = own[own["date"] <= cutoff_date]
+    if not ensemble:
+        scores = {"transformer": score(attach_actuals(transformer, test), train, season_length)}
+        return Candidate(Forecaster(trained.model), {"transformer": transformer}, scores, 1.0, 0.0, own)
+    started = time.perf_counter()
+    lightgbm = fit_lightgbm(train, horizon, frequency, covariates)
+    lgb_holdout = predict_lightgbm(lightgbm, train, horizon, future=test, fitted=True)
+    blended, weight, _ = ensemble_forecast(
+        train, transformer, lgb_holdout, own, validation, horizon, frequency, season_length, covariates
+    )
+    seconds = time.perf_counter() - started
+    holdout = {"transformer": transformer, "lightgbm": lgb_holdout, "ensemble": blended}
+    scores = {name: score(attach_actuals(frame, test), train, season_length) for name, frame in holdout.items()}
+    model = Forecaster(trained.model, lightgbm, weight) if weight < 1.0 else Forecaster(trained.model)
+    return Candidate(model, holdout, scores, weight, seconds, own)
 
 
 def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
@@ -129,14 +194,19 @@ def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, hori
     return out
 
 
-def forecast_latest(model: BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
+def forecast_latest(
+    model: BIForecaster | Forecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
     date, from a saved model and its own encodings."""
-    spec = FeatureSpec.from_dict(model.config.feature_spec)
-    horizon = model.config.horizon
+    model = _deployable(model)
+    spec = FeatureSpec.from_dict(model.transformer.config.feature_spec)
+    horizon = model.horizon
     panel = build_panel(history, spec, future=future, horizon=horizon)
     origin = len(panel.dates) - horizon - 1
     active = np.flatnonzero(panel.last == origin)
-    out = forecast(model, panel, origin, series=active)
+    out = forecast(model.transformer, panel, origin, series=active)
+    if model.lightgbm is not None:
+        out = blend(out, predict_lightgbm(model.lightgbm, history, horizon, future=future), model.weight)
     out["cutoff"] = panel.dates[origin]
     return out

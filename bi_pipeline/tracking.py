@@ -30,9 +30,9 @@ class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
     integrated-sales frame: store_id, item_id, date, sales and the covariates the model was trained with)."""
 
     def load_context(self, context) -> None:
-        from bi_pipeline.models import BIForecaster
+        from bi_pipeline.ensemble import Forecaster
 
-        self.model = BIForecaster.from_pretrained(context.artifacts["model"])
+        self.model = Forecaster.load(context.artifacts["model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from bi_pipeline.forecasting import forecast_latest
@@ -73,8 +73,11 @@ class Tracker:
         metrics: dict[str, float],
         lineage: dict,
         run_name: str | None = None,
+        components: dict[str, dict[str, float]] | None = None,
+        version_tags: dict[str, str] | None = None,
     ) -> tuple[str, str]:
-        """One MLflow run for a training; returns (run_id, registered version)."""
+        """One MLflow run for a training; returns (run_id, registered version). ``metrics`` are the registered
+        model's holdout metrics; ``components`` the same per part (transformer, lightgbm, ensemble)."""
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
             mlflow.set_tags({f"lineage.{k}": _param(v) for k, v in lineage.items()})
@@ -86,6 +89,8 @@ class Tracker:
                     if value is not None and math.isfinite(value):
                         mlflow.log_metric(f"{phase}_{key}", float(value), step=step)
             mlflow.log_metrics({f"holdout_{k}": float(v) for k, v in metrics.items() if _finite(v)})
+            for name, values in (components or {}).items():
+                mlflow.log_metrics({f"{name}_holdout_{k}": float(v) for k, v in values.items() if _finite(v)})
             mlflow.log_dict(lineage, "lineage.json")
             info = mlflow.pyfunc.log_model(
                 name="forecaster",
@@ -96,6 +101,8 @@ class Tracker:
             version = str(info.registered_model_version)
         self.client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
         self.client.set_model_version_tag(MODEL_NAME, version, "holdout_metrics", json.dumps(metrics))
+        for key, value in (version_tags or {}).items():
+            self.client.set_model_version_tag(MODEL_NAME, version, key, _param(value))
         return run.info.run_id, version
 
     def alias_version(self, alias: str) -> str | None:
@@ -108,7 +115,8 @@ class Tracker:
         return self.client.get_model_version(MODEL_NAME, version).run_id
 
     def model_dir(self, version: str) -> Path:
-        """The ``save_pretrained`` directory of a registered version, downloaded from the artifact store."""
+        """The directory of a registered version (``save_pretrained`` files, and LightGBM for an ensemble),
+        downloaded from the artifact store; :meth:`bi_pipeline.ensemble.Forecaster.load` reads it."""
         target = Path(tempfile.mkdtemp(prefix=f"bi_forecaster_v{version}_"))
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target))
         found = sorted(Path(path).rglob("config.json"))

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bi_pipeline.backtest import blend, fit_blend_weight
+from bi_pipeline.baselines import fit_lightgbm, predict_lightgbm
+from bi_pipeline.ensemble import Forecaster, blend, fit_blend_weight
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame, split_windows
-from bi_pipeline.forecasting import forecast_latest, holdout_score, train_with_holdout
+from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
 from bi_pipeline.models import BIForecaster, pinball_loss
 from bi_pipeline.training import TrainConfig, forecast, gather, load_model, model_config, train_forecaster
 
@@ -221,3 +222,49 @@ def test_refit_trains_again_on_every_window_for_the_best_epoch_count(panel):
     result = train_forecaster(panel, 8, 81, tiny(epochs=3, refit=True))
     phases = [r["phase"] for r in result.history]
     assert phases.count("fit") == 3 and phases.count("refit") == result.best_epoch
+
+
+def test_ensemble_candidate_saves_loads_and_forecasts_from_newer_history(tmp_path):
+    history = weekly_history(periods=100)
+    trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=2))
+    candidate = make_candidate(
+        trained.result, trained.panel, trained.cutoff, history, "W", 8, 52, ["holiday"], ensemble=True
+    )
+    assert set(candidate.scores) == {"transformer", "lightgbm", "ensemble"}
+    assert candidate.scores["transformer"] == pytest.approx(trained.scores)
+    assert candidate.kind == ("ensemble" if candidate.weight < 1 else "transformer")
+    assert len(candidate.holdout["lightgbm"]) == 6 * 8 and len(candidate.validation) > 0
+    alone = make_candidate(trained.result, trained.panel, trained.cutoff, history, "W", 8, 52, None, ensemble=False)
+    assert alone.kind == "transformer" and set(alone.scores) == {"transformer"}
+
+    # An ensemble at weight 0.5 round-trips through its directory and forecasts after the newest period: the
+    # transformer reads the newest context, LightGBM the newest lags, blended at the saved weight.
+    train = history[history["date"] <= trained.panel.dates[trained.cutoff]]
+    lightgbm = fit_lightgbm(train, 8, "W", ["holiday"])
+    Forecaster(trained.result.model, lightgbm, 0.5).save(tmp_path / "ensemble")
+    loaded = Forecaster.load(tmp_path / "ensemble")
+    assert loaded.kind == "ensemble" and loaded.weight == 0.5 and loaded.lightgbm.covariates == ["holiday"]
+    latest = forecast_latest(loaded, history)
+    assert len(latest) == 6 * 8 and latest["date"].min() == history["date"].max() + pd.Timedelta(weeks=1)
+    transformer_only = forecast_latest(trained.result.model, history)
+    lgb_only = predict_lightgbm(lightgbm, history, 8)
+    assert lgb_only["date"].min() == latest["date"].min()
+    expected = blend(transformer_only, lgb_only, 0.5)
+    merged = latest.merge(expected, on=["store_id", "item_id", "date"], suffixes=("", "_expected"))
+    assert len(merged) == len(latest)
+    np.testing.assert_allclose(merged["q0.9"], merged["q0.9_expected"], rtol=1e-6)
+    # The champion is re-scored on a challenger's holdout with its own parts: the same numbers after loading.
+    in_memory = Forecaster(trained.result.model, lightgbm, 0.5)
+    assert holdout_score(loaded, history, 52) == pytest.approx(holdout_score(in_memory, history, 52))
+    assert Forecaster.load(tmp_path / "ensemble").transformer.config.horizon == 8
+
+
+def test_blend_keeps_every_row_of_the_first_forecast():
+    dates = pd.date_range("2024-01-01", periods=2, freq="W-MON")
+    first = pd.DataFrame({"store_id": ["A", "A", "B", "B"], "item_id": "I", "date": [*dates, *dates]})
+    for column in ["mean", *QCOLS]:
+        first[column] = [1.0, 2.0, 3.0, 4.0]
+    second = first[first["store_id"] == "A"].copy()
+    second[["mean", *QCOLS]] = 3.0
+    mixed = blend(first, second, 0.5)
+    assert mixed["mean"].tolist() == [2.0, 2.5, 3.0, 4.0]

@@ -7,11 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bi_pipeline.baselines import fit_lightgbm
 from bi_pipeline.config import ForecastSettings, Settings
 from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import sales_periods
+from bi_pipeline.ensemble import Forecaster
 from bi_pipeline.evaluation import QUANTILES, quantile_column
+from bi_pipeline.forecasting import forecast_latest
 from bi_pipeline.generate import GenerationSpec, generate
 from bi_pipeline.tracking import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS, Tracker
 
@@ -49,9 +52,20 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert {"holdout_MASE", "holdout_WQL", "fit_train_loss", "fit_validation_loss"} <= set(run.data.metrics)
         assert tracker.client.get_metric_history(run.info.run_id, "fit_train_loss")[-1].step == 2
         assert version.tags["decision"] == "promoted"
+        # The candidate is the transformer or its blend with LightGBM, whichever validation chose; each part's
+        # holdout metrics are in the run.
+        assert version.tags["kind"] == run.data.params["kind"]
+        assert version.tags["kind"] == (
+            "ensemble" if float(run.data.params["transformer_weight"]) < 1 else "transformer"
+        )
+        parts = ("transformer", "lightgbm", "ensemble")
+        assert {f"{part}_holdout_MASE" for part in parts} <= set(run.data.metrics)
+        kind = version.tags["kind"]
+        assert run.data.metrics["holdout_MASE"] == pytest.approx(run.data.metrics[f"{kind}_holdout_MASE"])
 
         trained = result.asset_materializations_for_node("forecaster")[0].metadata
         assert trained["model_version"].value == "1" and trained["decision"].value == "promoted"
+        assert trained["model_kind"].value == kind
 
         forecasts = pd.read_parquet(landed.asset_dir / "forecasts.parquet")
         integrated = pd.read_parquet(landed.asset_dir / "integrated_sales.parquet")
@@ -67,6 +81,10 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert table["model"].tolist() == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
         assert table.loc[table["model"] == "seasonal_naive", "skill"].iloc[0] == 1.0
         assert table[["MASE", "WAPE", "WQL"]].notna().all().all()
+        # The backtest shows the very parts that competed for champion.
+        for part in parts:
+            mase = table.loc[table["model"] == part, "MASE"].iloc[0]
+            assert mase == pytest.approx(run.data.metrics[f"{part}_holdout_MASE"])
 
         # A second training on the same data competes with the champion on the same holdout.
         again = build_defs(landed, TINY).resolve_job_def("train_job").execute_in_process(instance=instance)
@@ -76,6 +94,28 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert "champion_holdout_MASE" in meta
         expected = "2" if meta["decision"].value == "promoted" else "1"
         assert tracker.alias_version(CHAMPION) == expected and tracker.alias_version(CHALLENGER) == "2"
+
+        # An ensemble champion serves the forecasts: the transformer of v1 blended with a LightGBM.
+        integrated = pd.read_parquet(landed.asset_dir / "integrated_sales.parquet")
+        v1 = Forecaster.load(tracker.model_dir("1"))
+        blended = Forecaster(v1.transformer, fit_lightgbm(integrated, 6, "W"), 0.3)
+        blended.save(landed.home / "ensemble")
+        _, v3 = tracker.log_training(
+            landed.home / "ensemble", {}, [], {"MASE": 0.5}, {}, version_tags={"kind": "ensemble"}
+        )
+        tracker.client.set_registered_model_alias(MODEL_NAME, CHAMPION, v3)
+        served = (
+            build_defs(landed, TINY)
+            .resolve_implicit_global_asset_job_def()
+            .execute_in_process(instance=instance, asset_selection=[dg.AssetKey("forecasts")])
+        )
+        assert served.success
+        meta = served.asset_materializations_for_node("forecasts")[0].metadata
+        assert meta["model_kind"].value == "ensemble" and meta["model_version"].value == v3
+        out = pd.read_parquet(landed.asset_dir / "forecasts.parquet")
+        assert len(out) == len(active) * 6 and (out["model_version"] == v3).all()
+        expected = forecast_latest(Forecaster.load(tracker.model_dir(v3)), integrated)
+        np.testing.assert_allclose(out["q0.5"].to_numpy(), expected["q0.5"].to_numpy(), rtol=1e-5)
 
 
 def test_champion_is_kept_against_a_worse_challenger_and_rolled_forward_with_a_better_one(tmp_path):

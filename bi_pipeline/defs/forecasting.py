@@ -12,17 +12,24 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.backtest import METRICS, ensemble_forecast
+from bi_pipeline.backtest import METRICS
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, statistical_forecast
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
+from bi_pipeline.ensemble import Forecaster, ensemble_forecast
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
 from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame
-from bi_pipeline.forecasting import DEFAULT_HORIZON, forecast_latest, future_covariates, holdout_score, lineage_of
-from bi_pipeline.models import BIForecaster
+from bi_pipeline.forecasting import (
+    DEFAULT_HORIZON,
+    forecast_latest,
+    future_covariates,
+    holdout_score,
+    lineage_of,
+    make_candidate,
+)
 from bi_pipeline.tracking import CHAMPION
-from bi_pipeline.training import clear_checkpoints, forecast, train_forecaster
+from bi_pipeline.training import clear_checkpoints, train_forecaster
 
 GROUP = "forecasting"
 
@@ -131,16 +138,22 @@ def forecaster(
     result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoints, progress=report)
     model = result.model
     history = integrated_sales
-    test = history[history["date"] > cutoff_date]
     train = history[history["date"] <= cutoff_date]
-    holdout = attach_actuals(forecast(model, panel, cutoff), test)
-    scores = score(holdout, train, season)
-    own = forecast(model, panel, cutoff - validation)
-    own = own[own["date"] <= cutoff_date].assign(kind="validation")
-    context.log.info("holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
+    candidate = make_candidate(
+        result, panel, cutoff, history, frequency, horizon, season, covariates, ensemble=forecasting.ensemble
+    )
+    scores = candidate.own_scores
+    for name, values in candidate.scores.items():
+        context.log.info(f"holdout {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    if forecasting.ensemble:
+        context.log.info(
+            f"candidate: {candidate.kind} (transformer weight {candidate.weight:.1f}, fitted on {validation} "
+            "validation periods)"
+        )
 
     model_dir = settings.home / "models" / time.strftime("%Y%m%dT%H%M%S")
-    model.save_pretrained(model_dir)
+    candidate.model.save(model_dir)
     tracker = mlflow_tracking.tracker()
     lineage = {**lineage_of(history, cutoff_date, horizon), "dagster_run_id": context.run_id}
     params = {
@@ -148,20 +161,31 @@ def forecaster(
         "horizon": horizon,
         "frequency": frequency,
         "season_length": season,
+        "kind": candidate.kind,
+        "transformer_weight": candidate.weight,
         "train_windows": result.train_windows,
         "validation_windows": result.validation_windows,
         "best_epoch": result.best_epoch,
         "device": result.device,
         "spread_scale": model.config.spread_scale,
-        "future_features": model.config.feature_spec and ",".join(panel.spec.future_names),
+        "future_features": ",".join(panel.spec.future_names),
+        "lightgbm_covariates": ",".join(covariates) if candidate.kind == "ensemble" else "",
     }
-    run_id, version = tracker.log_training(model_dir, params, result.history, scores, lineage, run_name=context.run_id)
+    run_id, version = tracker.log_training(
+        model_dir,
+        params,
+        result.history,
+        scores,
+        lineage,
+        run_name=context.run_id,
+        components=candidate.scores,
+        version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight},
+    )
     champion = tracker.alias_version(CHAMPION)
     champion_scores = None
     if champion is not None:
         try:
-            champion_model = BIForecaster.from_pretrained(tracker.model_dir(champion))
-            champion_scores = holdout_score(champion_model, history, season)
+            champion_scores = holdout_score(Forecaster.load(tracker.model_dir(champion)), history, season)
         except (ValueError, KeyError, OSError) as exc:
             context.log.warning(f"champion v{champion} could not be scored on this holdout: {exc}")
     decision = tracker.decide(
@@ -171,18 +195,27 @@ def forecaster(
         margin=forecasting.promotion_margin,
     )
     context.log.info(
-        f"model version {version}: {'promoted to champion' if decision.promoted else 'kept as challenger'}"
-        f" — {decision.reason}"
+        f"model version {version} ({candidate.kind}): "
+        f"{'promoted to champion' if decision.promoted else 'kept as challenger'} — {decision.reason}"
     )
     clear_checkpoints(checkpoints)
     shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
-    value = pd.concat([holdout.drop(columns="sales").assign(kind="holdout"), own], ignore_index=True)
+    value = pd.concat(
+        [
+            *(frame.assign(kind="holdout", model=name) for name, frame in candidate.holdout.items()),
+            candidate.validation.assign(kind="validation", model="transformer"),
+        ],
+        ignore_index=True,
+    )
     value["model_version"] = version
+    value.attrs["transformer_weight"] = str(candidate.weight)
     epochs = pd.DataFrame(result.history)
     return dg.Output(
         value,
         metadata={
             "model_version": version,
+            "model_kind": candidate.kind,
+            "transformer_weight": candidate.weight,
             "champion_version": tracker.alias_version(CHAMPION),
             "decision": "promoted" if decision.promoted else "kept",
             "decision_reason": decision.reason,
@@ -194,6 +227,9 @@ def forecaster(
             ),
             **{f"holdout_{k}": float(v) for k, v in scores.items()},
             **({f"champion_holdout_{k}": float(v) for k, v in champion_scores.items()} if champion_scores else {}),
+            "holdout_by_part": _md_table(
+                pd.DataFrame([{"part": name, **values} for name, values in candidate.scores.items()])
+            ),
             "device": result.device,
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
@@ -242,13 +278,14 @@ def forecasts(
     version = tracker.alias_version(CHAMPION)
     if version is None:
         raise dg.Failure("no champion model yet: materialize `forecaster` first")
-    model = BIForecaster.from_pretrained(tracker.model_dir(version))
-    frequency = model.config.feature_spec["frequency"]
+    model = Forecaster.load(tracker.model_dir(version))
     history = integrated_sales
-    future = future_covariates(master_or_none(calendar), history, model.config.horizon, pandas_freq(history, frequency))
+    future = future_covariates(master_or_none(calendar), history, model.horizon, pandas_freq(history, model.frequency))
     out = forecast_latest(model, history, future)
     out["model_version"] = version
-    context.log.info(f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version}")
+    context.log.info(
+        f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version} ({model.kind})"
+    )
 
     volume = history.groupby(SERIES, observed=True)["sales"].sum().sort_values(ascending=False)
     recent = history[history["date"] > history["date"].max() - pd.Timedelta(days=int(3 * 365.25))]
@@ -267,7 +304,8 @@ def forecasts(
             "model_version": version,
             "cutoff": str(pd.Timestamp(out["cutoff"].iloc[0]).date()) if len(out) else "",
             "series": int(out[SERIES].drop_duplicates().shape[0]),
-            "horizon": int(model.config.horizon),
+            "horizon": model.horizon,
+            "model_kind": model.kind,
             "rows": len(out),
             "preview": dg.MetadataValue.md(out.head(10).round(2).to_markdown(index=False)),
             "plots": dg.MetadataValue.md(plots),
@@ -283,23 +321,36 @@ def backtest(
     forecaster: pd.DataFrame,
     integrated_sales: pd.DataFrame,
 ) -> dg.Output:
-    """The forecaster against seasonal naive, AutoETS (statsforecast) and LightGBM (mlforecast) on the same holdout,
-    and an ensemble of the forecaster and LightGBM whose weight is fitted on the validation periods before it."""
+    """The transformer against seasonal naive, AutoETS (statsforecast) and LightGBM (mlforecast) on the same
+    holdout, and their ensemble whose weight is fitted on the validation periods before it (the forecaster's own
+    parts, so the table shows exactly what competed for champion)."""
     frequency = features.attrs["frequency"]
     horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
     season = _season(forecasting, frequency, features)
     cutoff_date = pd.Timestamp(features.attrs["cutoff"])
     history = integrated_sales
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
-    covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
-    forecasts_by_model, seconds = statistical_forecast(train, horizon, frequency, season)
-    forecasts_by_model["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season, covariates)
-    transformer = forecaster[forecaster["kind"] == "holdout"].drop(columns=["kind", "model_version"])
-    forecasts_by_model["transformer"] = transformer
-    own = forecaster[forecaster["kind"] == "validation"].drop(columns=["kind", "model_version"])
-    forecasts_by_model["ensemble"], weight, _ = ensemble_forecast(
-        train, transformer, forecasts_by_model["lightgbm"], own, validation, horizon, frequency, season, covariates
-    )
+    forecasts_by_model, _ = statistical_forecast(train, horizon, frequency, season)
+    holdout = forecaster[forecaster["kind"] == "holdout"]
+    for name, frame in holdout.groupby("model"):
+        forecasts_by_model[str(name)] = frame.drop(columns=["kind", "model", "model_version"])
+    weight = float(forecaster.attrs.get("transformer_weight", "nan"))
+    if "ensemble" not in forecasts_by_model:
+        # The forecaster ran without its ensemble (BI_PIPELINE_ENSEMBLE=0): fit LightGBM and the blend here.
+        covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
+        forecasts_by_model["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season, covariates)
+        own = forecaster[forecaster["kind"] == "validation"].drop(columns=["kind", "model", "model_version"])
+        forecasts_by_model["ensemble"], weight, _ = ensemble_forecast(
+            train,
+            forecasts_by_model["transformer"],
+            forecasts_by_model["lightgbm"],
+            own,
+            validation,
+            horizon,
+            frequency,
+            season,
+            covariates,
+        )
     rows = []
     for name in ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"):
         metrics = score(attach_actuals(forecasts_by_model[name], test), train, season)

@@ -123,6 +123,9 @@ class ForecastingResource(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto: CUDA (bf16 autocast) when present, else CPU")
     seed: int = 0
     promotion_margin: float = Field(default=0.0, description="share by which a challenger must beat the champion")
+    ensemble: bool = Field(
+        default=True, description="candidate is the transformer blended with LightGBM when validation favours it"
+    )
     checkpoint_dir: str
 
     @classmethod
