@@ -5,6 +5,7 @@ bi-pipeline run                       run every stage on what is in the landing 
 bi-pipeline generate --landing DIR    write a synthetic retail business into a landing zone
 bi-pipeline import-csv FILE --to DIR --date COL --store COL [--item COL] --sales COL [...]
 bi-pipeline bench ingest --series N --periods P --out FILE.json
+bi-pipeline bench continual --data DIR --start-periods S --step 1 --out FILE.json
 """
 
 from __future__ import annotations
@@ -269,6 +270,41 @@ def cmd_bench_forecaster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_continual(args: argparse.Namespace) -> int:
+    from bi_pipeline.backtest import load_history
+    from bi_pipeline.continual import IncrementalConfig, replay_benchmark
+    from bi_pipeline.evaluation import season_length_for
+    from bi_pipeline.forecasting import DEFAULT_HORIZON
+    from bi_pipeline.training import TrainConfig
+
+    landing = Path(args.data).resolve()
+    history, frequency, _ = load_history(landing)
+    horizon = args.horizon or DEFAULT_HORIZON[frequency]
+    season = season_length_for(frequency, args.start_periods, args.season_length)
+    result = replay_benchmark(
+        history,
+        frequency,
+        args.start_periods,
+        horizon,
+        season,
+        TrainConfig(num_members=args.members, epochs=args.epochs, seed=args.seed),
+        IncrementalConfig(
+            **{
+                k: v
+                for k, v in (("epochs", args.incremental_epochs), ("replay_ratio", args.replay_ratio))
+                if v is not None
+            }
+        ),
+        step=args.step,
+        steps=args.steps,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    result["data"] = str(landing)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("steps", "train_config")}, indent=2))
+    _write_json(result, args.out)
+    return 0
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bi_pipeline.bench import bench_ingest
 
@@ -372,6 +408,22 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--device", default="auto", help="auto, cpu, cuda")
     fc.add_argument("--out", help="write the JSON here too")
     fc.set_defaults(func=cmd_bench_forecaster)
+    cont = bench_sub.add_parser(
+        "continual", help="replay a landing zone period by period: incremental updates vs full retrains"
+    )
+    cont.add_argument("--data", required=True, help="a landing zone in the contract")
+    cont.add_argument("--start-periods", type=int, required=True, help="periods landed before the first model")
+    cont.add_argument("--step", type=int, default=1, help="periods landed between updates")
+    cont.add_argument("--steps", type=int, help="updates to replay (default: until the data ends)")
+    cont.add_argument("--horizon", type=int, help="periods forecast at each step (default: by frequency)")
+    cont.add_argument("--season-length", type=int, help="MASE season (default: by frequency)")
+    cont.add_argument("--members", type=int, default=4)
+    cont.add_argument("--epochs", type=int, default=40, help="full retrain: most epochs")
+    cont.add_argument("--incremental-epochs", type=int, help="incremental update: most epochs (default 8)")
+    cont.add_argument("--replay-ratio", type=float, help="older windows replayed per new window (default 1)")
+    cont.add_argument("--seed", type=int, default=0)
+    cont.add_argument("--out", help="write the JSON here too")
+    cont.set_defaults(func=cmd_bench_continual)
     return parser
 
 

@@ -45,6 +45,7 @@ class BIForecasterConfig(PretrainedConfig):
         random_mask_ratio: float = 0.4,
         num_members: int = 4,
         spread_scale: float = 1.0,
+        training_targets_end: str | None = None,
         **kwargs,
     ) -> None:
         self.context_length = context_length
@@ -66,6 +67,8 @@ class BIForecasterConfig(PretrainedConfig):
         self.num_members = num_members
         # Multiplies every quantile's distance from the median; fitted on the validation windows after training.
         self.spread_scale = spread_scale
+        # The last period whose targets the model was trained on: an incremental update learns the periods after it.
+        self.training_targets_end = training_targets_end
         super().__init__(**kwargs)
 
     def backbone_config(self, masked: bool = False) -> PatchTSTConfig:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -171,11 +172,11 @@ def load_model(source: str, config: BIForecasterConfig | None = None) -> BIForec
     return BIForecaster.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
 
 
-def _fingerprint(panel: Panel, horizon: int, cutoff: int, config: TrainConfig) -> str:
+def _fingerprint(panel: Panel, horizon: int, cutoff: int, config: TrainConfig, warm: list | None = None) -> str:
     digest = hashlib.sha256()
     # The epoch budget is left out: a resumed run may be given more epochs than the one that crashed.
     recipe = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")}
-    digest.update(json.dumps([recipe, horizon, cutoff, list(panel.values.shape)], sort_keys=True).encode())
+    digest.update(json.dumps([recipe, horizon, cutoff, list(panel.values.shape), warm], sort_keys=True).encode())
     digest.update(np.ascontiguousarray(panel.values[:, : cutoff + 1]).tobytes())
     return digest.hexdigest()[:16]
 
@@ -352,8 +353,14 @@ def train_forecaster(
     config: TrainConfig | None = None,
     checkpoint_dir: Path | None = None,
     progress: Progress | None = None,
+    initial_model: BIForecaster | None = None,
+    window_filter: Callable[[Windows], Windows] | None = None,
 ) -> TrainResult:
     """Train on the panel's periods up to date index ``cutoff`` (inclusive); nothing later is read.
+
+    ``initial_model`` warm-starts from a trained model (a copy; its architecture and encodings are kept, the panel
+    must be built with its feature spec); ``window_filter`` picks the training windows (an incremental update: the
+    new periods' windows and a replay sample, see :mod:`bi_pipeline.continual`).
 
     Phase 1 trains on targets before the validation periods and stops early on the validation loss; the quantile
     spread is calibrated on the validation windows. With ``refit`` (the default), phase 2 trains the same recipe
@@ -364,22 +371,35 @@ def train_forecaster(
     device = choose_device(config.device)
     seed_everything(config.seed)
     t0 = time.perf_counter()
-    model_cfg = model_config(panel, horizon, config)
+    if initial_model is not None:
+        if initial_model.config.horizon != horizon:
+            raise ValueError(f"warm start: the model forecasts {initial_model.config.horizon} periods, not {horizon}")
+        model_cfg = copy.deepcopy(initial_model.config)
+    else:
+        model_cfg = model_config(panel, horizon, config)
     history_len = int(np.median(cutoff + 1 - panel.first))
     validation = config.validation_periods or max(1, min(horizon, history_len // 5))
     min_context = config.min_context or 2 * model_cfg.patch_length
     train_w, valid_w = split_windows(panel, horizon, cutoff, min_context, validation)
     full_w = make_windows(panel, min_context, None, cutoff, 0, cutoff + 1)
+    if window_filter is not None:
+        train_w = window_filter(train_w)
+        full_w = window_filter(full_w)
     if len(train_w) == 0:
         raise ValueError(
             f"no training windows: series need more than {min_context + validation} periods of history "
             f"(context {min_context} + validation {validation})"
         )
-    model = _new_model(config, model_cfg, device)
+    if initial_model is not None:
+        model = copy.deepcopy(initial_model).to(device)
+        model.config = model_cfg
+    else:
+        model = _new_model(config, model_cfg, device)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    fingerprint = _fingerprint(panel, horizon, cutoff, config)
+    warm = [initial_model.config.training_targets_end, len(train_w)] if initial_model is not None else None
+    fingerprint = _fingerprint(panel, horizon, cutoff, config, warm)
     state_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     state = {
         "phase": "fit",
@@ -475,6 +495,8 @@ def train_forecaster(
                 progress({"stage": "refit", "epochs": state["best_epoch"], **record})
         state["phase"] = "done"
     model.config.spread_scale = state["spread_scale"]
+    targets_end = cutoff if state["history"] and state["history"][-1].get("phase") == "refit" else cutoff - validation
+    model.config.training_targets_end = str(pd.Timestamp(panel.dates[targets_end]).date())
     model.eval()
     return TrainResult(
         model=model,
