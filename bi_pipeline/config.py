@@ -127,6 +127,19 @@ class ForecastSettings:
     promotion_margin: float = 0.0
     # Blend the transformer with LightGBM when the validation periods say the blend is better.
     ensemble: bool = True
+    # A store or item group whose holdout MASE is worse than the champion's by more than this share vetoes promotion;
+    # so does an older holdout window (the forgetting check).
+    group_tolerance: float = 0.10
+    # Incremental updates: most epochs, and older windows replayed per new window.
+    incremental_epochs: int = 8
+    replay_ratio: float = 1.0
+    # The retrain sensor: an incremental training after this many new periods since the champion's data end, or
+    # when live MASE is worse than the champion's backtest MASE by more than this share.
+    retrain_after_periods: int = 4
+    degradation_threshold: float = 0.25
+    # Schedules (cron, UTC): forecasts refreshed from the champion; a full retrain from scratch.
+    forecast_cron: str = "0 6 * * *"
+    full_retrain_cron: str = "0 2 1 * *"
     # None: sqlite:///$BI_PIPELINE_HOME/mlflow.db with artifacts under $BI_PIPELINE_HOME/mlartifacts.
     mlflow_tracking_uri: str | None = None
 
@@ -148,6 +161,13 @@ class ForecastSettings:
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),
             promotion_margin=_env_float("BI_PIPELINE_PROMOTION_MARGIN", 0.0),
             ensemble=os.environ.get("BI_PIPELINE_ENSEMBLE", "1").strip().lower() not in ("0", "false", "no", "off"),
+            group_tolerance=_env_float("BI_PIPELINE_GROUP_TOLERANCE", 0.10),
+            incremental_epochs=int(_env_float("BI_PIPELINE_INCREMENTAL_EPOCHS", 8)),
+            replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 1.0),
+            retrain_after_periods=int(_env_float("BI_PIPELINE_RETRAIN_AFTER_PERIODS", 4)),
+            degradation_threshold=_env_float("BI_PIPELINE_DEGRADATION_THRESHOLD", 0.25),
+            forecast_cron=os.environ.get("BI_PIPELINE_FORECAST_CRON") or "0 6 * * *",
+            full_retrain_cron=os.environ.get("BI_PIPELINE_FULL_RETRAIN_CRON") or "0 2 1 * *",
             mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
         )
 

@@ -315,3 +315,49 @@ def holdout_frames(history: pd.DataFrame, horizon: int, back: int = 0) -> tuple[
     end = dates[len(dates) - 1 - back]
     cutoff = dates[len(dates) - 1 - back - horizon]
     return history[history["date"] <= cutoff], history[(history["date"] > cutoff) & (history["date"] <= end)]
+
+
+# ---- when to retrain ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrainRequest:
+    mode: str  # full | incremental
+    trigger: str  # no_champion | new_periods | accuracy
+    reason: str
+
+
+def retrain_decision(
+    champion: str | None,
+    new_periods: int,
+    after_periods: int,
+    live_mase: float | None = None,
+    live_version: str | None = None,
+    champion_mase: float | None = None,
+    threshold: float = 0.25,
+) -> RetrainRequest | None:
+    """What the retrain sensor asks for: a first full training when there is no champion; an incremental one when
+    ``after_periods`` periods have landed since the champion's data, or when the champion's own live MASE is worse
+    than its backtest MASE by more than ``threshold``; otherwise nothing."""
+    if champion is None:
+        return RetrainRequest("full", "no_champion", "no champion yet: first training")
+    if new_periods >= after_periods:
+        return RetrainRequest(
+            "incremental",
+            "new_periods",
+            f"{new_periods} new period(s) since champion v{champion}'s data (threshold {after_periods})",
+        )
+    if (
+        live_mase is not None
+        and champion_mase
+        and live_version == champion
+        and live_mase > champion_mase * (1.0 + threshold)
+        and new_periods > 0
+    ):
+        return RetrainRequest(
+            "incremental",
+            "accuracy",
+            f"live MASE {live_mase:.3f} of champion v{champion} is worse than its backtest {champion_mase:.3f} by "
+            f"more than {threshold:.0%}",
+        )
+    return None

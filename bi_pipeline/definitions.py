@@ -5,6 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from bi_pipeline.config import ForecastSettings, Settings
+from bi_pipeline.defs.accuracy import forecast_accuracy
+from bi_pipeline.defs.automation import automation_sensor, build_schedules, retrain_sensor
 from bi_pipeline.defs.cleaning import clean_sales
 from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
 from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
@@ -26,7 +28,13 @@ integrate_job = dg.define_asset_job(
 train_job = dg.define_asset_job(
     "train_job",
     selection=dg.AssetSelection.assets(features, forecaster, forecasts, backtest),
-    description="Features, training (MLflow, champion/challenger), forecasts from the champion, and the backtest.",
+    description="Features, training (full or incremental; MLflow, champion/challenger), forecasts from the champion, "
+    "and the backtest.",
+)
+forecast_job = dg.define_asset_job(
+    "forecast_job",
+    selection=dg.AssetSelection.assets(forecasts, forecast_accuracy),
+    description="Forecasts from the champion on the latest data, and live accuracy.",
 )
 pipeline_job = dg.define_asset_job(
     "pipeline_job",
@@ -41,10 +49,11 @@ def build_defs(settings: Settings | None = None, forecast: ForecastSettings | No
     return dg.Definitions(
         assets=[
             *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
-            *(features, forecaster, forecasts, backtest),
+            *(features, forecaster, forecasts, backtest, forecast_accuracy),
         ],
-        jobs=[ingest_job, integrate_job, train_job, pipeline_job],
-        sensors=[landing_zone_sensor],
+        jobs=[ingest_job, integrate_job, train_job, forecast_job, pipeline_job],
+        sensors=[landing_zone_sensor, retrain_sensor, automation_sensor],
+        schedules=build_schedules(forecast),
         resources={
             "pipeline": PipelineResource.from_settings(settings),
             "forecasting": ForecastingResource.from_settings(settings, forecast),

@@ -83,6 +83,7 @@ def lineage_of(history: pd.DataFrame, training_end: pd.Timestamp, horizon: int) 
         "last_period": str(pd.Timestamp(history["date"].max()).date()),
         "training_end": str(pd.Timestamp(training_end).date()),
         "holdout_periods": horizon,
+        "periods": int(history["date"].nunique()),
         "series": int(history.groupby(SERIES, observed=True).ngroups),
         "rows": len(history),
         "data_hash": data_hash(history),
@@ -93,11 +94,16 @@ def _deployable(model: BIForecaster | Forecaster) -> Forecaster:
     return model if isinstance(model, Forecaster) else Forecaster(model)
 
 
-def holdout_score(model: BIForecaster | Forecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
-    """A saved model's metrics on the last ``horizon`` periods of ``history``, with its own encodings (and, for an
-    ensemble, its own LightGBM reading the newer lags): how the champion is scored on the challenger's holdout."""
+def holdout_forecast(
+    model: BIForecaster | Forecaster, history: pd.DataFrame, back: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(forecasts, train, test) of a saved model on the ``horizon`` periods ending ``back`` periods before the last
+    of ``history``, with its own encodings (and, for an ensemble, its own LightGBM reading the newer lags)."""
     model = _deployable(model)
     horizon = model.horizon
+    if back:
+        dates = np.sort(history["date"].unique())
+        history = history[history["date"] <= dates[-1 - back]]
     train, test = split_holdout(history, horizon)
     spec = FeatureSpec.from_dict(model.transformer.config.feature_spec)
     panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
@@ -105,6 +111,13 @@ def holdout_score(model: BIForecaster | Forecaster, history: pd.DataFrame, seaso
     out = forecast(model.transformer, panel, cutoff)
     if model.lightgbm is not None:
         out = blend(out, predict_lightgbm(model.lightgbm, train, horizon, future=test), model.weight)
+    return out, train, test
+
+
+def holdout_score(model: BIForecaster | Forecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
+    """A saved model's metrics on the last ``horizon`` periods of ``history``: how the champion is scored on the
+    challenger's holdout."""
+    out, train, test = holdout_forecast(model, history)
     return score(attach_actuals(out, test), train, season_length)
 
 

@@ -111,6 +111,16 @@ class Tracker:
         except MlflowException:
             return None
 
+    def holdout_metrics(self, version: str) -> dict[str, float]:
+        """The holdout ("backtest") metrics a version was registered with."""
+        tags = self.client.get_model_version(MODEL_NAME, version).tags
+        return json.loads(tags.get("holdout_metrics", "{}"))
+
+    def lineage(self, version: str) -> dict[str, str]:
+        """The data lineage tags of the run that trained a version (period range, periods, data hash, …)."""
+        tags = self.client.get_run(self.run_of(version)).data.tags
+        return {k.removeprefix("lineage."): v for k, v in tags.items() if k.startswith("lineage.")}
+
     def run_of(self, version: str) -> str:
         return self.client.get_model_version(MODEL_NAME, version).run_id
 
@@ -132,20 +142,26 @@ class Tracker:
         champion_score: float | None,
         metric: str = "MASE",
         margin: float = 0.0,
+        vetoes: list[str] | None = None,
     ) -> Decision:
         """Promote ``version`` to champion when there is none, or when its score (lower is better) beats the
-        champion's on the same holdout by at least ``margin`` (relative). Logged on the version and its run."""
+        champion's on the same holdout by at least ``margin`` (relative) and nothing vetoes it (a store or item group
+        regressing, forgetting: :func:`bi_pipeline.continual.promotion_gate`). Logged on the version and its run."""
         champion = self.alias_version(CHAMPION)
         if champion is None:
             promoted, reason = True, "no champion yet"
         elif champion_score is None or not _finite(champion_score):
             promoted, reason = True, f"champion v{champion} could not be scored on this holdout"
         elif challenger_score <= champion_score * (1.0 - margin) and challenger_score < champion_score:
-            promoted = True
+            promoted = not vetoes
             reason = f"{metric} {challenger_score:.4f} beats champion v{champion}'s {champion_score:.4f}"
+            if vetoes:
+                reason += " but is vetoed: " + "; ".join(vetoes)
         else:
             promoted = False
             reason = f"{metric} {challenger_score:.4f} does not beat champion v{champion}'s {champion_score:.4f}"
+            if margin:
+                reason += f" by the {margin:.1%} margin"
         decision = Decision(promoted, reason, version, challenger_score, champion, champion_score, metric)
         if promoted:
             if champion is not None and champion != version:

@@ -11,20 +11,23 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from bi_pipeline.accuracy import archive_forecasts
 from bi_pipeline.backtest import METRICS
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, statistical_forecast
+from bi_pipeline.continual import group_mase, promotion_gate, series_groups, update_forecaster
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.ensemble import Forecaster, ensemble_forecast
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
-from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame
+from bi_pipeline.features import FeatureSpec, build_panel, fit_spec, panel_frame, panel_from_frame
 from bi_pipeline.forecasting import (
     DEFAULT_HORIZON,
     forecast_latest,
     future_covariates,
-    holdout_score,
+    holdout_forecast,
     lineage_of,
     make_candidate,
 )
@@ -97,9 +100,20 @@ def features(
     )
 
 
+class TrainingConfig(dg.Config):
+    """How this training starts (the retrain sensor and the full-retrain schedule set it, with the reason)."""
+
+    mode: str = Field(
+        default="full",
+        description="full: from scratch; incremental: warm start from the champion on the new periods + replay",
+    )
+    reason: str = Field(default="manual", description="why this training was requested (shown in MLflow)")
+
+
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu")
 def forecaster(
     context: dg.AssetExecutionContext,
+    config: TrainingConfig,
     pipeline: PipelineResource,
     forecasting: ForecastingResource,
     mlflow_tracking: MLflowResource,
@@ -107,9 +121,12 @@ def forecaster(
     integrated_sales: pd.DataFrame,
 ) -> dg.Output:
     """Trains the transformer (PatchTST backbone, quantile head with covariates) on the training split, early-stopped
-    on validation, scores it on the holdout, logs it to MLflow and registers it as ``challenger``; it becomes
-    ``champion`` only if it beats the current champion on the same holdout. The value is the holdout and validation
-    forecasts (the backtest asset compares them with the baselines)."""
+    on validation — from scratch, or incrementally from the champion — scores it on the holdout, logs it to MLflow
+    and registers it as ``challenger``; it becomes ``champion`` only if it beats the current champion on the same
+    holdout by the margin and no store or item group (nor an older window) regresses past the tolerance. The value
+    is the holdout and validation forecasts (the backtest asset compares them with the baselines)."""
+    if config.mode not in ("full", "incremental"):
+        raise dg.Failure(f"training mode {config.mode!r}: use full or incremental")
     settings = pipeline.settings()
     frequency = features.attrs["frequency"]
     horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
@@ -117,8 +134,8 @@ def forecaster(
     cutoff_date = pd.Timestamp(features.attrs["cutoff"])
     panel = panel_from_frame(features, upto=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
-    config = forecasting.train_config()
-    config.validation_periods = validation
+    train_config = forecasting.train_config()
+    train_config.validation_periods = validation
     checkpoints = Path(forecasting.checkpoint_dir) / "forecaster"
 
     def report(record: dict) -> None:
@@ -135,9 +152,41 @@ def forecaster(
         elif stage == "calibrate":
             context.log.info(f"quantile spread calibrated on validation: ×{record['spread_scale']}")
 
-    result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoints, progress=report)
-    model = result.model
     history = integrated_sales
+    tracker = mlflow_tracking.tracker()
+    champion_version = tracker.alias_version(CHAMPION)
+    champion = Forecaster.load(tracker.model_dir(champion_version)) if champion_version else None
+    mode = config.mode
+    result = None
+    if mode == "incremental":
+        if champion is None:
+            context.log.warning("incremental training requested but there is no champion yet: training from scratch")
+        else:
+            spec = FeatureSpec.from_dict(champion.transformer.config.feature_spec)
+            champion_panel = build_panel(history, spec, reference_end=cutoff_date)
+            try:
+                result = update_forecaster(
+                    champion.transformer,
+                    champion_panel,
+                    horizon,
+                    int(champion_panel.dates.get_loc(cutoff_date)),
+                    train_config,
+                    forecasting.incremental_config(),
+                    series_groups(history),
+                    checkpoint_dir=checkpoints,
+                    progress=report,
+                )
+                panel = champion_panel
+                context.log.info(
+                    f"incremental update of champion v{champion_version}: {result.train_windows} windows "
+                    f"(new periods after {champion.transformer.config.training_targets_end} and a replay sample)"
+                )
+            except ValueError as exc:
+                context.log.warning(f"incremental update not possible ({exc}): training from scratch")
+    if result is None:
+        mode = "full"
+        result = train_forecaster(panel, horizon, cutoff, train_config, checkpoint_dir=checkpoints, progress=report)
+    model = result.model
     train = history[history["date"] <= cutoff_date]
     covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
     candidate = make_candidate(
@@ -154,10 +203,12 @@ def forecaster(
 
     model_dir = settings.home / "models" / time.strftime("%Y%m%dT%H%M%S")
     candidate.model.save(model_dir)
-    tracker = mlflow_tracking.tracker()
     lineage = {**lineage_of(history, cutoff_date, horizon), "dagster_run_id": context.run_id}
     params = {
-        **config.to_dict(),
+        **train_config.to_dict(),
+        "mode": mode,
+        "reason": config.reason,
+        "warm_start_from": champion_version if mode == "incremental" else "",
         "horizon": horizon,
         "frequency": frequency,
         "season_length": season,
@@ -179,21 +230,26 @@ def forecaster(
         lineage,
         run_name=context.run_id,
         components=candidate.scores,
-        version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight},
+        version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight, "mode": mode},
     )
-    champion = tracker.alias_version(CHAMPION)
-    champion_scores = None
+    champion_scores, gate = None, None
     if champion is not None:
         try:
-            champion_scores = holdout_score(Forecaster.load(tracker.model_dir(champion)), history, season)
+            champion_scores, gate = _compare_with_champion(
+                candidate, champion, history, season, horizon, forecasting.group_tolerance
+            )
         except (ValueError, KeyError, OSError) as exc:
-            context.log.warning(f"champion v{champion} could not be scored on this holdout: {exc}")
+            context.log.warning(f"champion v{champion_version} could not be scored on this holdout: {exc}")
     decision = tracker.decide(
         version,
         scores["MASE"],
         champion_scores["MASE"] if champion_scores else None,
         margin=forecasting.promotion_margin,
+        vetoes=gate.vetoes if gate else None,
     )
+    if gate is not None and gate.older:
+        tracker.client.log_metric(tracker.run_of(version), "older_window_MASE", gate.older["challenger"])
+        tracker.client.log_metric(tracker.run_of(version), "champion_older_window_MASE", gate.older["champion"])
     context.log.info(
         f"model version {version} ({candidate.kind}): "
         f"{'promoted to champion' if decision.promoted else 'kept as challenger'} — {decision.reason}"
@@ -214,6 +270,8 @@ def forecaster(
         value,
         metadata={
             "model_version": version,
+            "mode": mode,
+            "reason": config.reason,
             "model_kind": candidate.kind,
             "transformer_weight": candidate.weight,
             "champion_version": tracker.alias_version(CHAMPION),
@@ -227,6 +285,15 @@ def forecaster(
             ),
             **{f"holdout_{k}": float(v) for k, v in scores.items()},
             **({f"champion_holdout_{k}": float(v) for k, v in champion_scores.items()} if champion_scores else {}),
+            **(
+                {
+                    "gate_vetoes": "; ".join(gate.vetoes) or "none",
+                    "group_regressions": _md_table(gate.regressions) if len(gate.regressions) else "none",
+                    **{f"older_window_MASE_{k}": float(v) for k, v in gate.older.items()},
+                }
+                if gate is not None
+                else {}
+            ),
             "holdout_by_part": _md_table(
                 pd.DataFrame([{"part": name, **values} for name, values in candidate.scores.items()])
             ),
@@ -240,6 +307,27 @@ def forecaster(
             "epochs": _md_table(epochs.drop(columns=[c for c in ("best",) if c in epochs]), 4),
         },
     )
+
+
+def _compare_with_champion(
+    candidate, champion: Forecaster, history: pd.DataFrame, season: int, horizon: int, tolerance: float
+):
+    """The champion's holdout scores (with its own encodings and parts), and the promotion gate: per store and item
+    group on the holdout, and both models on the older window before it (the forgetting check)."""
+    champion_fc, train, test = holdout_forecast(champion, history)
+    champion_scores = score(attach_actuals(champion_fc, test), train, season)
+    groups = series_groups(history)
+    challenger_groups = group_mase(candidate.holdout[candidate.kind], test, train, season, groups)
+    champion_groups = group_mase(champion_fc, test, train, season, groups)
+    older = {}
+    if history["date"].nunique() > 3 * horizon + 2:
+        for name, model in (("challenger", candidate.model), ("champion", champion)):
+            fc, old_train, old_test = holdout_forecast(model, history, back=horizon)
+            older[name] = score(attach_actuals(fc, old_test), old_train, season)["MASE"]
+    gate = promotion_gate(
+        challenger_groups, champion_groups, older.get("challenger"), older.get("champion"), tolerance
+    )
+    return champion_scores, gate
 
 
 def _plot(history: pd.DataFrame, forecasts: pd.DataFrame, title: str) -> str:
@@ -283,6 +371,7 @@ def forecasts(
     future = future_covariates(master_or_none(calendar), history, model.horizon, pandas_freq(history, model.frequency))
     out = forecast_latest(model, history, future)
     out["model_version"] = version
+    archived = archive_forecasts(pipeline.settings().home / "forecast_archive", out)
     context.log.info(
         f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version} ({model.kind})"
     )
@@ -306,6 +395,7 @@ def forecasts(
             "series": int(out[SERIES].drop_duplicates().shape[0]),
             "horizon": model.horizon,
             "model_kind": model.kind,
+            "archived_as": dg.MetadataValue.path(str(archived)),
             "rows": len(out),
             "preview": dg.MetadataValue.md(out.head(10).round(2).to_markdown(index=False)),
             "plots": dg.MetadataValue.md(plots),

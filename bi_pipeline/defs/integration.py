@@ -11,7 +11,12 @@ from bi_pipeline.integration import integrate
 GROUP = "integration"
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"})
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "parquet"},
+    # Follows newly cleaned periods on its own, but never past a failed blocking check upstream.
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+)
 def integrated_sales(
     context: dg.AssetExecutionContext,
     pipeline: PipelineResource,

@@ -126,13 +126,28 @@ class ForecastingResource(dg.ConfigurableResource):
     ensemble: bool = Field(
         default=True, description="candidate is the transformer blended with LightGBM when validation favours it"
     )
+    group_tolerance: float = Field(
+        default=0.10, description="a store or item group (or an older window) regressing by more vetoes promotion"
+    )
+    incremental_epochs: int = Field(default=8, description="incremental update: most epochs")
+    replay_ratio: float = Field(default=1.0, description="incremental update: older windows per new window")
+    retrain_after_periods: int = Field(default=4, description="retrain sensor: new periods since the champion's data")
+    degradation_threshold: float = Field(
+        default=0.25, description="retrain sensor: live MASE worse than the champion's backtest by this share"
+    )
     checkpoint_dir: str
 
     @classmethod
     def from_settings(cls, settings: Settings, forecast: ForecastSettings) -> ForecastingResource:
         values = {f.name: getattr(forecast, f.name) for f in dataclasses.fields(ForecastSettings)}
-        values.pop("mlflow_tracking_uri")
+        for name in ("mlflow_tracking_uri", "forecast_cron", "full_retrain_cron"):
+            values.pop(name)
         return cls(checkpoint_dir=str(settings.checkpoint_dir), **values)
+
+    def incremental_config(self):
+        from bi_pipeline.continual import IncrementalConfig
+
+        return IncrementalConfig(epochs=self.incremental_epochs, replay_ratio=self.replay_ratio)
 
     def train_config(self):
         from bi_pipeline.training import TrainConfig

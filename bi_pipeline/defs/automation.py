@@ -1,0 +1,145 @@
+"""Automation: declarative conditions for the data stages, the retrain sensor, the forecast refresh and the full
+retrain schedules. Every request is idempotent (a run key per champion and data state) and says why in its tags."""
+
+import dagster as dg
+import pandas as pd
+from dagster import DagsterRunStatus
+
+from bi_pipeline.config import ForecastSettings
+from bi_pipeline.continual import retrain_decision
+from bi_pipeline.defs.collection import sales_periods
+from bi_pipeline.defs.resources import ForecastingResource, MLflowResource
+from bi_pipeline.tracking import CHAMPION
+
+TRAINING_TAG = "bi_pipeline/training"  # full | incremental; dagster.yaml queues one such run at a time
+REASON_TAG = "bi_pipeline/reason"
+TRIGGER_TAG = "bi_pipeline/trigger"
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def training_request(mode: str, reason: str, trigger: str, run_key: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=run_key,
+        run_config={"ops": {"forecaster": {"config": {"mode": mode, "reason": reason}}}},
+        tags={TRAINING_TAG: mode, REASON_TAG: reason[:250], TRIGGER_TAG: trigger},
+    )
+
+
+def training_in_flight(instance: dg.DagsterInstance) -> bool:
+    """A training queued or running: requesting another would only pile up behind it."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={TRAINING_TAG: ["full", "incremental"]}, statuses=IN_FLIGHT), limit=1
+    )
+    return bool(records)
+
+
+def _latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def new_periods_since(instance: dg.DagsterInstance, last_period: str) -> int:
+    """Ingested periods after ``last_period`` (the champion's data end): partitions of ``sales_periods``."""
+    end = pd.Timestamp(last_period)
+    return sum(1 for key in instance.get_dynamic_partitions(sales_periods.name) if pd.Timestamp(key) > end)
+
+
+@dg.sensor(
+    name="retrain_sensor",
+    description="Requests a training: the first one when there is no champion, an incremental one after K new periods "
+    "since the champion's data or when its live accuracy degrades past the threshold.",
+    job_name="train_job",
+    minimum_interval_seconds=120,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def retrain_sensor(
+    context: dg.SensorEvaluationContext, forecasting: ForecastingResource, mlflow_tracking: MLflowResource
+):
+    if training_in_flight(context.instance):
+        return dg.SkipReason("a training is already queued or running")
+    integrated = _latest_metadata(context.instance, "integrated_sales")
+    if not integrated:
+        return dg.SkipReason("no integrated view yet")
+    tracker = mlflow_tracking.tracker()
+    champion = tracker.alias_version(CHAMPION)
+    new_periods, champion_mase = 0, None
+    if champion is not None:
+        lineage = tracker.lineage(champion)
+        new_periods = new_periods_since(context.instance, lineage["last_period"])
+        champion_mase = tracker.holdout_metrics(champion).get("MASE")
+    accuracy = _latest_metadata(context.instance, "forecast_accuracy")
+    request = retrain_decision(
+        champion,
+        new_periods,
+        forecasting.retrain_after_periods,
+        accuracy.get("latest_MASE"),
+        accuracy.get("latest_model_version"),
+        champion_mase,
+        forecasting.degradation_threshold,
+    )
+    if request is None:
+        return dg.SkipReason(
+            f"champion v{champion}: {new_periods} new period(s) (retrain after {forecasting.retrain_after_periods}),"
+            " live accuracy within the threshold"
+        )
+    context.log.info(f"requesting a {request.mode} training: {request.reason}")
+    # One request per champion, data end and trigger: ticks after a restart or a pause ask for it only once.
+    run_key = f"{request.mode}:{request.trigger}:v{champion}:{integrated.get('last_date')}"
+    return training_request(request.mode, request.reason, request.trigger, run_key)
+
+
+def build_schedules(forecast: ForecastSettings) -> list[dg.ScheduleDefinition]:
+    @dg.schedule(
+        name="forecast_refresh_schedule",
+        cron_schedule=forecast.forecast_cron,
+        job_name="forecast_job",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Publishes forecasts from the champion when a period has landed since the last publication.",
+    )
+    def forecast_refresh_schedule(context: dg.ScheduleEvaluationContext, mlflow_tracking: MLflowResource):
+        integrated = _latest_metadata(context.instance, "integrated_sales")
+        if not integrated:
+            return dg.SkipReason("no integrated view yet")
+        champion = mlflow_tracking.tracker().alias_version(CHAMPION)
+        if champion is None:
+            return dg.SkipReason("no champion model yet")
+        published = _latest_metadata(context.instance, "forecasts")
+        last = str(integrated.get("last_date"))
+        if published.get("model_version") == champion and published.get("cutoff") == last:
+            return dg.SkipReason(f"forecasts from v{champion} after {last} are current")
+        return dg.RunRequest(
+            run_key=f"forecasts:v{champion}:{last}",
+            tags={REASON_TAG: f"new data up to {last} or new champion v{champion}"},
+        )
+
+    @dg.schedule(
+        name="full_retrain_schedule",
+        cron_schedule=forecast.full_retrain_cron,
+        job_name="train_job",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="A full retrain from scratch on a slow cadence (incremental updates drift; this resets them).",
+    )
+    def full_retrain_schedule(context: dg.ScheduleEvaluationContext):
+        if training_in_flight(context.instance):
+            return dg.SkipReason("a training is already queued or running")
+        tick = context.scheduled_execution_time
+        stamp = tick.strftime("%Y-%m-%dT%H:%M") if tick else "manual"
+        return training_request("full", f"scheduled full retrain ({stamp})", "schedule", f"full:schedule:{stamp}")
+
+    return [forecast_refresh_schedule, full_retrain_schedule]
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions: the integrated view and live accuracy follow new data.",
+)
