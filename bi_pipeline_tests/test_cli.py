@@ -158,3 +158,20 @@ def test_bench_forecaster_reports_throughput(tmp_path):
     assert result["series"] == 6 and result["device"] == "cpu" and result["precision"] == "fp32"
     assert result["train_windows_per_second"] > 0 and result["inference_series_per_second"] > 0
     assert result["epochs"] == 1
+
+
+def test_bench_continual_command_writes_the_replay_json(tmp_path, capsys):
+    from bi_pipeline.generate import GenerationSpec, generate
+
+    landing = tmp_path / "landing"
+    generate(landing, GenerationSpec(stores=2, items=2, periods=40, frequency="D", defects=0))
+    out = tmp_path / "continual.json"
+    args = ["bench", "continual", "--data", str(landing), "--start-periods", "36", "--step", "1", "--steps", "2"]
+    args += ["--horizon", "3", "--members", "1", "--epochs", "1", "--incremental-epochs", "1", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["updates"] == 2 and result["horizon"] == 3 and result["season_length"] == 7
+    assert result["series"] == 4 and len(result["steps"]) == 3
+    assert result["incremental_config"]["epochs"] == 1 and result["train_config"]["num_members"] == 1
+    assert {"time_ratio", "mase_ratio", "forgetting"} <= set(result)
+    assert '"time_ratio"' in capsys.readouterr().out

@@ -104,7 +104,9 @@ class Simulation:
             past = target.stat().st_mtime - 60
             os.utime(target, (past, past))
 
-    def launch(self, job_name: str, request: dg.RunRequest, asset_selection=None) -> dg.ExecuteInProcessResult | None:
+    def launch(
+        self, job_name: str, request: dg.RunRequest, asset_selection=None, succeed: bool = True
+    ) -> dg.ExecuteInProcessResult | None:
         if request.run_key and request.run_key in self.launched:
             return None  # the daemon launches a run key once
         if request.run_key:
@@ -123,11 +125,12 @@ class Simulation:
             tags=tags,
             run_config=request.run_config or {},
             asset_selection=asset_selection,
+            raise_on_error=succeed,
         )
-        assert result.success
+        assert result.success == succeed
         return result
 
-    def tick_landing(self, cursor: str | None = "keep") -> list[dg.RunRequest]:
+    def tick_landing(self, cursor: str | None = "keep", succeed: bool = True) -> list[dg.RunRequest]:
         context = dg.build_sensor_context(
             instance=self.instance,
             cursor=self.cursor if cursor == "keep" else cursor,
@@ -140,7 +143,7 @@ class Simulation:
         self.cursor = data.cursor
         fresh = [r for r in data.run_requests or [] if r.run_key not in self.launched]
         for request in fresh:
-            self.launch("ingest_job", request)
+            self.launch("ingest_job", request, succeed=succeed)
         return fresh
 
     def tick_automation(self) -> list[str]:
@@ -193,13 +196,8 @@ class Simulation:
 
 
 def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_path: Path):
-    staging = tmp_path / "staging"
     # Daily: a weekday pattern a small model learns in a few epochs (and a shuffled-target model cannot).
-    generate(staging, GenerationSpec(stores=2, items=3, periods=70, frequency="D", defects=0))
-    for name in ("stores", "items", "calendar"):
-        for path in staging.glob(f"{name}.*"):
-            shutil.copy(path, settings.landing / path.name)
-    keys = sorted(p.stem for p in (staging / "sales").glob("*.csv"))
+    staging, keys = stage(settings, tmp_path, 70)
     tracker = Tracker(settings.mlflow_uri, settings.mlflow_artifacts.as_uri())
 
     with dg.instance_for_test() as instance:
@@ -297,3 +295,52 @@ def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_
         counts = pd.Series([r.partition_key for r in records]).value_counts()
         assert set(counts.index) == set(keys[:62]) == set(instance.get_dynamic_partitions(sales_periods.name))
         assert counts.drop(keys[5]).eq(1).all() and counts[keys[5]] == 2
+
+
+def stage(settings: Settings, tmp_path: Path, periods: int) -> tuple[Path, list[str]]:
+    staging = tmp_path / "staging"
+    generate(staging, GenerationSpec(stores=2, items=3, periods=periods, frequency="D", defects=0))
+    for name in ("stores", "items", "calendar"):
+        for path in staging.glob(f"{name}.*"):
+            shutil.copy(path, settings.landing / path.name)
+    return staging, sorted(p.stem for p in (staging / "sales").glob("*.csv"))
+
+
+def test_a_failed_blocking_check_holds_the_integrated_view_back(settings: Settings, tmp_path: Path):
+    staging, keys = stage(settings, tmp_path, 12)
+    bad = staging / "sales" / f"{keys[10]}.csv"
+    frame = pd.read_csv(bad)
+    frame["sales"] = -1.0  # every row breaks the no-negative-sales rule: the period's bad-row rate fails
+    frame.to_csv(bad, index=False)
+    with dg.instance_for_test() as instance:
+        sim = Simulation(instance, settings, staging)
+        assert sim.tick_automation() == []
+        sim.land(keys[:10])
+        sim.tick_landing()
+        assert sim.tick_automation() == ["integrated_sales"]
+        sim.land(keys[10:11])
+        sim.tick_landing(succeed=False)  # the blocking check bad_row_rate fails
+        assert sim.tick_automation() == []  # held back: the integrated view keeps the last good state
+        # The corrected file lands: the partition runs again, passes, and the view follows.
+        corrected = settings.landing / "sales" / f"{keys[10]}.csv"
+        frame["sales"] = 5.0
+        frame.to_csv(corrected, index=False)
+        past = corrected.stat().st_mtime - 60
+        os.utime(corrected, (past, past))
+        sim.tick_landing()
+        assert sim.tick_automation() == ["integrated_sales"]
+
+
+def test_the_instance_config_retries_crashes_monitors_runs_and_limits_the_queue(tmp_path: Path):
+    from bi_pipeline.config import repo_root
+
+    shutil.copy(repo_root() / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+        assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds == 180
+        assert instance.scheduler.max_catchup_runs == 1
+        limits = instance.get_concurrency_config()
+        assert limits.run_queue_config.max_concurrent_runs == 2
+        assert limits.run_queue_config.tag_concurrency_limits == [{"key": TRAINING_TAG, "limit": 1}]
+        assert limits.pool_config.default_pool_limit == 1
