@@ -156,8 +156,9 @@ def group_mase(
 @dataclass
 class GateResult:
     vetoes: list[str]
-    regressions: pd.DataFrame  # family, group, champion, challenger, change
+    regressions: pd.DataFrame  # the groups past the tolerance: family, group, champion, challenger, change
     older: dict[str, float]  # the older window's MASE: challenger, champion
+    compared: pd.DataFrame  # every group compared
 
     @property
     def passed(self) -> bool:
@@ -188,7 +189,7 @@ def promotion_gate(
             vetoes.append(
                 f"forgetting: older-window MASE {challenger_older:.4f} vs the champion's {champion_older:.4f}"
             )
-    return GateResult(vetoes, worse.reset_index(drop=True), older)
+    return GateResult(vetoes, worse.reset_index(drop=True), older, both.reset_index(drop=True))
 
 
 # ---- the replay benchmark -----------------------------------------------------------------------------------------
@@ -225,8 +226,9 @@ def replay_benchmark(
 ) -> dict:
     """Replays ``history`` period by period from its first ``start_periods``: at each step a full retrain from
     scratch and an incremental update of the previous incremental model, both forecasting the next ``horizon``
-    periods, scored on the actuals that land afterwards. Forgetting: the incremental model's MASE on the first
-    older window (the ``horizon`` periods before the start) after the last update vs before the first."""
+    periods, scored on the actuals that land afterwards. Forgetting: the MASE on an older window the first model
+    learnt (forecast from its origin), of the first model, of the last incremental model and of the last full
+    retrain."""
     incremental = incremental or IncrementalConfig()
     dates = np.sort(history["date"].unique())
     ends = list(range(start_periods - 1, len(dates) - 1, step))
@@ -236,12 +238,18 @@ def replay_benchmark(
         raise ValueError(f"{len(dates)} periods leave no replay steps after the first {start_periods}")
     groups = series_groups(history)
     first_end = pd.Timestamp(dates[ends[0]])
-    spec0 = fit_spec(history[history["date"] <= first_end], frequency)
-    older_end = pd.Timestamp(dates[ends[0] - horizon])
+    # The older window: the ``horizon`` periods before the first model's validation stretch, whose targets the first
+    # model learnt. Its MASE after the updates vs before them is what the updates forgot (or learnt) of the past.
+    validation = base.validation_periods or max(1, min(horizon, start_periods // 5))
+    older_origin_index = ends[0] - validation - horizon
+    if older_origin_index < 1:
+        raise ValueError(f"{start_periods} starting periods leave no older window before the validation stretch")
+    older_origin = pd.Timestamp(dates[older_origin_index])
 
     def older_mase(model: BIForecaster) -> float:
-        panel, origin = _panel_upto(history[history["date"] <= first_end], older_end, spec0, horizon)
-        return _live_mase(model, panel, origin, history[history["date"] <= first_end], season_length, older_end)
+        past = history[history["date"] <= first_end]
+        panel, origin = _panel_upto(past, older_origin, FeatureSpec.from_dict(model.config.feature_spec), horizon)
+        return _live_mase(model, panel, origin, past, season_length, older_origin)
 
     rows = []
     current: BIForecaster | None = None
@@ -285,6 +293,7 @@ def replay_benchmark(
     full_s = float(np.mean([r["full_seconds"] for r in scored]))
     inc_s = float(np.mean([r["incremental_seconds"] for r in scored]))
     forgetting_after = older_mase(current)
+    full_after = older_mase(full.model)
     return {
         "frequency": frequency,
         "horizon": horizon,
@@ -298,9 +307,11 @@ def replay_benchmark(
         "time_ratio": round(inc_s / full_s, 4),
         "mase_ratio": round(inc_mase / full_mase, 4),
         "forgetting": {
-            "older_window_end": str(older_end.date()),
+            "older_window": f"{pd.Timestamp(dates[older_origin_index + 1]).date()}.."
+            f"{pd.Timestamp(dates[older_origin_index + horizon]).date()}",
             "MASE_before": round(forgetting_before, 4),
             "MASE_after": round(forgetting_after, 4),
+            "full_retrain_MASE_after": round(full_after, 4),
         },
         "train_config": base.to_dict(),
         "incremental_config": dataclasses.asdict(incremental),

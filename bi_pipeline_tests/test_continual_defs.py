@@ -4,6 +4,7 @@ rests on (retrain decisions, live accuracy, the schedules)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from datetime import UTC, datetime
@@ -261,6 +262,10 @@ def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_
         run = tracker.client.get_run(tracker.run_of("3"))
         assert run.data.params["mode"] == "incremental" and run.data.params["warm_start_from"] == "2"
         assert "older_window_MASE" in run.data.metrics and "champion_older_window_MASE" in run.data.metrics
+        gate = tracker.client.download_artifacts(run.info.run_id, "promotion_gate.json", str(tmp_path))
+        gate = json.loads(Path(gate).read_text())
+        assert gate["champion_version"] == "2" and gate["decision"] == meta["decision"].value
+        assert {g["family"] for g in gate["groups"]} == {"store", "item_group"} and len(gate["groups"]) >= 4
         promoted = meta["holdout_MASE"].value < meta["champion_holdout_MASE"].value
         assert meta["decision"].value == ("promoted" if promoted else "kept"), meta["decision_reason"].value
         champion = "3" if promoted else "2"

@@ -247,9 +247,28 @@ def forecaster(
         margin=forecasting.promotion_margin,
         vetoes=gate.vetoes if gate else None,
     )
-    if gate is not None and gate.older:
-        tracker.client.log_metric(tracker.run_of(version), "older_window_MASE", gate.older["challenger"])
-        tracker.client.log_metric(tracker.run_of(version), "champion_older_window_MASE", gate.older["champion"])
+    if gate is not None:
+        run_of_version = tracker.run_of(version)
+        if gate.older:
+            tracker.client.log_metric(run_of_version, "older_window_MASE", gate.older["challenger"])
+            tracker.client.log_metric(run_of_version, "champion_older_window_MASE", gate.older["champion"])
+        # The numbers behind the decision, beside the run: every group compared, the vetoes, the older window.
+        tracker.client.log_dict(
+            run_of_version,
+            {
+                "champion_version": champion_version,
+                "champion_holdout": champion_scores,
+                "challenger_holdout": scores,
+                "margin": forecasting.promotion_margin,
+                "group_tolerance": forecasting.group_tolerance,
+                "vetoes": gate.vetoes,
+                "older_window_MASE": gate.older,
+                "groups": gate.compared.to_dict(orient="records"),
+                "decision": "promoted" if decision.promoted else "kept",
+                "reason": decision.reason,
+            },
+            "promotion_gate.json",
+        )
     context.log.info(
         f"model version {version} ({candidate.kind}): "
         f"{'promoted to champion' if decision.promoted else 'kept as challenger'} — {decision.reason}"
