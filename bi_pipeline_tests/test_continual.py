@@ -17,7 +17,7 @@ from bi_pipeline.continual import (
     update_forecaster,
 )
 from bi_pipeline.features import FeatureSpec, build_panel, fit_spec, make_windows
-from bi_pipeline.training import train_forecaster
+from bi_pipeline.training import forecast, train_forecaster
 from bi_pipeline_tests.test_forecaster import tiny, weekly_history
 
 
@@ -95,3 +95,29 @@ def test_replay_benchmark_compares_incremental_updates_with_full_retrains():
         result["incremental"]["mean_seconds"] / result["full_retrain"]["mean_seconds"], rel=0.02
     )
     assert set(result["forgetting"]) == {"older_window", "MASE_before", "MASE_after", "full_retrain_MASE_after"}
+
+
+def test_a_killed_incremental_update_resumes_from_its_checkpoint(tmp_path):
+    history = weekly_history(periods=80)
+    panel = build_panel(history, fit_spec(history[history["date"] <= history["date"].unique()[69]], "W"), horizon=8)
+    champion = train_forecaster(panel, 8, 69, tiny(epochs=2)).model
+    update = IncrementalConfig(epochs=4, patience=10)
+    straight = update_forecaster(champion, panel, 8, 73, tiny(), update)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(record: dict) -> None:
+        if record.get("stage") == "train" and record["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        update_forecaster(champion, panel, 8, 73, tiny(), update, checkpoint_dir=tmp_path, progress=kill_after_two)
+    resumed = update_forecaster(champion, panel, 8, 73, tiny(), update, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from_epoch == 2 and [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(forecast(straight.model, panel, 73), forecast(resumed.model, panel, 73))
+    # A checkpoint of another recipe (a full training) is not resumed by an update.
+    other = tmp_path / "other"
+    with pytest.raises(Killed):
+        train_forecaster(panel, 8, 73, tiny(epochs=4), checkpoint_dir=other, progress=kill_after_two)
+    assert update_forecaster(champion, panel, 8, 73, tiny(), update, checkpoint_dir=other).resumed_from_epoch is None
