@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     cont.add_argument("--members", type=int, default=4)
     cont.add_argument("--epochs", type=int, default=40, help="full retrain: most epochs")
     cont.add_argument("--incremental-epochs", type=int, help="incremental update: most epochs (default 8)")
-    cont.add_argument("--replay-ratio", type=float, help="older windows replayed per new window (default 1)")
+    cont.add_argument("--replay-ratio", type=float, help="older windows replayed per new window (default 2)")
     cont.add_argument("--seed", type=int, default=0)
     cont.add_argument("--out", help="write the JSON here too")
     cont.set_defaults(func=cmd_bench_continual)

@@ -132,7 +132,7 @@ class ForecastSettings:
     group_tolerance: float = 0.10
     # Incremental updates: most epochs, and older windows replayed per new window.
     incremental_epochs: int = 8
-    replay_ratio: float = 1.0
+    replay_ratio: float = 2.0
     # The retrain sensor: an incremental training after this many new periods since the champion's data end, or
     # when live MASE is worse than the champion's backtest MASE by more than this share.
     retrain_after_periods: int = 4
@@ -163,7 +163,7 @@ class ForecastSettings:
             ensemble=os.environ.get("BI_PIPELINE_ENSEMBLE", "1").strip().lower() not in ("0", "false", "no", "off"),
             group_tolerance=_env_float("BI_PIPELINE_GROUP_TOLERANCE", 0.10),
             incremental_epochs=int(_env_float("BI_PIPELINE_INCREMENTAL_EPOCHS", 8)),
-            replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 1.0),
+            replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 2.0),
             retrain_after_periods=int(_env_float("BI_PIPELINE_RETRAIN_AFTER_PERIODS", 4)),
             degradation_threshold=_env_float("BI_PIPELINE_DEGRADATION_THRESHOLD", 0.25),
             forecast_cron=os.environ.get("BI_PIPELINE_FORECAST_CRON") or "0 6 * * *",

@@ -130,7 +130,7 @@ class ForecastingResource(dg.ConfigurableResource):
         default=0.10, description="a store or item group (or an older window) regressing by more vetoes promotion"
     )
     incremental_epochs: int = Field(default=8, description="incremental update: most epochs")
-    replay_ratio: float = Field(default=1.0, description="incremental update: older windows per new window")
+    replay_ratio: float = Field(default=2.0, description="incremental update: older windows per new window")
     retrain_after_periods: int = Field(default=4, description="retrain sensor: new periods since the champion's data")
     degradation_threshold: float = Field(
         default=0.25, description="retrain sensor: live MASE worse than the champion's backtest by this share"
