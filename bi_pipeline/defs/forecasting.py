@@ -164,19 +164,20 @@ def forecaster(
         else:
             spec = FeatureSpec.from_dict(champion.transformer.config.feature_spec)
             champion_panel = build_panel(history, spec, reference_end=cutoff_date)
+            champion_cutoff = int(champion_panel.dates.get_loc(cutoff_date))
             try:
                 result = update_forecaster(
                     champion.transformer,
                     champion_panel,
                     horizon,
-                    int(champion_panel.dates.get_loc(cutoff_date)),
+                    champion_cutoff,
                     train_config,
                     forecasting.incremental_config(),
                     series_groups(history),
                     checkpoint_dir=checkpoints,
                     progress=report,
                 )
-                panel = champion_panel
+                panel, cutoff = champion_panel, champion_cutoff
                 context.log.info(
                     f"incremental update of champion v{champion_version}: {result.train_windows} windows "
                     f"(new periods after {champion.transformer.config.training_targets_end} and a replay sample)"
