@@ -1,8 +1,5 @@
 """Live accuracy: the published forecasts against the actuals that landed after them, over time."""
 
-import base64
-import io
-
 import dagster as dg
 import pandas as pd
 
@@ -11,18 +8,14 @@ from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.forecasting import forecasts
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.evaluation import season_length_for
+from bi_pipeline.plots import figure, png_base64
 from bi_pipeline.tracking import CHAMPION
 
 GROUP = "forecasting"
 
 
 def _plot(table: pd.DataFrame, champion_mase: float | None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=80)
+    fig, ax = figure()
     for version, part in table.groupby("model_version"):
         ax.plot(part["cutoff"], part["MASE"], marker="o", lw=1.2, label=f"v{version}")
     if champion_mase is not None:
@@ -30,12 +23,7 @@ def _plot(table: pd.DataFrame, champion_mase: float | None) -> str:
     ax.set_ylabel("live MASE")
     ax.set_title("Published forecasts scored on the actuals that landed", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
-    fig.autofmt_xdate()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_base64(fig)
 
 
 @dg.asset(

@@ -1,8 +1,6 @@
 """Forecasting: features → forecaster (trained, tracked in MLflow, promoted only when better) → forecasts, and the
 backtest that compares the forecaster with strong baselines on the same holdout."""
 
-import base64
-import io
 import json
 import shutil
 import time
@@ -31,6 +29,7 @@ from bi_pipeline.forecasting import (
     lineage_of,
     make_candidate,
 )
+from bi_pipeline.plots import figure, png_base64
 from bi_pipeline.tracking import CHAMPION
 from bi_pipeline.training import clear_checkpoints, train_forecaster
 
@@ -352,23 +351,13 @@ def _compare_with_champion(
 
 def _plot(history: pd.DataFrame, forecasts: pd.DataFrame, title: str) -> str:
     """A PNG (base64) of the recent history, the median forecast and its 80% band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=80)
+    fig, ax = figure()
     ax.plot(history["date"], history["sales"], color="#333333", lw=1.2, label="history")
     ax.fill_between(forecasts["date"], forecasts["q0.1"], forecasts["q0.9"], color="#4c72b0", alpha=0.25, label="80%")
     ax.plot(forecasts["date"], forecasts["q0.5"], color="#4c72b0", lw=1.5, label="forecast (P50)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
-    fig.autofmt_xdate()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_base64(fig)
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, deps=[forecaster])
