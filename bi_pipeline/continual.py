@@ -319,15 +319,6 @@ def replay_benchmark(
     }
 
 
-def holdout_frames(history: pd.DataFrame, horizon: int, back: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) of the holdout ending ``back`` periods before the last: back = 0 is the current holdout, back =
-    horizon the older window before it (the forgetting check)."""
-    dates = np.sort(history["date"].unique())
-    end = dates[len(dates) - 1 - back]
-    cutoff = dates[len(dates) - 1 - back - horizon]
-    return history[history["date"] <= cutoff], history[(history["date"] > cutoff) & (history["date"] <= end)]
-
-
 # ---- when to retrain ----------------------------------------------------------------------------------------------
 
 

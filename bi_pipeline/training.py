@@ -54,7 +54,6 @@ class TrainConfig:
     lr_decay: float = 0.95  # per epoch: later epochs take smaller steps, so the result depends less on the last batch
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    point_loss_weight: float = 0.0  # extra weight on the median's absolute error (0: pinball loss only)
     max_windows_per_epoch: int = 8192
     pretrain_epochs: int = 0
     pretrain_learning_rate: float = 1e-3
@@ -188,15 +187,10 @@ def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndar
 
 
 def _run_loss(
-    model: BIForecaster,
-    batch: dict[str, torch.Tensor],
-    levels: torch.Tensor,
-    members: bool = False,
-    point_weight: float = 0.0,
+    model: BIForecaster, batch: dict[str, torch.Tensor], levels: torch.Tensor, members: bool = False
 ) -> torch.Tensor:
     """Pinball loss of the averaged quantiles; with ``members``, the sum of each member's own loss (training: every
-    member learns on its own, so they stay diverse). ``point_weight`` adds that much of the median's absolute error
-    (the point forecast's own loss) to the training loss."""
+    member learns on its own, so they stay diverse)."""
     quantiles, scale = model(
         batch["past_values"],
         batch["past_observed"],
@@ -207,18 +201,9 @@ def _run_loss(
     )
     target = batch["target"] / scale
     mask = batch["mask"]
-    median = int((levels == 0.5).nonzero()[0, 0]) if point_weight else 0
-
-    def loss(q: torch.Tensor) -> torch.Tensor:
-        value = pinball_loss(q.float(), target, mask, levels)
-        if point_weight:
-            error = (target - q[..., median].float()).abs() * mask
-            value = value + point_weight * error.sum() / mask.sum().clamp(min=1)
-        return value
-
     if members:
-        return sum(loss(q) for q in quantiles)
-    return loss(quantiles)
+        return sum(pinball_loss(q.float(), target, mask, levels) for q in quantiles)
+    return pinball_loss(quantiles.float(), target, mask, levels)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -347,7 +332,7 @@ def _train_epoch(
         if not bool(batch["mask"].any()):
             continue
         with _autocast(device):
-            loss = _run_loss(model, _to(batch, device), levels, members=True, point_weight=config.point_loss_weight)
+            loss = _run_loss(model, _to(batch, device), levels, members=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
