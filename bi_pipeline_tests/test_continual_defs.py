@@ -236,6 +236,8 @@ def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_
         sim.land(keys[60:61])
         assert len(sim.tick_landing()) == 1
         assert len(sim.tick_landing(cursor=None)) == 0  # a restarted sensor without its cursor asks for nothing
+        # Ingested but not integrated yet: not a new period for training.
+        assert sim.tick_retrain().skip_message.startswith("champion v2: 0 new period(s)")
         # New actuals (and the forecasts published since the last tick): the view and live accuracy, in one run.
         assert sim.tick_automation() == ["forecast_accuracy", "integrated_sales"]
         assert sim.tick_automation() == []

@@ -45,10 +45,11 @@ def _latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def new_periods_since(instance: dg.DagsterInstance, last_period: str) -> int:
-    """Ingested periods after ``last_period`` (the champion's data end): partitions of ``sales_periods``."""
-    end = pd.Timestamp(last_period)
-    return sum(1 for key in instance.get_dynamic_partitions(sales_periods.name) if pd.Timestamp(key) > end)
+def new_periods_since(instance: dg.DagsterInstance, last_period: str, integrated_until: str) -> int:
+    """Periods of ``sales_periods`` after ``last_period`` (the champion's data end) that the integrated view already
+    holds: a period still on its way through cleaning does not count until the training could read it."""
+    start, end = pd.Timestamp(last_period), pd.Timestamp(integrated_until)
+    return sum(1 for key in instance.get_dynamic_partitions(sales_periods.name) if start < pd.Timestamp(key) <= end)
 
 
 @dg.sensor(
@@ -72,7 +73,7 @@ def retrain_sensor(
     new_periods, champion_mase = 0, None
     if champion is not None:
         lineage = tracker.lineage(champion)
-        new_periods = new_periods_since(context.instance, lineage["last_period"])
+        new_periods = new_periods_since(context.instance, lineage["last_period"], str(integrated["last_date"]))
         champion_mase = tracker.holdout_metrics(champion).get("MASE")
     accuracy = _latest_metadata(context.instance, "forecast_accuracy")
     request = retrain_decision(

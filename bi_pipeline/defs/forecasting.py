@@ -154,7 +154,13 @@ def forecaster(
     history = integrated_sales
     tracker = mlflow_tracking.tracker()
     champion_version = tracker.alias_version(CHAMPION)
-    champion = Forecaster.load(tracker.model_dir(champion_version)) if champion_version else None
+    champion = None
+    if champion_version:
+        try:
+            champion = Forecaster.load(tracker.model_dir(champion_version))
+        except (ValueError, KeyError, OSError) as exc:
+            # An unreadable champion is not a reason to stop training: it cannot be warm-started from or compared.
+            context.log.warning(f"champion v{champion_version} could not be loaded: {exc}")
     mode = config.mode
     result = None
     if mode == "incremental":
