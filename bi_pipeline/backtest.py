@@ -72,8 +72,7 @@ def transformer_forecast(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The transformer trained up to the window's cutoff: (test forecasts, forecasts over its own validation periods
     from the origin before them, timing)."""
-    from bi_pipeline.forecasting import train_with_holdout
-    from bi_pipeline.training import forecast
+    from bi_pipeline.forecasting import train_with_holdout, validation_forecast
 
     def report(record: dict) -> None:
         if progress and record.get("stage") in ("train", "pretrain", "refit"):
@@ -92,8 +91,7 @@ def transformer_forecast(
     )
     result, panel, cutoff = trained.result, trained.panel, trained.cutoff
     validation = result.validation_periods
-    own = forecast(result.model, panel, cutoff - validation)
-    own = own[own["date"] <= panel.dates[cutoff]]
+    own = validation_forecast(result, panel, cutoff)
     timing = {
         "fit_seconds": result.seconds,
         "predict_seconds": trained.predict_seconds,

@@ -141,6 +141,13 @@ class Candidate:
         return self.scores[self.kind]
 
 
+def validation_forecast(trained: TrainResult, panel: Panel, cutoff: int) -> pd.DataFrame:
+    """The model's forecasts of its own validation periods, from the origin before them (what the ensemble weight
+    is fitted on: never the holdout)."""
+    own = forecast(trained.model, panel, cutoff - trained.validation_periods)
+    return own[own["date"] <= panel.dates[cutoff]]
+
+
 def make_candidate(
     trained: TrainResult,
     panel: Panel,
@@ -159,8 +166,7 @@ def make_candidate(
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
     transformer = forecast(trained.model, panel, cutoff)
     validation = trained.validation_periods
-    own = forecast(trained.model, panel, cutoff - validation)
-    own = own[own["date"] <= cutoff_date]
+    own = validation_forecast(trained, panel, cutoff)
     if not ensemble:
         scores = {"transformer": score(attach_actuals(transformer, test), train, season_length)}
         return Candidate(Forecaster(trained.model), {"transformer": transformer}, scores, 1.0, 0.0, own)
