@@ -233,6 +233,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         pretrain_epochs=args.pretrain_epochs,
         seed=args.seed,
         init_from=args.init_from,
+        context_length=args.context_length,
     )
     result = run_backtest(
         history,
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--no-covariates", action="store_true", help="transformer without covariates (ablation)")
     backtest.add_argument("--seed", type=int, default=0)
+    backtest.add_argument(
+        "--context-length", type=int, help="transformer: periods of context (default 56 daily, 52 weekly, 48 monthly)"
+    )
     backtest.add_argument("--init-from", help="transformer: start from this save_pretrained directory or hub id")
     backtest.set_defaults(func=cmd_backtest)
 

@@ -132,6 +132,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "1",
             "--epochs",
             "2",
+            "--context-length",
+            "16",
             "--out",
             str(out),
         ]
@@ -139,6 +141,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert code == 0
     result = json.loads(out.read_text())
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
+    assert result["transformer_config"]["context_length"] == 16
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
     for metrics in result["models"].values():
