@@ -27,9 +27,7 @@ def archive_forecasts(archive: Path, forecasts: pd.DataFrame) -> Path:
     """Writes one publication (a ``forecasts`` frame with ``cutoff`` and ``model_version``) atomically."""
     cutoffs, versions = forecasts["cutoff"].unique(), forecasts["model_version"].unique()
     if len(cutoffs) != 1 or len(versions) != 1:
-        raise ValueError(
-            f"a publication has one cutoff and one model version, not {len(cutoffs)} and {len(versions)}"
-        )
+        raise ValueError(f"a publication has one cutoff and one model version, not {len(cutoffs)} and {len(versions)}")
     archive.mkdir(parents=True, exist_ok=True)
     path = archive_path(archive, cutoffs[0], str(versions[0]))
     tmp = path.with_suffix(".tmp")

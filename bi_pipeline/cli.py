@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bi_pipeline.backtest import MODELS
 from bi_pipeline.config import FREQUENCIES, Settings
+from bi_pipeline.evaluation import LOSS_WEIGHTINGS
 
 
 def _progress(label: str):
@@ -234,6 +235,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         seed=args.seed,
         init_from=args.init_from,
         context_length=args.context_length,
+        loss_weighting=args.loss_weighting,
+        mixup=args.mixup,
+        calibrate_level=args.calibrate_level,
     )
     result = run_backtest(
         history,
@@ -381,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-length", type=int, help="transformer: periods of context (default 56 daily, 52 weekly, 48 monthly)"
     )
     backtest.add_argument("--init-from", help="transformer: start from this save_pretrained directory or hub id")
+    backtest.add_argument(
+        "--loss-weighting",
+        choices=LOSS_WEIGHTINGS,
+        default="equal",
+        help="transformer: how much each window counts in the loss (equal; level, as WQL; sqrt_level; mase)",
+    )
+    backtest.add_argument(
+        "--mixup", type=float, default=0.0, help="transformer: share of training windows mixed with another series"
+    )
+    backtest.add_argument(
+        "--calibrate-level",
+        action="store_true",
+        help="transformer: fit a factor on the level on the validation periods",
+    )
     backtest.set_defaults(func=cmd_backtest)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")

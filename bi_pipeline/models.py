@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PatchTSTConfig, PatchTSTModel, PretrainedConfig, PreTrainedModel
 
-from bi_pipeline.evaluation import QUANTILES
+from bi_pipeline.evaluation import LOSS_WEIGHTINGS, QUANTILES
 
 
 class BIForecasterConfig(PretrainedConfig):
@@ -45,7 +45,9 @@ class BIForecasterConfig(PretrainedConfig):
         random_mask_ratio: float = 0.4,
         num_members: int = 4,
         spread_scale: float = 1.0,
+        level_scale: float = 1.0,
         training_targets_end: str | None = None,
+        loss_weighting: str = "equal",
         **kwargs,
     ) -> None:
         self.context_length = context_length
@@ -67,8 +69,12 @@ class BIForecasterConfig(PretrainedConfig):
         self.num_members = num_members
         # Multiplies every quantile's distance from the median; fitted on the validation windows after training.
         self.spread_scale = spread_scale
+        # Multiplies every quantile (the forecast's level); fitted on the validation windows after training.
+        self.level_scale = level_scale
         # The last period whose targets the model was trained on: an incremental update learns the periods after it.
         self.training_targets_end = training_targets_end
+        # How much each window counts in the loss (see window_weights); kept here so updates train the same way.
+        self.loss_weighting = loss_weighting
         super().__init__(**kwargs)
 
     def backbone_config(self, masked: bool = False) -> PatchTSTConfig:
@@ -206,7 +212,32 @@ class BIForecaster(PreTrainedModel):
         if self.config.spread_scale != 1.0:
             median = quantiles[..., self.members[0].median_index : self.members[0].median_index + 1]
             quantiles = median + (quantiles - median) * self.config.spread_scale
+        if getattr(self.config, "level_scale", 1.0) != 1.0:
+            quantiles = quantiles * self.config.level_scale
         return quantiles, scale
+
+
+def window_weights(
+    mode: str, scale: torch.Tensor, past_values: torch.Tensor, past_observed: torch.Tensor
+) -> torch.Tensor:
+    """(B, 1) weight of each window in the loss, mean 1 over the batch. The loss is taken on scaled values, so
+    ``equal`` makes every window count the same whatever its size; ``level`` weights by the scale, as WQL and WAPE
+    do (a big store's error costs more); ``sqrt_level`` sits between; ``mase`` divides the scale by the context's
+    mean absolute one-step change, as MASE does (a volatile series' error costs less)."""
+    if mode == "equal":
+        return torch.ones_like(scale)
+    if mode == "level":
+        weights = scale
+    elif mode == "sqrt_level":
+        weights = scale.sqrt()
+    elif mode == "mase":
+        pairs = (past_observed[:, 1:] & past_observed[:, :-1]).to(past_values.dtype)
+        change = ((past_values[:, 1:] - past_values[:, :-1]).abs() * pairs).sum(1, keepdim=True)
+        change = change / pairs.sum(1, keepdim=True).clamp(min=1.0)
+        weights = scale / torch.where(change > 0, change, scale)
+    else:
+        raise ValueError(f"loss weighting {mode!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
+    return weights / weights.mean().clamp(min=1e-12)
 
 
 def pinball_loss(

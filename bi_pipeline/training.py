@@ -30,7 +30,7 @@ import torch
 
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
-from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss
+from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, window_weights
 
 Progress = Callable[[dict], None]
 
@@ -60,6 +60,9 @@ class TrainConfig:
     validation_periods: int | None = None  # None: the horizon, at most a fifth of the history
     min_context: int | None = None  # None: two patches
     refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
+    loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
+    calibrate_level: bool = False  # fit a factor on the forecasts' level on the validation windows
+    mixup: float = 0.0  # share of each training batch replaced by mixtures of two series at the same dates
     seed: int = 0
     device: str = "auto"
     init_from: str | None = None  # a save_pretrained directory or hub id to start from
@@ -161,6 +164,7 @@ def model_config(panel: Panel, horizon: int, config: TrainConfig) -> BIForecaste
         static_cardinalities=spec.static_cardinalities,
         num_static_numeric=spec.static_numeric_count,
         feature_spec=spec.to_dict(),
+        loss_weighting=config.loss_weighting,
     )
 
 
@@ -200,7 +204,8 @@ def _run_loss(
         return_members=members,
     )
     target = batch["target"] / scale
-    mask = batch["mask"]
+    weights = window_weights(model.config.loss_weighting, scale, batch["past_values"], batch["past_observed"])
+    mask = batch["mask"].to(target.dtype) * weights
     if members:
         return sum(pinball_loss(q.float(), target, mask, levels) for q in quantiles)
     return pinball_loss(quantiles.float(), target, mask, levels)
@@ -246,6 +251,20 @@ def calibrate_spread(model: BIForecaster, panel: Panel, windows: Windows, device
     for factor in SPREAD_GRID:
         model.config.spread_scale = float(factor)
         losses[float(factor)] = evaluate_loss(model, panel, windows, device)
+    return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
+
+
+LEVEL_GRID = tuple(np.round(np.arange(0.9, 1.1001, 0.005), 3))
+
+
+def calibrate_level(model: BIForecaster, panel: Panel, windows: Windows, device: torch.device) -> float:
+    """The factor on every quantile that minimises the validation pinball loss: a small model's level drifts from
+    epoch to epoch with its last batches, and the validation periods show which way it drifted."""
+    losses = {}
+    for factor in LEVEL_GRID:
+        model.config.level_scale = float(factor)
+        losses[float(factor)] = evaluate_loss(model, panel, windows, device)
+    model.config.level_scale = 1.0
     return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
 
 
@@ -329,6 +348,8 @@ def _train_epoch(
             windows.step_begin,
             windows.step_end,
         )
+        if config.mixup:
+            batch = mix_windows(panel, batch, windows, sel, cfg, config.mixup, rng)
         if not bool(batch["mask"].any()):
             continue
         with _autocast(device):
@@ -339,6 +360,43 @@ def _train_epoch(
         optimizer.step()
         losses.append(float(loss.detach()) / len(model.members))
     return (float(np.mean(losses)) if losses else float("nan")), len(chosen), time.perf_counter() - started
+
+
+def mix_windows(
+    panel: Panel,
+    batch: dict[str, torch.Tensor],
+    windows: Windows,
+    sel: np.ndarray,
+    cfg: BIForecasterConfig,
+    share: float,
+    rng: np.random.Generator,
+) -> dict[str, torch.Tensor]:
+    """The batch with about ``share`` of its windows replaced by a mixture with another series over the same dates
+    (TSMixup, as in Chronos): each series scaled by its own context, weights drawn from Beta(1.5, 1.5). A business
+    with few series gets new, plausible ones to learn from; calendars match because the dates do. The partner's
+    history must reach at least as far back, so the mixture's context is as observed as the original's."""
+    if panel.series < 2:
+        return batch
+    series, start = windows.series[sel], windows.start[sel]
+    rows = np.flatnonzero(rng.random(len(sel)) < share)
+    partner = (series[rows] + rng.integers(1, panel.series, len(rows))) % panel.series
+    keep = panel.first[partner] <= panel.first[series[rows]]
+    rows, partner = rows[keep], partner[keep]
+    if not len(rows):
+        return batch
+    other = gather(panel, partner, start[rows], cfg.context_length, cfg.horizon, windows.step_begin, windows.step_end)
+    weight = torch.from_numpy(rng.beta(1.5, 1.5, len(rows)).astype("float32"))[:, None]
+    own_scale = BIForecaster.scale(batch["past_values"][rows], batch["past_observed"][rows])
+    other_scale = BIForecaster.scale(other["past_values"], other["past_observed"])
+    out = {k: v.clone() for k, v in batch.items()}
+    for key in ("past_values", "target"):
+        out[key][rows] = weight * batch[key][rows] / own_scale + (1 - weight) * other[key] / other_scale
+    for key in ("past_observed", "mask"):
+        out[key][rows] = batch[key][rows] & other[key]
+    out["future_features"][rows] = (
+        weight[:, :, None] * batch["future_features"][rows] + (1 - weight[:, :, None]) * other["future_features"]
+    )
+    return out
 
 
 def _new_model(config: TrainConfig, model_cfg: BIForecasterConfig, device: torch.device) -> BIForecaster:
@@ -375,6 +433,8 @@ def train_forecaster(
         if initial_model.config.horizon != horizon:
             raise ValueError(f"warm start: the model forecasts {initial_model.config.horizon} periods, not {horizon}")
         model_cfg = copy.deepcopy(initial_model.config)
+        # The calibrations belong to the old weights: training sees raw quantiles, and they are fitted again after.
+        model_cfg.spread_scale, model_cfg.level_scale = 1.0, 1.0
     else:
         model_cfg = model_config(panel, horizon, config)
     history_len = int(np.median(cutoff + 1 - panel.first))
@@ -410,6 +470,7 @@ def train_forecaster(
         "history": [],
         "best_state": None,
         "spread_scale": 1.0,
+        "level_scale": 1.0,
     }
     resumed = None
     pretrain_seconds = 0.0
@@ -419,7 +480,7 @@ def train_forecaster(
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             initial_state = saved["initial_state"]
-            state = {k: saved[k] for k in state}
+            state = {k: saved.get(k, v) for k, v in state.items()}
             torch.set_rng_state(saved["torch_rng"])
             resumed = state["epoch"]
             if progress:
@@ -472,6 +533,9 @@ def train_forecaster(
         if state["best_state"] is not None:
             model.load_state_dict(state["best_state"])
         if len(valid_w):
+            if config.calibrate_level:
+                state["level_scale"] = calibrate_level(model, panel, valid_w, device)
+                model.config.level_scale = state["level_scale"]
             state["spread_scale"] = calibrate_spread(model, panel, valid_w, device)
             if progress:
                 progress({"stage": "calibrate", "spread_scale": state["spread_scale"]})
@@ -495,6 +559,7 @@ def train_forecaster(
                 progress({"stage": "refit", "epochs": state["best_epoch"], **record})
         state["phase"] = "done"
     model.config.spread_scale = state["spread_scale"]
+    model.config.level_scale = state["level_scale"]
     targets_end = cutoff if state["history"] and state["history"][-1].get("phase") == "refit" else cutoff - validation
     model.config.training_targets_end = str(pd.Timestamp(panel.dates[targets_end]).date())
     model.eval()

@@ -134,6 +134,11 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "2",
             "--context-length",
             "16",
+            "--loss-weighting",
+            "sqrt_level",
+            "--mixup",
+            "0.5",
+            "--calibrate-level",
             "--out",
             str(out),
         ]
@@ -142,6 +147,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
+    recipe = {k: result["transformer_config"][k] for k in ("loss_weighting", "mixup", "calibrate_level")}
+    assert recipe == {"loss_weighting": "sqrt_level", "mixup": 0.5, "calibrate_level": True}
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
     for metrics in result["models"].values():

@@ -12,8 +12,17 @@ from bi_pipeline.ensemble import Forecaster, blend, fit_blend_weight
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame, split_windows
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
-from bi_pipeline.models import BIForecaster, pinball_loss
-from bi_pipeline.training import TrainConfig, forecast, gather, load_model, model_config, train_forecaster
+from bi_pipeline.models import BIForecaster, pinball_loss, window_weights
+from bi_pipeline.training import (
+    SPREAD_GRID,
+    TrainConfig,
+    forecast,
+    gather,
+    load_model,
+    mix_windows,
+    model_config,
+    train_forecaster,
+)
 
 QCOLS = [quantile_column(q) for q in QUANTILES]
 
@@ -117,6 +126,87 @@ def test_pinball_loss_matches_hand_computation():
     assert pinball_loss(quantiles, target, torch.tensor([[False]]), levels).item() == 0.0
 
 
+def test_window_weights_follow_the_metric_they_stand_for():
+    # Two windows: levels 1 and 4 (the scale); one-step changes 0.5 and 1 in their observed contexts.
+    past = torch.tensor([[1.0, 1.5, 1.0, 0.5], [4.0, 3.0, 4.0, 5.0]])
+    observed = torch.ones_like(past, dtype=torch.bool)
+    scale = BIForecaster.scale(past, observed)
+    assert scale.flatten().tolist() == [1.0, 4.0]
+    assert window_weights("equal", scale, past, observed).flatten().tolist() == [1.0, 1.0]
+    assert window_weights("level", scale, past, observed).flatten().tolist() == pytest.approx([0.4, 1.6])
+    assert window_weights("sqrt_level", scale, past, observed).flatten().tolist() == pytest.approx([2 / 3, 4 / 3])
+    # scale / mean |change| = 1 / 0.5 and 4 / 1 → 2 and 4, normalised to mean 1.
+    assert window_weights("mase", scale, past, observed).flatten().tolist() == pytest.approx([2 / 3, 4 / 3])
+    # Unobserved values count in neither: the first window's scale becomes 3.5 / 3, its changes 0.5 and 0.5 → 7 / 3.
+    observed[0, 3] = False
+    scale = BIForecaster.scale(past, observed)
+    assert window_weights("mase", scale, past, observed).flatten().tolist() == pytest.approx([14 / 19, 24 / 19])
+    with pytest.raises(ValueError, match="loss weighting 'volume'"):
+        window_weights("volume", scale, past, observed)
+
+
+def test_mixed_windows_are_mixtures_of_scaled_series_over_the_same_dates():
+    history = weekly_history(series=2, periods=60)
+    # The second series is exactly three times the first: scaled, they are the same shape, so any mixture of the
+    # two is that shape again, whatever the weights.
+    first = history["item_id"] == "I0"
+    history.loc[~first, "sales"] = 3.0 * history.loc[first, "sales"].to_numpy()
+    history["store_id"] = "S0"
+    panel = build_panel(history, fit_spec(history, "W"), horizon=8)
+    config = model_config(panel, 8, tiny())
+    train, _ = split_windows(panel, 8, 59, 8, 8)
+    sel = np.arange(len(train))
+    batch = gather(panel, train.series[sel], train.start[sel], config.context_length, 8, 0, train.step_end)
+    mixed = mix_windows(panel, batch, train, sel, config, 1.0, np.random.default_rng(0))
+    scale = BIForecaster.scale(batch["past_values"], batch["past_observed"])
+    changed = ~torch.isclose(mixed["past_values"], batch["past_values"]).all(1)
+    assert changed.all()  # every window has a partner here (share 1, the other series)
+    torch.testing.assert_close(mixed["past_values"], batch["past_values"] / scale)
+    torch.testing.assert_close(mixed["target"], batch["target"] / scale)
+    # Same dates: the calendar and the holiday flag are unchanged; masks and static attributes are kept.
+    torch.testing.assert_close(mixed["future_features"], batch["future_features"])
+    assert torch.equal(mixed["mask"], batch["mask"])
+    assert torch.equal(mixed["static_categorical"], batch["static_categorical"])
+    assert mix_windows(panel, batch, train, sel, config, 0.0, np.random.default_rng(0)) is batch
+
+
+def test_level_calibration_follows_a_shift_the_training_windows_never_saw():
+    history = weekly_history(periods=90)
+    dates = np.sort(history["date"].unique())
+    shifted = history.copy()
+    # From the validation periods on (the last 8 of the 82 up to the cutoff), every series sells 8% more. The
+    # training windows (targets before them) are the same, so both runs learn the same weights.
+    shifted.loc[shifted["date"] >= dates[74], "sales"] *= 1.08
+    config = tiny(epochs=8, learning_rate=0.01, validation_periods=8, calibrate_level=True)
+    models = {}
+    for name, frame in (("plain", history), ("shifted", shifted)):
+        panel = build_panel(frame, fit_spec(frame, "W"), horizon=8)
+        models[name] = train_forecaster(panel, 8, 81, config).model
+    # Measured: 0.975 and 1.05, the 8% shift.
+    assert models["shifted"].config.level_scale > 1.0
+    assert models["shifted"].config.level_scale - models["plain"].config.level_scale > 0.04
+    assert train_forecaster(panel, 8, 81, tiny(epochs=1)).model.config.level_scale == 1.0  # off by default
+    # The factor multiplies every quantile, after the spread calibration.
+    model = models["shifted"]
+    factor = model.config.level_scale
+    scaled = forecast(model, panel, 81)
+    model.config.level_scale = 1.0
+    np.testing.assert_allclose(
+        scaled[QCOLS].to_numpy(), forecast(model, panel, 81)[QCOLS].to_numpy() * factor, rtol=1e-5
+    )
+
+
+def test_a_warm_start_trains_on_raw_quantiles_and_calibrates_afresh(panel):
+    champion = train_forecaster(panel, 8, 81, tiny(epochs=1)).model
+    champion.config.spread_scale, champion.config.level_scale = 0.5, 1.1
+    update = train_forecaster(panel, 8, 81, tiny(epochs=1), initial_model=champion).model
+    # The champion's factors fitted its own weights: the update starts from 1 and fits its spread again (its level
+    # calibration is off here, so the level stays 1 instead of inheriting 1.1).
+    assert update.config.level_scale == 1.0
+    assert update.config.spread_scale in SPREAD_GRID
+    assert (champion.config.spread_scale, champion.config.level_scale) == (0.5, 1.1)
+
+
 def test_training_reduces_the_loss_and_quantiles_are_monotone(panel):
     result = train_forecaster(panel, 8, 81, tiny(epochs=5))
     losses = [r["train_loss"] for r in result.history]
@@ -137,8 +227,9 @@ def test_save_and_load_give_identical_forecasts(panel, tmp_path):
     pd.testing.assert_frame_equal(forecast(model, panel, 81), forecast(loaded, panel, 81))
 
 
-def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path):
-    straight = train_forecaster(panel, 8, 81, tiny(epochs=4))
+@pytest.mark.parametrize("recipe", [{}, {"num_members": 2, "mixup": 0.5, "calibrate_level": True}])
+def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path, recipe):
+    straight = train_forecaster(panel, 8, 81, tiny(epochs=4, **recipe))
 
     class Crash(Exception):
         pass
@@ -148,8 +239,8 @@ def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train_forecaster(panel, 8, 81, tiny(epochs=4), checkpoint_dir=tmp_path, progress=crash_after_two)
-    resumed = train_forecaster(panel, 8, 81, tiny(epochs=4), checkpoint_dir=tmp_path)
+        train_forecaster(panel, 8, 81, tiny(epochs=4, **recipe), checkpoint_dir=tmp_path, progress=crash_after_two)
+    resumed = train_forecaster(panel, 8, 81, tiny(epochs=4, **recipe), checkpoint_dir=tmp_path)
     assert resumed.resumed_from_epoch == 2
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(forecast(straight.model, panel, 81), forecast(resumed.model, panel, 81))

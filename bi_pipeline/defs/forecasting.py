@@ -349,9 +349,7 @@ def _compare_with_champion(
         for name, model in (("challenger", candidate.model), ("champion", champion)):
             fc, old_train, old_test = holdout_forecast(model, history, back=horizon)
             older[name] = score(attach_actuals(fc, old_test), old_train, season)["MASE"]
-    gate = promotion_gate(
-        challenger_groups, champion_groups, older.get("challenger"), older.get("champion"), tolerance
-    )
+    gate = promotion_gate(challenger_groups, champion_groups, older.get("challenger"), older.get("champion"), tolerance)
     return champion_scores, gate
 
 
