@@ -235,9 +235,15 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         seed=args.seed,
         init_from=args.init_from,
         context_length=args.context_length,
-        loss_weighting=args.loss_weighting,
-        mixup=args.mixup,
-        calibrate_level=args.calibrate_level,
+        **{
+            name: value
+            for name, value in (
+                ("loss_weighting", args.loss_weighting),
+                ("mixup", args.mixup),
+                ("calibrate_level", args.calibrate_level),
+            )
+            if value is not None
+        },
     )
     result = run_backtest(
         history,
@@ -388,16 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--loss-weighting",
         choices=LOSS_WEIGHTINGS,
-        default="equal",
-        help="transformer: how much each window counts in the loss (equal; level, as WQL; sqrt_level; mase)",
+        help="transformer: how much each window counts in the loss (default equal; level, as WQL; sqrt_level; mase)",
     )
     backtest.add_argument(
-        "--mixup", type=float, default=0.0, help="transformer: share of training windows mixed with another series"
+        "--mixup", type=float, help="transformer: share of training windows mixed with another series (default 0.5)"
     )
     backtest.add_argument(
         "--calibrate-level",
-        action="store_true",
-        help="transformer: fit a factor on the level on the validation periods",
+        action=argparse.BooleanOptionalAction,
+        help="transformer: fit a factor on the forecasts' level on the validation periods (default on)",
     )
     backtest.set_defaults(func=cmd_backtest)
 

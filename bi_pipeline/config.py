@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bi_pipeline.evaluation import LOSS_WEIGHTINGS
+
 FREQUENCIES = ("D", "W", "M")
 
 
@@ -119,6 +121,8 @@ class ForecastSettings:
     epochs: int = 40
     max_windows_per_epoch: int = 8192
     pretrain_epochs: int = 0
+    # How much each window counts in the training loss: equal (suits MASE) or by volume (level, sqrt_level: WQL).
+    loss_weighting: str = "equal"
     # A save_pretrained directory or hub id to fine-tune from instead of starting fresh.
     init_from: str | None = None
     device: str = "auto"
@@ -156,6 +160,7 @@ class ForecastSettings:
             epochs=int(_env_float("BI_PIPELINE_EPOCHS", 40)),
             max_windows_per_epoch=int(_env_float("BI_PIPELINE_MAX_WINDOWS_PER_EPOCH", 8192)),
             pretrain_epochs=int(_env_float("BI_PIPELINE_PRETRAIN_EPOCHS", 0)),
+            loss_weighting=_env_choice("BI_PIPELINE_LOSS_WEIGHTING", "equal", LOSS_WEIGHTINGS),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
             device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),
@@ -170,6 +175,13 @@ class ForecastSettings:
             full_retrain_cron=os.environ.get("BI_PIPELINE_FULL_RETRAIN_CRON") or "0 2 1 * *",
             mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
         )
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (os.environ.get(name) or default).strip()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    return value
 
 
 def repo_root() -> Path:

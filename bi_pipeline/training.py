@@ -61,8 +61,8 @@ class TrainConfig:
     min_context: int | None = None  # None: two patches
     refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
-    calibrate_level: bool = False  # fit a factor on the forecasts' level on the validation windows
-    mixup: float = 0.0  # share of each training batch replaced by mixtures of two series at the same dates
+    calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
+    mixup: float = 0.5  # share of each training batch replaced by mixtures of two series at the same dates
     seed: int = 0
     device: str = "auto"
     init_from: str | None = None  # a save_pretrained directory or hub id to start from
@@ -420,10 +420,10 @@ def train_forecaster(
     must be built with its feature spec); ``window_filter`` picks the training windows (an incremental update: the
     new periods' windows and a replay sample, see :mod:`bi_pipeline.continual`).
 
-    Phase 1 trains on targets before the validation periods and stops early on the validation loss; the quantile
-    spread is calibrated on the validation windows. With ``refit`` (the default), phase 2 trains the same recipe
-    again from its initial weights on every window up to the cutoff for the epochs phase 1 found best, so the most
-    recent periods, usually the most informative, are learnt too.
+    Phase 1 trains on targets before the validation periods and stops early on the validation loss; the forecasts'
+    level (with ``calibrate_level``) and then the quantile spread are calibrated on the validation windows. With
+    ``refit`` (off by default: measured worse, README), phase 2 trains the same recipe again from its initial weights
+    on every window up to the cutoff for the epochs phase 1 found best, so the most recent periods are learnt too.
     """
     config = config or TrainConfig()
     device = choose_device(config.device)

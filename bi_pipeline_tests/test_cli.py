@@ -137,8 +137,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "--loss-weighting",
             "sqrt_level",
             "--mixup",
-            "0.5",
-            "--calibrate-level",
+            "0.25",
+            "--no-calibrate-level",
             "--out",
             str(out),
         ]
@@ -148,7 +148,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
     recipe = {k: result["transformer_config"][k] for k in ("loss_weighting", "mixup", "calibrate_level")}
-    assert recipe == {"loss_weighting": "sqrt_level", "mixup": 0.5, "calibrate_level": True}
+    assert recipe == {"loss_weighting": "sqrt_level", "mixup": 0.25, "calibrate_level": False}
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
     for metrics in result["models"].values():

@@ -54,3 +54,16 @@ def test_dagster_home_gets_the_project_config_and_keeps_user_edits(tmp_path, mon
     config.write_text("storage:\n  postgres: {}\n")  # a production edit
     prepare_dagster_home(settings)
     assert config.read_text() == "storage:\n  postgres: {}\n"
+
+
+def test_loss_weighting_reaches_the_training_recipe_and_a_typo_is_named(monkeypatch, tmp_path):
+    from bi_pipeline.config import ForecastSettings
+    from bi_pipeline.defs.resources import ForecastingResource
+
+    monkeypatch.setenv("BI_PIPELINE_LOSS_WEIGHTING", "sqrt_level")
+    forecast = ForecastSettings.from_env()
+    settings = Settings(home=tmp_path, landing=tmp_path / "l")
+    assert ForecastingResource.from_settings(settings, forecast).train_config().loss_weighting == "sqrt_level"
+    monkeypatch.setenv("BI_PIPELINE_LOSS_WEIGHTING", "volume")
+    with pytest.raises(ValueError, match="BI_PIPELINE_LOSS_WEIGHTING='volume': choose one of equal, level"):
+        ForecastSettings.from_env()

@@ -119,6 +119,9 @@ class ForecastingResource(dg.ConfigurableResource):
     epochs: int = 40
     max_windows_per_epoch: int = 8192
     pretrain_epochs: int = Field(default=0, description="masked-patch pretraining epochs before fine-tuning")
+    loss_weighting: str = Field(
+        default="equal", description="windows in the loss: equal (suits MASE), level or sqrt_level (by volume: WQL)"
+    )
     init_from: str | None = Field(default=None, description="save_pretrained directory or hub id to start from")
     device: str = Field(default="auto", description="auto: CUDA (bf16 autocast) when present, else CPU")
     seed: int = 0
@@ -157,6 +160,7 @@ class ForecastingResource(dg.ConfigurableResource):
             epochs=self.epochs,
             max_windows_per_epoch=self.max_windows_per_epoch,
             pretrain_epochs=self.pretrain_epochs,
+            loss_weighting=self.loss_weighting,
             init_from=self.init_from,
             device=self.device,
             seed=self.seed,
