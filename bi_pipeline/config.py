@@ -123,6 +123,10 @@ class ForecastSettings:
     pretrain_epochs: int = 0
     # How much each window counts in the training loss: equal (suits MASE) or by volume (level, sqrt_level: WQL).
     loss_weighting: str = "equal"
+    # Share of training windows mixed with another series over the same dates, and whether the forecasts' level is
+    # calibrated on the validation periods (README: measured on Walmart and aus_retail).
+    mixup: float = 0.5
+    calibrate_level: bool = True
     # A save_pretrained directory or hub id to fine-tune from instead of starting fresh.
     init_from: str | None = None
     device: str = "auto"
@@ -161,11 +165,13 @@ class ForecastSettings:
             max_windows_per_epoch=int(_env_float("BI_PIPELINE_MAX_WINDOWS_PER_EPOCH", 8192)),
             pretrain_epochs=int(_env_float("BI_PIPELINE_PRETRAIN_EPOCHS", 0)),
             loss_weighting=_env_choice("BI_PIPELINE_LOSS_WEIGHTING", "equal", LOSS_WEIGHTINGS),
+            mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
+            calibrate_level=_env_flag("BI_PIPELINE_CALIBRATE_LEVEL", True),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
             device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),
             promotion_margin=_env_float("BI_PIPELINE_PROMOTION_MARGIN", 0.0),
-            ensemble=os.environ.get("BI_PIPELINE_ENSEMBLE", "1").strip().lower() not in ("0", "false", "no", "off"),
+            ensemble=_env_flag("BI_PIPELINE_ENSEMBLE", True),
             group_tolerance=_env_float("BI_PIPELINE_GROUP_TOLERANCE", 0.10),
             incremental_epochs=int(_env_float("BI_PIPELINE_INCREMENTAL_EPOCHS", 8)),
             replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 2.0),
@@ -175,6 +181,13 @@ class ForecastSettings:
             full_retrain_cron=os.environ.get("BI_PIPELINE_FULL_RETRAIN_CRON") or "0 2 1 * *",
             mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
         )
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -122,6 +122,8 @@ class ForecastingResource(dg.ConfigurableResource):
     loss_weighting: str = Field(
         default="equal", description="windows in the loss: equal (suits MASE), level or sqrt_level (by volume: WQL)"
     )
+    mixup: float = Field(default=0.5, description="share of training windows mixed with another series, same dates")
+    calibrate_level: bool = Field(default=True, description="fit a factor on the level on the validation periods")
     init_from: str | None = Field(default=None, description="save_pretrained directory or hub id to start from")
     device: str = Field(default="auto", description="auto: CUDA (bf16 autocast) when present, else CPU")
     seed: int = 0
@@ -161,6 +163,8 @@ class ForecastingResource(dg.ConfigurableResource):
             max_windows_per_epoch=self.max_windows_per_epoch,
             pretrain_epochs=self.pretrain_epochs,
             loss_weighting=self.loss_weighting,
+            mixup=self.mixup,
+            calibrate_level=self.calibrate_level,
             init_from=self.init_from,
             device=self.device,
             seed=self.seed,
