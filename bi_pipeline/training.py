@@ -538,7 +538,9 @@ def train_forecaster(
                 model.config.level_scale = state["level_scale"]
             state["spread_scale"] = calibrate_spread(model, panel, valid_w, device)
             if progress:
-                progress({"stage": "calibrate", "spread_scale": state["spread_scale"]})
+                progress(
+                    {"stage": "calibrate", "spread_scale": state["spread_scale"], "level_scale": state["level_scale"]}
+                )
         if config.refit and state["best_epoch"] > 0 and len(full_w) > len(train_w):
             # Phase 2 restarts from the initial weights with a fresh optimizer.
             model.load_state_dict(initial_state)

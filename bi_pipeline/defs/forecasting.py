@@ -149,7 +149,9 @@ def forecaster(
         elif stage == "resume":
             context.log.info(f"resuming from the checkpoint after epoch {record['epoch']} ({checkpoints})")
         elif stage == "calibrate":
-            context.log.info(f"quantile spread calibrated on validation: ×{record['spread_scale']}")
+            context.log.info(
+                f"calibrated on validation: level ×{record['level_scale']}, quantile spread ×{record['spread_scale']}"
+            )
 
     history = integrated_sales
     tracker = mlflow_tracking.tracker()
@@ -225,6 +227,7 @@ def forecaster(
         "best_epoch": result.best_epoch,
         "device": result.device,
         "spread_scale": model.config.spread_scale,
+        "level_scale": model.config.level_scale,
         "future_features": ",".join(panel.spec.future_names),
         "lightgbm_covariates": ",".join(covariates) if candidate.kind == "ensemble" else "",
     }
