@@ -242,30 +242,74 @@ def evaluate_loss(
 
 
 SPREAD_GRID = tuple(np.round(np.arange(0.4, 1.61, 0.05), 2))
-
-
-def calibrate_spread(model: BIForecaster, panel: Panel, windows: Windows, device: torch.device) -> float:
-    """The factor on the quantiles' distances from the median that minimises the validation pinball loss: pinball
-    training on older, noisier windows tends to give intervals wider (or narrower) than recent data needs."""
-    losses = {}
-    for factor in SPREAD_GRID:
-        model.config.spread_scale = float(factor)
-        losses[float(factor)] = evaluate_loss(model, panel, windows, device)
-    return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
-
-
 LEVEL_GRID = tuple(np.round(np.arange(0.9, 1.1001, 0.005), 3))
 
 
-def calibrate_level(model: BIForecaster, panel: Panel, windows: Windows, device: torch.device) -> float:
-    """The factor on every quantile that minimises the validation pinball loss: a small model's level drifts from
-    epoch to epoch with its last batches, and the validation periods show which way it drifted."""
-    losses = {}
-    for factor in LEVEL_GRID:
-        model.config.level_scale = float(factor)
-        losses[float(factor)] = evaluate_loss(model, panel, windows, device)
-    model.config.level_scale = 1.0
-    return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
+def _validation_outputs(
+    model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, batch_size: int = 1024
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch: the members' averaged quantiles before any calibration, the scaled targets and the loss weights.
+    The forward pass runs once; every calibration factor is then scored on these (evaluate_loss's aggregation)."""
+    cfg = model.config
+    spread, level = cfg.spread_scale, cfg.level_scale
+    cfg.spread_scale, cfg.level_scale = 1.0, 1.0
+    model.eval()
+    out = []
+    with torch.no_grad(), _autocast(device):
+        for idx in _batches(len(windows), batch_size, None):
+            batch = _to(
+                gather(
+                    panel,
+                    windows.series[idx],
+                    windows.start[idx],
+                    cfg.context_length,
+                    cfg.horizon,
+                    windows.step_begin,
+                    windows.step_end,
+                ),
+                device,
+            )
+            if not bool(batch["mask"].any()):
+                continue
+            keys = ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
+            quantiles, scale = model(*(batch[k] for k in keys))
+            weights = window_weights(cfg.loss_weighting, scale, batch["past_values"], batch["past_observed"])
+            out.append((quantiles.float(), batch["target"] / scale, batch["mask"].to(scale.dtype) * weights))
+    cfg.spread_scale, cfg.level_scale = spread, level
+    return out
+
+
+def _calibrated_loss(outputs: list, levels: torch.Tensor, median: int, spread: float, level: float) -> float:
+    total, weight = 0.0, 0.0
+    for quantiles, target, mask in outputs:
+        centre = quantiles[..., median : median + 1]
+        calibrated = (centre + (quantiles - centre) * spread) * level
+        count = float((mask != 0).sum())
+        total += float(pinball_loss(calibrated, target, mask, levels)) * count
+        weight += count
+    return total / weight if weight else float("nan")
+
+
+def calibrate(
+    model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, level: bool = True
+) -> tuple[float, float]:
+    """(level factor, spread factor) that minimise the validation pinball loss, fitted one after the other.
+
+    The level: one factor on every quantile (a small model's level drifts from epoch to epoch with its last batches,
+    and the validation periods show which way it drifted); 1 when ``level`` is off. The spread: one factor on the
+    quantiles' distances from the median (pinball training on older, noisier windows tends to give intervals wider,
+    or narrower, than recent data needs)."""
+    outputs = _validation_outputs(model, panel, windows, device)
+    levels = torch.tensor(model.config.quantiles, device=device)
+    median = list(model.config.quantiles).index(0.5)
+
+    def best(grid: tuple, loss) -> float:
+        losses = {float(f): loss(float(f)) for f in grid}
+        return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
+
+    level_scale = best(LEVEL_GRID, lambda f: _calibrated_loss(outputs, levels, median, 1.0, f)) if level else 1.0
+    spread_scale = best(SPREAD_GRID, lambda f: _calibrated_loss(outputs, levels, median, f, level_scale))
+    return level_scale, spread_scale
 
 
 def pretrain_backbone(
@@ -533,10 +577,9 @@ def train_forecaster(
         if state["best_state"] is not None:
             model.load_state_dict(state["best_state"])
         if len(valid_w):
-            if config.calibrate_level:
-                state["level_scale"] = calibrate_level(model, panel, valid_w, device)
-                model.config.level_scale = state["level_scale"]
-            state["spread_scale"] = calibrate_spread(model, panel, valid_w, device)
+            state["level_scale"], state["spread_scale"] = calibrate(
+                model, panel, valid_w, device, level=config.calibrate_level
+            )
             if progress:
                 progress(
                     {"stage": "calibrate", "spread_scale": state["spread_scale"], "level_scale": state["level_scale"]}
