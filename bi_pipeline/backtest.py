@@ -75,7 +75,7 @@ def transformer_forecast(
     from bi_pipeline.forecasting import train_with_holdout, validation_forecast
 
     def report(record: dict) -> None:
-        if progress and record.get("stage") in ("train", "pretrain", "refit"):
+        if progress and record.get("stage") in ("train", "pretrain", "pretrain_corpus", "refit"):
             loss = record.get("validation_loss", record.get("loss"))
             progress(f"  transformer {record['stage']} epoch {record['epoch']}: loss {loss:.4f}")
 

@@ -4,6 +4,8 @@ bi-pipeline demo                      generate demo data and run every stage end
 bi-pipeline run                       run every stage on what is in the landing zone
 bi-pipeline generate --landing DIR    write a synthetic retail business into a landing zone
 bi-pipeline import-csv FILE --to DIR --date COL --store COL [--item COL] --sales COL [...]
+bi-pipeline backtest --data DIR --horizon H [--season-length M] [--windows W] [--out FILE.json]
+bi-pipeline pretrain --frequency W --horizon H --out DIR   pretrain on a synthetic corpus (a checkpoint)
 bi-pipeline bench ingest --series N --periods P --out FILE.json
 bi-pipeline bench continual --data DIR --start-periods S --step 1 --out FILE.json
 """
@@ -241,6 +243,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 ("loss_weighting", args.loss_weighting),
                 ("mixup", args.mixup),
                 ("calibrate_level", args.calibrate_level),
+                ("calibrate_spread_power", args.calibrate_spread_power),
             )
             if value is not None
         },
@@ -259,6 +262,37 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     )
     print(table(result))
     _write_json(result, args.out)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bi_pipeline.pretraining import CorpusSpec, default_config, pretrain
+
+    corpus = CorpusSpec(
+        frequency=args.frequency,
+        businesses=args.businesses,
+        stores=args.stores,
+        items=args.items,
+        periods=args.periods,
+        seed=args.seed,
+    )
+    config = default_config(num_members=args.members, epochs=args.epochs, seed=args.seed, device=args.device)
+
+    def report(record: dict) -> None:
+        if record.get("stage") == "train":
+            print(
+                f"pretrain epoch {record['epoch']}/{record['epochs']}: train loss {record['train_loss']:.4f}, "
+                f"validation loss {record['validation_loss']:.4f}{' (best)' if record.get('best') else ''}, "
+                f"{record['seconds']:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    manifest = pretrain(
+        corpus, args.horizon, args.out, config, progress=report, corpus_progress=_progress("synthetic corpus")
+    )
+    print(json.dumps(manifest, indent=2))
+    print(f"checkpoint: {Path(args.out).resolve()} (use it with BI_PIPELINE_INIT_FROM or --init-from)", file=sys.stderr)
     return 0
 
 
@@ -390,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--context-length", type=int, help="transformer: periods of context (default 56 daily, 52 weekly, 48 monthly)"
     )
-    backtest.add_argument("--init-from", help="transformer: start from this save_pretrained directory or hub id")
+    backtest.add_argument(
+        "--init-from",
+        help="transformer: start from this save_pretrained directory or hub id; 'synthetic': the generator-corpus "
+        "checkpoint (pretrained once under $BI_PIPELINE_HOME/pretrained)",
+    )
     backtest.add_argument(
         "--loss-weighting",
         choices=LOSS_WEIGHTINGS,
@@ -404,7 +442,28 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="transformer: fit a factor on the forecasts' level on the validation periods (default on)",
     )
+    backtest.add_argument(
+        "--calibrate-spread-power",
+        action=argparse.BooleanOptionalAction,
+        help="transformer: let the quantile spread follow each forecast's own interval width (default on)",
+    )
     backtest.set_defaults(func=cmd_backtest)
+
+    pre = sub.add_parser(
+        "pretrain", help="pretrain the forecaster on a synthetic corpus from the generator; writes a checkpoint"
+    )
+    pre.add_argument("--out", required=True, help="checkpoint directory to write (save_pretrained + pretraining.json)")
+    pre.add_argument("--frequency", choices=FREQUENCIES, default="W")
+    pre.add_argument("--horizon", type=int, required=True, help="periods forecast (the business's horizon)")
+    pre.add_argument("--businesses", type=int, default=40, help="simulated businesses in the corpus")
+    pre.add_argument("--stores", type=int, default=20, help="stores per business")
+    pre.add_argument("--items", type=int, default=60, help="items per store (summed into store and category totals)")
+    pre.add_argument("--periods", type=int, help="periods per series (default 730 daily, 260 weekly, 300 monthly)")
+    pre.add_argument("--members", type=int, default=4, help="members averaged (seeds); fine-tuning keeps them")
+    pre.add_argument("--epochs", type=int, default=15, help="most epochs (early stopping)")
+    pre.add_argument("--seed", type=int, default=7, help="fixes the corpus and the training")
+    pre.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    pre.set_defaults(func=cmd_pretrain)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -127,6 +127,8 @@ class ForecastSettings:
     # calibrated on the validation periods (README: measured on Walmart and aus_retail).
     mixup: float = 0.5
     calibrate_level: bool = True
+    # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
+    calibrate_spread_power: bool = True
     # A save_pretrained directory or hub id to fine-tune from instead of starting fresh.
     init_from: str | None = None
     device: str = "auto"
@@ -167,6 +169,7 @@ class ForecastSettings:
             loss_weighting=_env_choice("BI_PIPELINE_LOSS_WEIGHTING", "equal", LOSS_WEIGHTINGS),
             mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
             calibrate_level=_env_flag("BI_PIPELINE_CALIBRATE_LEVEL", True),
+            calibrate_spread_power=_env_flag("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
             device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),

@@ -630,6 +630,34 @@ def _draw_block(
     return sales, cents, code
 
 
+def simulate_totals(spec: GenerationSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One business's demand in memory, summed per store and per store and category (no files, no defects).
+
+    Returns the period dates and, per level (``"all"`` and each category name present), a (periods, stores) array of
+    units sold: the same business and draws as :func:`generate` with this spec (the same random streams), so the
+    totals equal the landing zone's clean rows summed. Aggregates are what a pretraining corpus needs
+    (:mod:`bi_pipeline.pretraining`): store and category totals are smoother than single items."""
+    world_seed, noise_seed, _ = np.random.SeedSequence(spec.seed).spawn(3)
+    biz = _build(spec, np.random.default_rng(world_seed))
+    noise_rng = np.random.default_rng(noise_seed)
+    block = max(1, _BLOCK_ELEMENTS // len(biz.store_of))
+    sales = np.concatenate(
+        [_draw_block(biz, t0, min(spec.periods, t0 + block), noise_rng)[0] for t0 in range(0, spec.periods, block)]
+    )
+    sales = np.where(biz.active_item[:, biz.item_of], sales, 0).astype(np.float64)
+    n_stores = spec.stores
+    categories = biz.items.cat_code[biz.item_of]
+    totals: dict[str, np.ndarray] = {}
+    names = list(_CATALOG)
+    for code in [None, *sorted(set(categories.tolist()))]:
+        chosen = slice(None) if code is None else categories == code
+        out = np.zeros((spec.periods, n_stores))
+        np.add.at(out.T, biz.store_of[chosen], sales[:, chosen].T)
+        totals["all" if code is None else names[code]] = out
+    dates = np.array(biz.date_str[: spec.periods], dtype="datetime64[D]")
+    return dates, totals
+
+
 # --- defects ------------------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ import torch
 
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
-from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, window_weights
+from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, spread_factor, window_weights
 
 Progress = Callable[[dict], None]
 
@@ -62,10 +62,13 @@ class TrainConfig:
     refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
+    calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width
     mixup: float = 0.5  # share of each training batch replaced by mixtures of two series at the same dates
     seed: int = 0
     device: str = "auto"
-    init_from: str | None = None  # a save_pretrained directory or hub id to start from
+    # A save_pretrained directory or hub id to start from; "synthetic": the checkpoint pretrained on the generator's
+    # corpus for this frequency and horizon (bi_pipeline.pretraining), built once under $BI_PIPELINE_HOME.
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,18 +150,41 @@ def gather(
     }
 
 
+# Fine-tuning keeps the checkpoint's architecture: these fields come from its config, not from TrainConfig.
+ARCHITECTURE = (
+    "context_length",
+    "patch_length",
+    "d_model",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "ffn_dim",
+    "head_dim",
+    "embedding_dim",
+    "num_members",
+)
+
+
 def model_config(panel: Panel, horizon: int, config: TrainConfig) -> BIForecasterConfig:
+    """The model's config for this panel and horizon; with ``init_from``, the architecture is the checkpoint's (a
+    PatchTST backbone only carries over to the same context, patches and widths), the covariate and static layers
+    follow the panel, and the dropout is the training's."""
     spec = panel.spec
+    architecture = {
+        "context_length": config.context_length or DEFAULT_CONTEXT[spec.frequency],
+        "patch_length": config.patch_length or DEFAULT_PATCH[spec.frequency],
+        "d_model": config.d_model,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "ffn_dim": config.ffn_dim,
+        "num_members": config.num_members,
+    }
+    if config.init_from:
+        source = BIForecasterConfig.from_pretrained(config.init_from)
+        architecture = {name: getattr(source, name) for name in ARCHITECTURE}
     return BIForecasterConfig(
-        context_length=config.context_length or DEFAULT_CONTEXT[spec.frequency],
-        patch_length=config.patch_length or DEFAULT_PATCH[spec.frequency],
         horizon=horizon,
-        d_model=config.d_model,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        ffn_dim=config.ffn_dim,
         dropout=config.dropout,
-        num_members=config.num_members,
+        **architecture,
         quantiles=QUANTILES,
         num_future_features=len(spec.future_names),
         static_cardinalities=spec.static_cardinalities,
@@ -243,6 +269,8 @@ def evaluate_loss(
 
 SPREAD_GRID = tuple(np.round(np.arange(0.4, 1.61, 0.05), 2))
 LEVEL_GRID = tuple(np.round(np.arange(0.9, 1.1001, 0.005), 3))
+POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+CALIBRATION = ("level_scale", "spread_scale", "spread_power", "spread_reference")
 
 
 def _validation_outputs(
@@ -251,8 +279,8 @@ def _validation_outputs(
     """Per batch: the members' averaged quantiles before any calibration, the scaled targets and the loss weights.
     The forward pass runs once; every calibration factor is then scored on these (evaluate_loss's aggregation)."""
     cfg = model.config
-    spread, level = cfg.spread_scale, cfg.level_scale
-    cfg.spread_scale, cfg.level_scale = 1.0, 1.0
+    spread, level, power = cfg.spread_scale, cfg.level_scale, cfg.spread_power
+    cfg.spread_scale, cfg.level_scale, cfg.spread_power = 1.0, 1.0, 0.0
     model.eval()
     out = []
     with torch.no_grad(), _autocast(device):
@@ -275,15 +303,24 @@ def _validation_outputs(
             quantiles, scale = model(*(batch[k] for k in keys))
             weights = window_weights(cfg.loss_weighting, scale, batch["past_values"], batch["past_observed"])
             out.append((quantiles.float(), batch["target"] / scale, batch["mask"].to(scale.dtype) * weights))
-    cfg.spread_scale, cfg.level_scale = spread, level
+    cfg.spread_scale, cfg.level_scale, cfg.spread_power = spread, level, power
     return out
 
 
-def _calibrated_loss(outputs: list, levels: torch.Tensor, median: int, spread: float, level: float) -> float:
+def _calibrated_loss(
+    outputs: list,
+    levels: torch.Tensor,
+    median: int,
+    spread: float,
+    level: float,
+    power: float = 0.0,
+    reference: float = 1.0,
+) -> float:
     total, weight = 0.0, 0.0
     for quantiles, target, mask in outputs:
         centre = quantiles[..., median : median + 1]
-        calibrated = (centre + (quantiles - centre) * spread) * level
+        factor = spread_factor(quantiles, spread, power, reference)
+        calibrated = (centre + (quantiles - centre) * factor) * level
         count = float((mask != 0).sum())
         total += float(pinball_loss(calibrated, target, mask, levels)) * count
         weight += count
@@ -291,25 +328,56 @@ def _calibrated_loss(outputs: list, levels: torch.Tensor, median: int, spread: f
 
 
 def calibrate(
-    model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, level: bool = True
-) -> tuple[float, float]:
-    """(level factor, spread factor) that minimise the validation pinball loss, fitted one after the other.
+    model: BIForecaster,
+    panel: Panel,
+    windows: Windows,
+    device: torch.device,
+    level: bool = True,
+    spread_power: bool = True,
+) -> dict[str, float]:
+    """The calibration factors that minimise the validation pinball loss (model config fields), fitted in turn.
 
     The level: one factor on every quantile (a small model's level drifts from epoch to epoch with its last batches,
-    and the validation periods show which way it drifted); 1 when ``level`` is off. The spread: one factor on the
+    and the validation periods show which way it drifted); 1 when ``level`` is off. The spread: a factor on the
     quantiles' distances from the median (pinball training on older, noisier windows tends to give intervals wider,
-    or narrower, than recent data needs)."""
+    or narrower, than recent data needs) and, with ``spread_power``, a power of each forecast's own interval width
+    relative to the median width (see :func:`bi_pipeline.models.spread_factor`), fitted jointly."""
     outputs = _validation_outputs(model, panel, windows, device)
-    levels = torch.tensor(model.config.quantiles, device=device)
-    median = list(model.config.quantiles).index(0.5)
+    return fit_calibration(outputs, list(model.config.quantiles), level, spread_power)
 
-    def best(grid: tuple, loss) -> float:
-        losses = {float(f): loss(float(f)) for f in grid}
-        return min(losses, key=lambda f: (losses[f], abs(f - 1.0)))
 
-    level_scale = best(LEVEL_GRID, lambda f: _calibrated_loss(outputs, levels, median, 1.0, f)) if level else 1.0
-    spread_scale = best(SPREAD_GRID, lambda f: _calibrated_loss(outputs, levels, median, f, level_scale))
-    return level_scale, spread_scale
+def fit_calibration(
+    outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True
+) -> dict[str, float]:
+    """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask)."""
+    device = outputs[0][0].device if outputs else torch.device("cpu")
+    levels = torch.tensor(quantiles, device=device)
+    median = quantiles.index(0.5)
+    widths = torch.cat([(q[..., -1] - q[..., 0]).mean(-1) for q, _, _ in outputs]) if outputs else torch.ones(1)
+    reference = max(float(np.median(widths.float().cpu().numpy())), 1e-6)
+
+    def best(grid: list, loss, default: tuple) -> tuple:
+        # Ties go to the factors nearest no calibration.
+        losses = {f: loss(*f) for f in grid}
+        return min(losses, key=lambda f: (losses[f], float(np.abs(np.subtract(f, default)).sum())))
+
+    level_scale = 1.0
+    if level:
+        (level_scale,) = best(
+            [(float(f),) for f in LEVEL_GRID], lambda f: _calibrated_loss(outputs, levels, median, 1.0, f), (1.0,)
+        )
+    powers = POWER_GRID if spread_power else (0.0,)
+    spread_scale, power = best(
+        [(float(f), float(p)) for p in powers for f in SPREAD_GRID],
+        lambda f, p: _calibrated_loss(outputs, levels, median, f, level_scale, p, reference),
+        (1.0, 0.0),
+    )
+    return {
+        "level_scale": float(level_scale),
+        "spread_scale": spread_scale,
+        "spread_power": power,
+        "spread_reference": reference if power else 1.0,
+    }
 
 
 def pretrain_backbone(
@@ -470,6 +538,10 @@ def train_forecaster(
     on every window up to the cutoff for the epochs phase 1 found best, so the most recent periods are learnt too.
     """
     config = config or TrainConfig()
+    if config.init_from == "synthetic" and initial_model is None:
+        from bi_pipeline.pretraining import resolve_init_from
+
+        config = resolve_init_from(config, panel.spec.frequency, horizon, progress=progress)
     device = choose_device(config.device)
     seed_everything(config.seed)
     t0 = time.perf_counter()
@@ -479,6 +551,7 @@ def train_forecaster(
         model_cfg = copy.deepcopy(initial_model.config)
         # The calibrations belong to the old weights: training sees raw quantiles, and they are fitted again after.
         model_cfg.spread_scale, model_cfg.level_scale = 1.0, 1.0
+        model_cfg.spread_power, model_cfg.spread_reference = 0.0, 1.0
     else:
         model_cfg = model_config(panel, horizon, config)
     history_len = int(np.median(cutoff + 1 - panel.first))
@@ -515,6 +588,8 @@ def train_forecaster(
         "best_state": None,
         "spread_scale": 1.0,
         "level_scale": 1.0,
+        "spread_power": 0.0,
+        "spread_reference": 1.0,
     }
     resumed = None
     pretrain_seconds = 0.0
@@ -577,13 +652,12 @@ def train_forecaster(
         if state["best_state"] is not None:
             model.load_state_dict(state["best_state"])
         if len(valid_w):
-            state["level_scale"], state["spread_scale"] = calibrate(
-                model, panel, valid_w, device, level=config.calibrate_level
+            factors = calibrate(
+                model, panel, valid_w, device, level=config.calibrate_level, spread_power=config.calibrate_spread_power
             )
+            state.update(factors)
             if progress:
-                progress(
-                    {"stage": "calibrate", "spread_scale": state["spread_scale"], "level_scale": state["level_scale"]}
-                )
+                progress({"stage": "calibrate", **factors})
         if config.refit and state["best_epoch"] > 0 and len(full_w) > len(train_w):
             # Phase 2 restarts from the initial weights with a fresh optimizer.
             model.load_state_dict(initial_state)
@@ -603,8 +677,8 @@ def train_forecaster(
             if progress:
                 progress({"stage": "refit", "epochs": state["best_epoch"], **record})
         state["phase"] = "done"
-    model.config.spread_scale = state["spread_scale"]
-    model.config.level_scale = state["level_scale"]
+    for name in CALIBRATION:
+        setattr(model.config, name, state[name])
     targets_end = cutoff if state["history"] and state["history"][-1].get("phase") == "refit" else cutoff - validation
     model.config.training_targets_end = str(pd.Timestamp(panel.dates[targets_end]).date())
     model.eval()

@@ -12,10 +12,11 @@ from bi_pipeline.ensemble import Forecaster, blend, fit_blend_weight
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame, split_windows
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
-from bi_pipeline.models import BIForecaster, pinball_loss, window_weights
+from bi_pipeline.models import BIForecaster, pinball_loss, spread_factor, window_weights
 from bi_pipeline.training import (
     SPREAD_GRID,
     TrainConfig,
+    fit_calibration,
     forecast,
     gather,
     load_model,
@@ -199,12 +200,64 @@ def test_level_calibration_follows_a_shift_the_training_windows_never_saw():
 def test_a_warm_start_trains_on_raw_quantiles_and_calibrates_afresh(panel):
     champion = train_forecaster(panel, 8, 81, tiny(epochs=1)).model
     champion.config.spread_scale, champion.config.level_scale = 0.5, 1.1
-    update = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_level=False), initial_model=champion).model
+    champion.config.spread_power, champion.config.spread_reference = 1.5, 0.3
+    config = tiny(epochs=1, calibrate_level=False, calibrate_spread_power=False)
+    update = train_forecaster(panel, 8, 81, config, initial_model=champion).model
     # The champion's factors fitted its own weights: the update starts from 1 and fits its spread again (its level
-    # calibration is off here, so the level stays 1 instead of inheriting 1.1).
+    # and width calibrations are off here, so they stay neutral instead of inheriting the champion's).
     assert update.config.level_scale == 1.0
     assert update.config.spread_scale in SPREAD_GRID
+    assert (update.config.spread_power, update.config.spread_reference) == (0.0, 1.0)
     assert (champion.config.spread_scale, champion.config.level_scale) == (0.5, 1.1)
+
+
+def test_spread_factor_follows_each_forecasts_own_width():
+    # Two forecasts (B=2, H=2, Q=3): outer quantiles 0.2 apart and 0.8 apart.
+    q = torch.tensor([[[0.9, 1.0, 1.1], [0.9, 1.0, 1.1]], [[0.6, 1.0, 1.4], [0.6, 1.0, 1.4]]])
+    assert spread_factor(q, 0.8) == 0.8
+    factor = spread_factor(q, 0.8, power=1.0, reference=0.4)
+    assert factor.shape == (2, 1, 1)
+    np.testing.assert_allclose(factor.flatten().numpy(), [0.8 * 0.5, 0.8 * 2.0], rtol=1e-6)
+    np.testing.assert_allclose(spread_factor(q, 1.0, 0.5, 0.2).flatten().numpy(), [1.0, 2.0], rtol=1e-6)
+    assert float(spread_factor(q, 1.0, 8.0, 0.01).max()) == 10.0  # clamped
+
+
+def test_width_calibration_finds_errors_that_grow_faster_than_the_intervals():
+    # Forecasts whose 80% intervals are w wide and whose errors are proportional to w²: one spread factor cannot fit
+    # both, a factor growing with the width can. Targets are the median plus errors at the 10%..90% quantiles of a
+    # uniform spread, so every quantile level is hit as often as it should be once the width is right.
+    levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    offsets = torch.tensor([lvl - 0.5 for lvl in levels]) * 1.25  # outer quantiles 1 apart when w = 1
+    outputs = []
+    for w in (0.1, 0.2, 0.4, 0.8):
+        quantiles = (1.0 + offsets * w).expand(9, 1, 9).clone()
+        target = (1.0 + offsets * w * (w / 0.3)).reshape(9, 1)
+        outputs.append((quantiles, target, torch.ones(9, 1)))
+    fitted = fit_calibration(outputs, levels, level=False)
+    assert fitted["spread_power"] == 1.0
+    assert fitted["spread_reference"] == pytest.approx(0.3, rel=1e-6)  # median of the widths 0.1, 0.2, 0.4, 0.8
+    assert fitted["spread_scale"] == 1.0 and fitted["level_scale"] == 1.0
+    plain = fit_calibration(outputs, levels, level=False, spread_power=False)
+    assert (plain["spread_power"], plain["spread_reference"]) == (0.0, 1.0)
+
+
+def test_the_model_applies_the_width_calibration(panel):
+    model = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_spread_power=False)).model
+    model.config.spread_scale, model.config.level_scale = 0.9, 1.0
+    cfg = model.config
+    batch = gather(panel, np.arange(6), np.full(6, 82), cfg.context_length, 8, 0, 8)
+    inputs = [batch[k] for k in ("past_values", "past_observed", "future_features", "static_categorical")]
+    with torch.no_grad():
+        members, _ = model(*inputs, batch["static_numeric"], return_members=True)
+        raw = members.mean(0)
+        width = (raw[..., -1] - raw[..., 0]).mean(-1)
+        reference = float(width.median())
+        model.config.spread_power, model.config.spread_reference = 0.5, reference
+        calibrated, _ = model(*inputs, batch["static_numeric"])
+    median = raw[..., 4:5]
+    factor = (0.9 * (width / reference) ** 0.5).reshape(6, 1, 1)
+    torch.testing.assert_close(calibrated, median + (raw - median) * factor)
+    assert float(factor.min()) < 0.9 < float(factor.max())  # narrower forecasts narrow further, wider ones widen
 
 
 def test_training_reduces_the_loss_and_quantiles_are_monotone(panel):
@@ -224,6 +277,10 @@ def test_save_and_load_give_identical_forecasts(panel, tmp_path):
     assert (tmp_path / "model" / "model.safetensors").exists()
     loaded = BIForecaster.from_pretrained(tmp_path / "model")
     assert loaded.config.spread_scale == model.config.spread_scale
+    assert (loaded.config.spread_power, loaded.config.spread_reference) == (
+        model.config.spread_power,
+        model.config.spread_reference,
+    )
     pd.testing.assert_frame_equal(forecast(model, panel, 81), forecast(loaded, panel, 81))
 
 

@@ -146,11 +146,17 @@ def forecaster(
             )
         elif stage == "pretrain":
             context.log.info(f"pretrain member {record['member']} epoch {record['epoch']}: loss {record['loss']:.4f}")
+        elif stage == "pretrain_corpus":
+            context.log.info(
+                f"pretraining on the synthetic corpus (first use, then reused: {record['checkpoint']}), "
+                f"epoch {record['epoch']}/{record['epochs']}: validation loss {record['loss']:.4f}"
+            )
         elif stage == "resume":
             context.log.info(f"resuming from the checkpoint after epoch {record['epoch']} ({checkpoints})")
         elif stage == "calibrate":
             context.log.info(
                 f"calibrated on validation: level ×{record['level_scale']}, quantile spread ×{record['spread_scale']}"
+                f" × (width / {record['spread_reference']:.4g}) ^ {record['spread_power']}"
             )
 
     history = integrated_sales
@@ -228,6 +234,8 @@ def forecaster(
         "device": result.device,
         "spread_scale": model.config.spread_scale,
         "level_scale": model.config.level_scale,
+        "spread_power": model.config.spread_power,
+        "spread_reference": model.config.spread_reference,
         "future_features": ",".join(panel.spec.future_names),
         "lightgbm_covariates": ",".join(covariates) if candidate.kind == "ensemble" else "",
     }

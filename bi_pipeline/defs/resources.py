@@ -124,6 +124,9 @@ class ForecastingResource(dg.ConfigurableResource):
     )
     mixup: float = Field(default=0.5, description="share of training windows mixed with another series, same dates")
     calibrate_level: bool = Field(default=True, description="fit a factor on the level on the validation periods")
+    calibrate_spread_power: bool = Field(
+        default=True, description="the quantile spread factor follows each forecast's own interval width"
+    )
     init_from: str | None = Field(default=None, description="save_pretrained directory or hub id to start from")
     device: str = Field(default="auto", description="auto: CUDA (bf16 autocast) when present, else CPU")
     seed: int = 0
@@ -165,6 +168,7 @@ class ForecastingResource(dg.ConfigurableResource):
             loss_weighting=self.loss_weighting,
             mixup=self.mixup,
             calibrate_level=self.calibrate_level,
+            calibrate_spread_power=self.calibrate_spread_power,
             init_from=self.init_from,
             device=self.device,
             seed=self.seed,
