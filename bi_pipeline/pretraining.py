@@ -102,9 +102,15 @@ def corpus_hash(corpus: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-# Pretraining's recipe: more windows per epoch (the corpus is large), patience 4; no level calibration (the
-# fine-tuning calibrates on the business's own validation periods).
-RECIPE = {"epochs": 15, "patience": 4, "max_windows_per_epoch": 16384, "calibrate_level": False}
+# Pretraining's recipe: more windows per epoch (the corpus is large), patience 4; no level or width calibration (the
+# fine-tuning calibrates afresh on the business's own validation periods).
+RECIPE = {
+    "epochs": 15,
+    "patience": 4,
+    "max_windows_per_epoch": 16384,
+    "calibrate_level": False,
+    "calibrate_spread_power": False,
+}
 
 
 def default_config(**overrides) -> TrainConfig:
@@ -180,7 +186,9 @@ def synthetic_checkpoint(
     ``home/pretrained/``: pretrained the first time it is asked for (minutes on a CPU), then reused. The directory
     name carries a hash of everything that fixes it, so another setting gets its own checkpoint."""
     corpus = CorpusSpec(frequency=frequency, **SYNTHETIC_CORPUS)
-    pre_config = default_config(**{name: getattr(config, name) for name in _ARCHITECTURE_FIELDS}, device=config.device)
+    # The corpus seed also seeds the training, as `bi-pipeline pretrain` does: both give the same checkpoint.
+    architecture = {name: getattr(config, name) for name in _ARCHITECTURE_FIELDS}
+    pre_config = default_config(**architecture, seed=corpus.seed, device=config.device)
     recipe = {"corpus": asdict(corpus), "horizon": horizon, "train_config": pre_config.to_dict() | {"device": None}}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     path = home / "pretrained" / f"synthetic-{frequency}-h{horizon}-{key}"

@@ -139,6 +139,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "--mixup",
             "0.25",
             "--no-calibrate-level",
+            "--no-calibrate-spread-power",
             "--out",
             str(out),
         ]
@@ -147,8 +148,14 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
-    recipe = {k: result["transformer_config"][k] for k in ("loss_weighting", "mixup", "calibrate_level")}
-    assert recipe == {"loss_weighting": "sqrt_level", "mixup": 0.25, "calibrate_level": False}
+    names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power")
+    recipe = {k: result["transformer_config"][k] for k in names}
+    assert recipe == {
+        "loss_weighting": "sqrt_level",
+        "mixup": 0.25,
+        "calibrate_level": False,
+        "calibrate_spread_power": False,
+    }
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
     for metrics in result["models"].values():

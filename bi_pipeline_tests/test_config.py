@@ -67,3 +67,16 @@ def test_loss_weighting_reaches_the_training_recipe_and_a_typo_is_named(monkeypa
     monkeypatch.setenv("BI_PIPELINE_LOSS_WEIGHTING", "volume")
     with pytest.raises(ValueError, match="BI_PIPELINE_LOSS_WEIGHTING='volume': choose one of equal, level"):
         ForecastSettings.from_env()
+
+
+def test_calibration_and_pretrained_start_reach_the_training_recipe(monkeypatch, tmp_path):
+    from bi_pipeline.config import ForecastSettings
+    from bi_pipeline.defs.resources import ForecastingResource
+
+    settings = Settings(home=tmp_path, landing=tmp_path / "l")
+    default = ForecastingResource.from_settings(settings, ForecastSettings.from_env()).train_config()
+    assert (default.calibrate_spread_power, default.init_from) == (True, None)
+    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_SPREAD_POWER", "0")
+    monkeypatch.setenv("BI_PIPELINE_INIT_FROM", "synthetic")
+    config = ForecastingResource.from_settings(settings, ForecastSettings.from_env()).train_config()
+    assert (config.calibrate_spread_power, config.init_from) == (False, "synthetic")
