@@ -75,7 +75,12 @@ def transformer_forecast(
     from bi_pipeline.forecasting import train_with_holdout, validation_forecast
 
     def report(record: dict) -> None:
-        if progress and record.get("stage") in ("train", "pretrain", "pretrain_corpus", "refit"):
+        if progress and record.get("stage") == "pretrain_corpus":
+            progress(
+                f"  pretraining on the synthetic corpus (first use; kept in {record['checkpoint']}), "
+                f"epoch {record['epoch']}/{record['epochs']}: validation loss {record['loss']:.4f}"
+            )
+        elif progress and record.get("stage") in ("train", "pretrain", "refit"):
             loss = record.get("validation_loss", record.get("loss"))
             progress(f"  transformer {record['stage']} epoch {record['epoch']}: loss {loss:.4f}")
 
