@@ -28,7 +28,7 @@ import pandas as pd
 
 from bi_pipeline.features import build_panel, fit_spec
 from bi_pipeline.generate import FREQUENCIES, GenerationSpec, simulate_totals
-from bi_pipeline.training import Progress, TrainConfig, train_forecaster
+from bi_pipeline.training import ARCHITECTURE, Progress, TrainConfig, train_forecaster
 
 MANIFEST = "pretraining.json"
 # Five years weekly, 25 monthly, two daily: several yearly cycles per series at every frequency.
@@ -167,15 +167,10 @@ def _versions() -> dict[str, str]:
 # ``init_from="synthetic"``: the checkpoint pretrained on the default corpus for the run's frequency and horizon.
 SYNTHETIC = "synthetic"
 SYNTHETIC_CORPUS: dict = {}  # CorpusSpec's defaults: 40 businesses x 20 stores, 260 weeks / 300 months / 730 days
+# What fixes a checkpoint's shape (training.ARCHITECTURE, as TrainConfig names it), and its dropout.
 _ARCHITECTURE_FIELDS = (
-    "context_length",
-    "patch_length",
-    "d_model",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "ffn_dim",
+    *(name for name in ARCHITECTURE if name in {f.name for f in dataclasses.fields(TrainConfig)}),
     "dropout",
-    "num_members",
 )
 
 

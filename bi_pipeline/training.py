@@ -89,6 +89,7 @@ class TrainResult:
     device: str
     validation_periods: int = 0
     resumed_from_epoch: int | None = None
+    init_from: str | None = None  # the checkpoint it started from ("synthetic" resolved to its directory)
 
 
 def choose_device(requested: str = "auto") -> torch.device:
@@ -696,6 +697,7 @@ def train_forecaster(
         device=str(device),
         validation_periods=validation,
         resumed_from_epoch=resumed,
+        init_from=config.init_from if initial_model is None else None,
     )
 
 

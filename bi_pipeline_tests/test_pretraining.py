@@ -150,7 +150,7 @@ def test_synthetic_init_pretrains_once_under_the_home_and_reuses_it(tmp_path, mo
     path = Path(built[0]["checkpoint"])
     assert path.parent == tmp_path / "pretrained" and path.name.startswith("synthetic-W-h8-")
     assert json.loads((path / MANIFEST).read_text())["corpus"]["businesses"] == 1
-    assert trained.model.config.d_model == 16
+    assert trained.model.config.d_model == 16 and trained.init_from == str(path)
     assert not list((tmp_path / "pretrained").glob("*.partial"))
 
     # Asked again, the checkpoint is reused, not pretrained again; another architecture gets its own.

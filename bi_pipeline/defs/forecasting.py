@@ -220,6 +220,7 @@ def forecaster(
     lineage = {**lineage_of(history, cutoff_date, horizon), "dagster_run_id": context.run_id}
     params = {
         **train_config.to_dict(),
+        "init_from": result.init_from or "",
         "mode": mode,
         "reason": config.reason,
         "warm_start_from": champion_version if mode == "incremental" else "",
