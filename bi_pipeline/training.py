@@ -242,6 +242,20 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _ordered_batches(panel: Panel, windows: Windows, cfg: BIForecasterConfig, batch_size: int):
+    """The windows' tensors in order, ``batch_size`` at a time (evaluation: no shuffling)."""
+    for idx in _batches(len(windows), batch_size, None):
+        yield gather(
+            panel,
+            windows.series[idx],
+            windows.start[idx],
+            cfg.context_length,
+            cfg.horizon,
+            windows.step_begin,
+            windows.step_end,
+        )
+
+
 def evaluate_loss(
     model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, batch_size: int = 1024
 ) -> float:
@@ -250,16 +264,7 @@ def evaluate_loss(
     model.eval()
     total, weight = 0.0, 0.0
     with torch.no_grad(), _autocast(device):
-        for idx in _batches(len(windows), batch_size, None):
-            batch = gather(
-                panel,
-                windows.series[idx],
-                windows.start[idx],
-                cfg.context_length,
-                cfg.horizon,
-                windows.step_begin,
-                windows.step_end,
-            )
+        for batch in _ordered_batches(panel, windows, cfg, batch_size):
             count = float(batch["mask"].sum())
             if count == 0:
                 continue
@@ -285,19 +290,8 @@ def _validation_outputs(
     model.eval()
     out = []
     with torch.no_grad(), _autocast(device):
-        for idx in _batches(len(windows), batch_size, None):
-            batch = _to(
-                gather(
-                    panel,
-                    windows.series[idx],
-                    windows.start[idx],
-                    cfg.context_length,
-                    cfg.horizon,
-                    windows.step_begin,
-                    windows.step_end,
-                ),
-                device,
-            )
+        for batch in _ordered_batches(panel, windows, cfg, batch_size):
+            batch = _to(batch, device)
             if not bool(batch["mask"].any()):
                 continue
             keys = ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
