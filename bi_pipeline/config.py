@@ -16,10 +16,14 @@ FREQUENCIES = ("D", "W", "M")
 
 
 def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
+    value = (os.environ.get(name) or "").strip().lower()
+    if not value:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r}: use 1/true/yes/on or 0/false/no/off")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -168,13 +172,13 @@ class ForecastSettings:
             pretrain_epochs=int(_env_float("BI_PIPELINE_PRETRAIN_EPOCHS", 0)),
             loss_weighting=_env_choice("BI_PIPELINE_LOSS_WEIGHTING", "equal", LOSS_WEIGHTINGS),
             mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
-            calibrate_level=_env_flag("BI_PIPELINE_CALIBRATE_LEVEL", True),
-            calibrate_spread_power=_env_flag("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
+            calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
+            calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
             device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),
             promotion_margin=_env_float("BI_PIPELINE_PROMOTION_MARGIN", 0.0),
-            ensemble=_env_flag("BI_PIPELINE_ENSEMBLE", True),
+            ensemble=_env_bool("BI_PIPELINE_ENSEMBLE", True),
             group_tolerance=_env_float("BI_PIPELINE_GROUP_TOLERANCE", 0.10),
             incremental_epochs=int(_env_float("BI_PIPELINE_INCREMENTAL_EPOCHS", 8)),
             replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 2.0),
@@ -184,13 +188,6 @@ class ForecastSettings:
             full_retrain_cron=os.environ.get("BI_PIPELINE_FULL_RETRAIN_CRON") or "0 2 1 * *",
             mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
         )
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -80,3 +80,13 @@ def test_calibration_and_pretrained_start_reach_the_training_recipe(monkeypatch,
     monkeypatch.setenv("BI_PIPELINE_INIT_FROM", "synthetic")
     config = ForecastingResource.from_settings(settings, ForecastSettings.from_env()).train_config()
     assert (config.calibrate_spread_power, config.init_from) == (False, "synthetic")
+
+
+def test_a_flag_that_is_neither_on_nor_off_is_named(monkeypatch):
+    from bi_pipeline.config import ForecastSettings
+
+    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_LEVEL", "off")
+    assert ForecastSettings.from_env().calibrate_level is False
+    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_LEVEL", "maybe")
+    with pytest.raises(ValueError, match="BI_PIPELINE_CALIBRATE_LEVEL='maybe': use 1/true/yes/on or 0/false/no/off"):
+        ForecastSettings.from_env()
