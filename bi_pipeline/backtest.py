@@ -151,7 +151,7 @@ def run_backtest(
             )
         if "ensemble" in models:
             validation = int(seconds["transformer"]["validation_periods"])
-            forecasts["ensemble"], weight, weight_seconds = ensemble_forecast(
+            forecasts["ensemble"], weight, spread_weight, weight_seconds = ensemble_forecast(
                 train,
                 forecasts["transformer"],
                 forecasts["lightgbm"],
@@ -162,7 +162,7 @@ def run_backtest(
                 season_length,
                 covariates,
             )
-            weights.append(weight)
+            weights.append((weight, spread_weight))
             seconds["ensemble"] = {
                 "fit_seconds": seconds["transformer"]["fit_seconds"]
                 + seconds["lightgbm"]["fit_seconds"]
@@ -170,7 +170,10 @@ def run_backtest(
                 "predict_seconds": seconds["transformer"]["predict_seconds"] + seconds["lightgbm"]["predict_seconds"],
             }
             if progress:
-                progress(f"  ensemble weight on the transformer: {weight:.1f} (fitted on {validation} periods)")
+                progress(
+                    f"  ensemble weights on the transformer: {weight:.1f} of the median, {spread_weight:.1f} of the "
+                    f"spread (fitted on {validation} periods)"
+                )
         for name, spent in seconds.items():
             total = timing.setdefault(name, {})
             for key, value in spent.items():
@@ -188,7 +191,8 @@ def run_backtest(
             result_models[name]["train_windows_per_second"] = round(spent["windows_per_second"] / windows, 1)
             result_models[name]["inference_series_per_second"] = round(spent["series_per_second"] / windows, 1)
         if name == "ensemble":
-            result_models[name]["transformer_weight"] = float(np.mean(weights))
+            result_models[name]["transformer_weight"] = float(np.mean([w for w, _ in weights]))
+            result_models[name]["transformer_spread_weight"] = float(np.mean([s for _, s in weights]))
     series = history.groupby(["store_id", "item_id"], observed=True).ngroups
     return {
         "horizon": horizon,

@@ -23,6 +23,7 @@ from pathlib import Path
 from bi_pipeline.backtest import MODELS
 from bi_pipeline.config import FREQUENCIES, Settings
 from bi_pipeline.evaluation import LOSS_WEIGHTINGS
+from bi_pipeline.features import PROFILE_SETTINGS
 
 
 def _progress(label: str):
@@ -244,6 +245,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 ("mixup", args.mixup),
                 ("calibrate_level", args.calibrate_level),
                 ("calibrate_spread_power", args.calibrate_spread_power),
+                ("error_spread_windows", args.error_spread_windows),
+                ("level_feedback_origins", args.level_feedback_origins),
+                ("seasonal_profile", args.seasonal_profile),
             )
             if value is not None
         },
@@ -446,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate-spread-power",
         action=argparse.BooleanOptionalAction,
         help="transformer: let the quantile spread follow each forecast's own interval width (default on)",
+    )
+    backtest.add_argument(
+        "--seasonal-profile",
+        choices=PROFILE_SETTINGS,
+        help="transformer: each series' seasonal profile over its whole history as a known-future input (default "
+        "auto: on when the series have several seasons of history)",
+    )
+    backtest.add_argument(
+        "--level-feedback-origins",
+        type=int,
+        help="transformer: each series' level follows the model's own errors on its forecasts from this many recent "
+        "origins (default 4; 0: off)",
+    )
+    backtest.add_argument(
+        "--error-spread-windows",
+        type=int,
+        help="transformer: each series' spread follows the model's own errors on this many of its past forecasts "
+        "(default 5; 0: off)",
     )
     backtest.set_defaults(func=cmd_backtest)
 

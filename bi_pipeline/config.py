@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bi_pipeline.evaluation import LOSS_WEIGHTINGS
+from bi_pipeline.features import PROFILE_SETTINGS
 
 FREQUENCIES = ("D", "W", "M")
 
@@ -133,6 +134,12 @@ class ForecastSettings:
     calibrate_level: bool = True
     # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
     calibrate_spread_power: bool = True
+    # Each series' long-history seasonal profile as a known-future input (README: aus_retail).
+    seasonal_profile: str = "auto"
+    # Each series' quantile spread follows the model's own errors on its latest forecasts, this many (0: off).
+    error_spread_windows: int = 5
+    # Each series' level follows the model's own errors on its forecasts from this many recent origins (0: off).
+    level_feedback_origins: int = 4
     # A save_pretrained directory or hub id to fine-tune from instead of starting fresh.
     init_from: str | None = None
     device: str = "auto"
@@ -174,6 +181,9 @@ class ForecastSettings:
             mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
             calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
             calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
+            seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "auto", PROFILE_SETTINGS),
+            error_spread_windows=int(_env_float("BI_PIPELINE_ERROR_SPREAD_WINDOWS", 5)),
+            level_feedback_origins=int(_env_float("BI_PIPELINE_LEVEL_FEEDBACK_ORIGINS", 4)),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
             device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
             seed=int(_env_float("BI_PIPELINE_SEED", 0)),

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bi_pipeline.baselines import attach_actuals
 from bi_pipeline.evaluation import SERIES, mase, mase_scales
-from bi_pipeline.features import FeatureSpec, Panel, Windows, build_panel, fit_spec
+from bi_pipeline.features import FeatureSpec, Panel, Windows, build_panel, fit_spec, seasonal_profile_lag
 from bi_pipeline.models import BIForecaster
 from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
 
@@ -256,7 +256,9 @@ def replay_benchmark(
     forgetting_before = None
     for index, end_idx in enumerate(ends):
         end = pd.Timestamp(dates[end_idx])
-        spec = fit_spec(history[history["date"] <= end], frequency)
+        upto = history[history["date"] <= end]
+        lag = seasonal_profile_lag(base.seasonal_profile, frequency, horizon, upto)
+        spec = fit_spec(upto, frequency, profile_lag=lag)
         panel, cutoff = _panel_upto(history, end, spec, horizon)
         started = time.perf_counter()
         full = train_forecaster(panel, horizon, cutoff, base)

@@ -31,6 +31,8 @@ CORE_COLUMNS = {"date", "store_id", "item_id", "sales", "observed", "price", "pr
 MAX_STATIC_LEVELS = 64
 DEFAULT_CONTEXT = {"D": 56, "W": 52, "M": 48}
 DEFAULT_PATCH = {"D": 7, "W": 4, "M": 4}
+# The season the long-history profile input follows: the week for daily data, the year for weekly and monthly.
+PROFILE_SEASON = {"D": 7, "W": 52, "M": 12}
 
 
 @dataclass
@@ -52,6 +54,9 @@ class FeatureSpec:
     static_numeric_std: list[float] = field(default_factory=list)
     use_covariates: bool = True
     use_static: bool = True
+    # The long-history seasonal profile as a known-future input (see seasonal_profile), read at least
+    # ``profile_lag`` periods back so that no forecast sees its own targets; 0: off.
+    profile_lag: int = 0
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -71,13 +76,13 @@ class FeatureSpec:
     def future_names(self) -> list[str]:
         names = calendar_names(self.frequency)
         if not self.use_covariates:
-            return names
+            return names + (["seasonal_profile"] if self.profile_lag else [])
         names = names + list(self.covariates)
         if self.use_promo:
             names.append("promo")
         if self.use_price:
             names.append("log_price_ratio")
-        return names
+        return names + (["seasonal_profile"] if self.profile_lag else [])
 
     @property
     def relative_mask(self) -> list[bool]:
@@ -86,7 +91,7 @@ class FeatureSpec:
         if self.use_covariates:
             relative = self.covariate_relative or [False] * len(self.covariates)
             mask += list(relative) + [False] * (int(self.use_promo) + int(self.use_price))
-        return mask
+        return mask + [False] * bool(self.profile_lag)
 
     @property
     def static_cardinalities(self) -> list[int]:
@@ -161,6 +166,7 @@ def fit_spec(
     use_covariates: bool = True,
     use_static: bool = True,
     continuous_covariates: bool = False,
+    profile_lag: int = 0,
 ) -> FeatureSpec:
     """Encodings fitted on ``history`` (the training range): which covariates and attributes, and their scales.
 
@@ -211,7 +217,69 @@ def fit_spec(
         static_numeric_std=num_std,
         use_covariates=use_covariates,
         use_static=use_static,
+        profile_lag=int(profile_lag),
     )
+
+
+PROFILE_SETTINGS = ("auto", "on", "off")
+# "auto" turns the profile on when the median series has this many seasons of history beyond the lag: with one or
+# two earlier seasons the profile only repeats what the context already shows (Walmart, README), with decades of them
+# it carries what the context cannot (aus_retail).
+PROFILE_MIN_SEASONS = 3
+
+
+def seasonal_profile_lag(setting: str, frequency: str, horizon: int, history: pd.DataFrame) -> int:
+    """The spec's ``profile_lag`` for a setting (auto, on, off) and the training history: 0 when off."""
+    if setting not in PROFILE_SETTINGS:
+        raise ValueError(f"seasonal profile {setting!r}: choose one of {', '.join(PROFILE_SETTINGS)}")
+    lag = profile_lag_for(frequency, horizon)
+    if setting == "off":
+        return 0
+    if setting == "on":
+        return lag
+    periods = float(history.groupby(SERIES, observed=True)["date"].nunique().median()) if len(history) else 0.0
+    return lag if periods >= lag + PROFILE_MIN_SEASONS * PROFILE_SEASON[frequency] else 0
+
+
+def profile_lag_for(frequency: str, horizon: int) -> int:
+    """The smallest whole number of seasons that is at least the horizon: the profile then never reads a period a
+    forecast could have as its target, and stays aligned with the season."""
+    season = PROFILE_SEASON[frequency]
+    return season * max(1, -(-horizon // season))
+
+
+def seasonal_profile(values: np.ndarray, season: int, lag: int) -> np.ndarray:
+    """(N, T) per series and date: the mean, over every earlier season at least ``lag`` periods back, of the log
+    ratio of the value at the same position in the season to its trailing ``season``-period mean; 0 where there is
+    no such history. What a per-series seasonal model reads from decades of history, and a context of a few seasons
+    cannot: for a date t it averages the deviations at t − lag, t − lag − season, … (NaN values are skipped)."""
+    n, t = values.shape
+    if t < season or lag < season:
+        return np.zeros((n, t), dtype="float32")
+    filled = np.nan_to_num(values.astype("float64"), nan=0.0)
+    present = (~np.isnan(values)).astype("float64")
+    sums = np.cumsum(filled, axis=1)
+    counts = np.cumsum(present, axis=1)
+    trailing_sum = sums.copy()
+    trailing_sum[:, season:] -= sums[:, :-season]
+    trailing_count = counts.copy()
+    trailing_count[:, season:] -= counts[:, :-season]
+    # A full season of observed values behind each point, and a positive mean.
+    mean = np.where(trailing_count >= season, trailing_sum / np.maximum(trailing_count, 1.0), np.nan)
+    with np.errstate(all="ignore"):
+        deviation = np.log((np.maximum(values, 0.0) + 0.05 * mean) / (1.05 * mean))
+    deviation[~(mean > 0) | np.isnan(values)] = np.nan
+    deviation = np.clip(deviation, -2.0, 2.0)
+    # Fold the dates into rows of one season each (padded at the front), so a position's history is a column.
+    pad = (-t) % season
+    folded = np.concatenate([np.full((n, pad), np.nan), deviation], axis=1).reshape(n, -1, season)
+    total = np.cumsum(np.nan_to_num(folded, nan=0.0), axis=1)
+    count = np.cumsum(~np.isnan(folded), axis=1)
+    back = lag // season
+    profile = np.zeros_like(folded)
+    with np.errstate(all="ignore"):
+        profile[:, back:] = np.where(count[:, :-back] > 0, total[:, :-back] / count[:, :-back], 0.0)
+    return profile.reshape(n, -1)[:, pad:].astype("float32")
 
 
 def build_panel(
@@ -279,6 +347,9 @@ def build_panel(
                 reference = np.nanmedian(np.where(price[:, :upto] > 0, price[:, :upto], np.nan), axis=1)
                 ratio = np.log(price / reference[:, None])
             parts.append(np.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0).clip(-3, 3).astype("float32")[..., None])
+    if spec.profile_lag:
+        profile = seasonal_profile(values, PROFILE_SEASON[spec.frequency], spec.profile_lag)
+        parts.append(profile[..., None])
     future_arr = np.concatenate(parts, axis=2).astype("float32")
 
     firsts = history.groupby(SERIES, observed=True, sort=False).first()

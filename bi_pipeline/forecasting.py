@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from bi_pipeline.baselines import attach_actuals, fit_lightgbm, predict_lightgbm
-from bi_pipeline.ensemble import Forecaster, blend, ensemble_forecast
+from bi_pipeline.ensemble import Forecaster, ensemble_forecast
 from bi_pipeline.evaluation import SERIES, score
-from bi_pipeline.features import FeatureSpec, Panel, build_panel, fit_spec
+from bi_pipeline.features import FeatureSpec, Panel, build_panel, fit_spec, seasonal_profile_lag
 from bi_pipeline.models import BIForecaster
 from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
 
@@ -65,7 +65,9 @@ def train_with_holdout(
 ) -> Trained:
     """Train on everything but the last ``horizon`` periods and score on them."""
     train, test = split_holdout(history, horizon)
-    spec = fit_spec(train, frequency, covariates, use_covariates=use_covariates, use_static=use_static)
+    config = config or TrainConfig()
+    lag = seasonal_profile_lag(config.seasonal_profile, frequency, horizon, train)
+    spec = fit_spec(train, frequency, covariates, use_covariates=use_covariates, use_static=use_static, profile_lag=lag)
     panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
     cutoff = len(panel.dates) - horizon - 1
     result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoint_dir, progress=progress)
@@ -110,7 +112,7 @@ def holdout_forecast(
     cutoff = len(panel.dates) - horizon - 1
     out = forecast(model.transformer, panel, cutoff)
     if model.lightgbm is not None:
-        out = blend(out, predict_lightgbm(model.lightgbm, train, horizon, future=test), model.weight)
+        out = model.blend(out, predict_lightgbm(model.lightgbm, train, horizon, future=test))
     return out, train, test
 
 
@@ -128,9 +130,10 @@ class Candidate:
     model: Forecaster
     holdout: dict[str, pd.DataFrame]  # transformer, lightgbm, ensemble: holdout forecasts (no actuals)
     scores: dict[str, dict[str, float]]
-    weight: float  # the transformer's share, fitted on validation
+    weight: float  # the transformer's share of the median, fitted on validation
     lightgbm_seconds: float
     validation: pd.DataFrame  # the transformer's forecasts of its validation periods
+    spread_weight: float = 1.0  # the transformer's share of the distances from the median, fitted on validation
 
     @property
     def kind(self) -> str:
@@ -159,8 +162,8 @@ def make_candidate(
     covariates: list[str] | None,
     ensemble: bool = True,
 ) -> Candidate:
-    """LightGBM fitted on the same training periods, blended with the transformer at the weight that is best on
-    the validation periods: the ensemble when that weight is below 1, else the transformer alone (always, when
+    """LightGBM fitted on the same training periods, blended with the transformer at the weights that are best on
+    the validation periods: the ensemble when either weight is below 1, else the transformer alone (always, when
     ``ensemble`` is off)."""
     cutoff_date = panel.dates[cutoff]
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
@@ -173,14 +176,17 @@ def make_candidate(
     started = time.perf_counter()
     lightgbm = fit_lightgbm(train, horizon, frequency, covariates)
     lgb_holdout = predict_lightgbm(lightgbm, train, horizon, future=test, fitted=True)
-    blended, weight, _ = ensemble_forecast(
+    blended, weight, spread_weight, _ = ensemble_forecast(
         train, transformer, lgb_holdout, own, validation, horizon, frequency, season_length, covariates
     )
     seconds = time.perf_counter() - started
     holdout = {"transformer": transformer, "lightgbm": lgb_holdout, "ensemble": blended}
     scores = {name: score(attach_actuals(frame, test), train, season_length) for name, frame in holdout.items()}
-    model = Forecaster(trained.model, lightgbm, weight) if weight < 1.0 else Forecaster(trained.model)
-    return Candidate(model, holdout, scores, weight, seconds, own)
+    if weight < 1.0 or spread_weight < 1.0:
+        model = Forecaster(trained.model, lightgbm, weight, spread_weight)
+    else:
+        model = Forecaster(trained.model)
+    return Candidate(model, holdout, scores, weight, seconds, own, spread_weight)
 
 
 def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
@@ -226,6 +232,6 @@ def forecast_latest(
     active = np.flatnonzero(panel.last == origin)
     out = forecast(model.transformer, panel, origin, series=active)
     if model.lightgbm is not None:
-        out = blend(out, predict_lightgbm(model.lightgbm, history, horizon, future=future), model.weight)
+        out = model.blend(out, predict_lightgbm(model.lightgbm, history, horizon, future=future))
     out["cutoff"] = panel.dates[origin]
     return out

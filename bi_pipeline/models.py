@@ -48,6 +48,11 @@ class BIForecasterConfig(PretrainedConfig):
         level_scale: float = 1.0,
         spread_power: float = 0.0,
         spread_reference: float = 1.0,
+        error_spread_power: float = 0.0,
+        error_spread_reference: float = 1.0,
+        error_spread_windows: int = 0,
+        level_feedback_power: float = 0.0,
+        level_feedback_origins: int = 0,
         training_targets_end: str | None = None,
         loss_weighting: str = "equal",
         **kwargs,
@@ -77,6 +82,15 @@ class BIForecasterConfig(PretrainedConfig):
         # spread_factor); fitted on the validation windows, 0 leaves one factor for every forecast.
         self.spread_power = spread_power
         self.spread_reference = spread_reference
+        # Each series' spread also follows the model's own past errors on it: × (its error ratio / reference) ** power
+        # over its latest ``error_spread_windows`` forecasts (training.past_error_ratio); applied by training.forecast.
+        self.error_spread_power = error_spread_power
+        self.error_spread_reference = error_spread_reference
+        self.error_spread_windows = error_spread_windows
+        # Each series' forecast is multiplied by (Σ actual / Σ median of its recent forecasts) ** power, over the
+        # model's forecasts from its ``level_feedback_origins`` latest origins (training.recent_level_ratio).
+        self.level_feedback_power = level_feedback_power
+        self.level_feedback_origins = level_feedback_origins
         # The last period whose targets the model was trained on: an incremental update learns the periods after it.
         self.training_targets_end = training_targets_end
         # How much each window counts in the loss (see window_weights); kept here so updates train the same way.

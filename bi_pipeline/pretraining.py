@@ -102,14 +102,17 @@ def corpus_hash(corpus: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-# Pretraining's recipe: more windows per epoch (the corpus is large), patience 4; no level or width calibration (the
-# fine-tuning calibrates afresh on the business's own validation periods).
+# Pretraining's recipe: more windows per epoch (the corpus is large), patience 4; no level, width, error-spread or
+# level-feedback calibration (the fine-tuning calibrates afresh on the business's own validation periods).
 RECIPE = {
     "epochs": 15,
     "patience": 4,
     "max_windows_per_epoch": 16384,
     "calibrate_level": False,
     "calibrate_spread_power": False,
+    "error_spread_windows": 0,
+    "level_feedback_origins": 0,
+    "seasonal_profile": "off",  # the corpus is built without it; the fine-tuning adds it as a fresh input
 }
 
 

@@ -30,7 +30,14 @@ import torch
 
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
-from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, spread_factor, window_weights
+from bi_pipeline.models import (
+    SPREAD_LIMITS,
+    BIForecaster,
+    BIForecasterConfig,
+    pinball_loss,
+    spread_factor,
+    window_weights,
+)
 
 Progress = Callable[[dict], None]
 
@@ -63,6 +70,15 @@ class TrainConfig:
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
     calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width
+    # Let each series' spread follow the model's own past errors on it (see past_error_ratio), from this many of its
+    # latest forecasts; 0: off.
+    error_spread_windows: int = 5
+    # Let each series' level follow the model's own recent errors on it (see recent_level_ratio), from this many
+    # recent origins; 0: off.
+    level_feedback_origins: int = 4
+    # Each series' long-history seasonal profile as a known-future input (features.seasonal_profile): on, off, or
+    # auto (on when the series have several seasons of history beyond the horizon, features.seasonal_profile_lag).
+    seasonal_profile: str = "auto"
     mixup: float = 0.5  # share of each training batch replaced by mixtures of two series at the same dates
     seed: int = 0
     device: str = "auto"
@@ -277,6 +293,9 @@ SPREAD_GRID = tuple(np.round(np.arange(0.4, 1.61, 0.05), 2))
 LEVEL_GRID = tuple(np.round(np.arange(0.9, 1.1001, 0.005), 3))
 POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 CALIBRATION = ("level_scale", "spread_scale", "spread_power", "spread_reference")
+ERROR_POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+ERROR_SCALE_GRID = tuple(np.round(np.arange(0.5, 1.501, 0.05), 2))
+INPUTS = ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
 
 
 def _validation_outputs(
@@ -547,6 +566,8 @@ def train_forecaster(
         # The calibrations belong to the old weights: training sees raw quantiles, and they are fitted again after.
         model_cfg.spread_scale, model_cfg.level_scale = 1.0, 1.0
         model_cfg.spread_power, model_cfg.spread_reference = 0.0, 1.0
+        model_cfg.error_spread_power, model_cfg.error_spread_reference = 0.0, 1.0
+        model_cfg.level_feedback_power = 0.0
     else:
         model_cfg = model_config(panel, horizon, config)
     history_len = int(np.median(cutoff + 1 - panel.first))
@@ -674,6 +695,19 @@ def train_forecaster(
         state["phase"] = "done"
     for name in CALIBRATION:
         setattr(model.config, name, state[name])
+    if config.level_feedback_origins > 0 and validation < cutoff:
+        # Deterministic and cheap (a few forward passes), so these are fitted after a resume too, not checkpointed.
+        fitted = fit_level_feedback(model, panel, cutoff, validation, config.level_feedback_origins)
+        for name, value in fitted.items():
+            setattr(model.config, name, value)
+        if progress:
+            progress({"stage": "calibrate_level_feedback", **fitted})
+    if config.error_spread_windows > 0 and validation < cutoff:
+        fitted = fit_error_spread(model, panel, cutoff, validation, config.error_spread_windows)
+        for name, value in fitted.items():
+            setattr(model.config, name, value)
+        if progress:
+            progress({"stage": "calibrate_error_spread", **fitted})
     targets_end = cutoff if state["history"] and state["history"][-1].get("phase") == "refit" else cutoff - validation
     model.config.training_targets_end = str(pd.Timestamp(panel.dates[targets_end]).date())
     model.eval()
@@ -707,32 +741,210 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def forecast(
-    model: BIForecaster, panel: Panel, origin: int, series: np.ndarray | None = None, batch_size: int = 1024
-) -> pd.DataFrame:
-    """Quantile forecasts for the ``horizon`` periods after date index ``origin``: store_id, item_id, date, mean
-    (the median, the point forecast that minimises absolute error) and q0.1 … q0.9, in sales units."""
+def _quantile_forecasts(
+    model: BIForecaster, panel: Panel, series: np.ndarray, origin: int, batch_size: int = 1024
+) -> np.ndarray:
+    """(len(series), horizon, Q) quantiles in sales units for the periods after date index ``origin``, with the
+    model's own calibration (level, spread, width power) but not the per-series error spread."""
     cfg = model.config
     device = next(model.parameters()).device
-    if series is None:
-        series = np.flatnonzero(panel.first <= origin)
-    horizon = cfg.horizon
-    if origin + horizon >= len(panel.dates):
-        raise ValueError(f"the panel's date grid ends before origin + horizon ({origin} + {horizon})")
     model.eval()
     outputs = []
     with torch.no_grad(), _autocast(device):
         for idx in _batches(len(series), batch_size, None):
             sel = series[idx]
-            batch = gather(panel, sel, np.full(len(sel), origin + 1), cfg.context_length, horizon, 0, 0)
-            quantiles, scale = model(
-                *(
-                    batch[k].to(device)
-                    for k in ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
-                )
-            )
+            batch = gather(panel, sel, np.full(len(sel), origin + 1), cfg.context_length, cfg.horizon, 0, 0)
+            quantiles, scale = model(*(batch[k].to(device) for k in INPUTS))
             outputs.append((quantiles.float() * scale.unsqueeze(-1)).cpu().numpy())
-    values = np.concatenate(outputs) if outputs else np.zeros((0, horizon, len(cfg.quantiles)))
+    return np.concatenate(outputs) if outputs else np.zeros((0, cfg.horizon, len(cfg.quantiles)), dtype="float32")
+
+
+def _actuals(panel: Panel, series: np.ndarray, origin: int, horizon: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, usable) for the ``horizon`` periods after ``origin``: landed values at date indices ≤ ``end``."""
+    steps = origin + 1 + np.arange(horizon)
+    inside = steps < min(end + 1, panel.values.shape[1])
+    safe = np.minimum(steps, panel.values.shape[1] - 1)
+    usable = panel.observed[series[:, None], safe] & inside[None, :] & (steps[None, :] <= panel.last[series][:, None])
+    return np.nan_to_num(panel.values[series[:, None], safe], nan=0.0), usable
+
+
+def past_error_ratio(model: BIForecaster, panel: Panel, origin: int, series: np.ndarray, windows: int) -> np.ndarray:
+    """Per series: the model's mean absolute error of the median over its own forecasts from the ``windows``
+    origins before ``origin`` (``origin`` − H, − 2H, …, so every target lies at or before ``origin``), divided by
+    the mean width of their 10–90% intervals; NaN where a series has no such forecast.
+
+    What a per-series model such as ETS reads from its own residuals, and a global model trained on scaled windows
+    cannot know: how predictable this particular series has been. On aus_retail the model's intervals for the large,
+    smooth state series were twice as wide as their errors warranted (README)."""
+    cfg = model.config
+    horizon, median = cfg.horizon, list(cfg.quantiles).index(0.5)
+    error, width = np.zeros(len(series)), np.zeros(len(series))
+    for k in range(1, windows + 1):
+        start = origin - horizon * k
+        # At least one patch of context before the forecast's first target.
+        rows = np.flatnonzero(panel.first[series] + cfg.patch_length <= start + 1)
+        if not len(rows):
+            break
+        quantiles = _quantile_forecasts(model, panel, series[rows], start)
+        actual, usable = _actuals(panel, series[rows], start, horizon, origin)
+        error[rows] += np.where(usable, np.abs(actual - quantiles[..., median]), 0.0).sum(1)
+        width[rows] += np.where(usable, quantiles[..., -1] - quantiles[..., 0], 0.0).sum(1)
+    with np.errstate(all="ignore"):
+        return np.where(width > 0, error / width, np.nan)
+
+
+def error_spread_factor(ratio: np.ndarray, reference: float, power: float) -> np.ndarray:
+    """Per series: (its past error ratio / the reference ratio) ** ``power``, within the spread factor's limits;
+    1 where the ratio is unknown (a series too new to have past forecasts)."""
+    with np.errstate(all="ignore"):
+        factor = np.clip((ratio / reference) ** power, *SPREAD_LIMITS)
+    return np.where(np.isfinite(factor), factor, 1.0)
+
+
+def _respread(quantiles: np.ndarray, factor: np.ndarray, median: int) -> np.ndarray:
+    centre = quantiles[..., median : median + 1]
+    return centre + (quantiles - centre) * factor[:, None, None]
+
+
+def fit_error_spread(model: BIForecaster, panel: Panel, cutoff: int, validation: int, windows: int) -> dict:
+    """The per-series error spread (power and reference of :func:`error_spread_factor`) and a common factor on the
+    spread, chosen together to minimise the weighted quantile loss (WQL) of the forecast from the origin before the
+    validation periods, scored on those periods only (never later ones). Ties go to no change."""
+    cfg = model.config
+    origin = cutoff - validation
+    median = list(cfg.quantiles).index(0.5)
+    series = np.flatnonzero((panel.first + cfg.patch_length <= origin + 1) & (panel.last > origin))
+    off = {"error_spread_power": 0.0, "error_spread_reference": 1.0, "error_spread_windows": windows}
+    if not len(series):
+        return off
+    quantiles = _adjusted_forecasts(model, panel, series, origin, spread=False).astype("float64")
+    actual, usable = _actuals(panel, series, origin, cfg.horizon, cutoff)
+    ratio = past_error_ratio(model, panel, origin, series, windows)
+    known = np.isfinite(ratio) & (ratio > 0)
+    reference = float(np.median(ratio[known])) if known.any() else 1.0
+    levels = np.asarray(cfg.quantiles)[None, None, :]
+    weight = usable[..., None]
+    denominator = max(float(np.abs(actual[usable]).sum()), 1e-12)
+
+    def loss(power: float, scale: float) -> float:
+        spread = _respread(quantiles, error_spread_factor(ratio, reference, power) * scale, median)
+        diff = actual[..., None] - spread
+        return float((np.maximum(levels * diff, (levels - 1.0) * diff) * weight).sum() / denominator)
+
+    losses = {(p, float(c)): loss(p, float(c)) for p in ERROR_POWER_GRID for c in ERROR_SCALE_GRID}
+    power, scale = min(losses, key=lambda f: (losses[f], f[0] + abs(f[1] - 1.0)))
+    return {
+        "error_spread_power": power,
+        "error_spread_reference": reference if power else 1.0,
+        "error_spread_windows": windows,
+        "spread_scale": float(cfg.spread_scale) * scale,
+    }
+
+
+LEVEL_POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+LEVEL_RATIO_LIMITS = (0.5, 2.0)
+
+
+def level_feedback_step(horizon: int) -> int:
+    """Periods between the origins whose errors level feedback reads: a fifth of the horizon (8 weeks at 39)."""
+    return max(1, -(-horizon // 5))
+
+
+def recent_level_ratio(model: BIForecaster, panel: Panel, origin: int, series: np.ndarray, origins: int) -> np.ndarray:
+    """Per series: Σ actual ÷ Σ median over the model's own forecasts from the ``origins`` origins before ``origin``
+    (spaced :func:`level_feedback_step` apart), counting only their targets at or before ``origin``; 1 where a
+    series has none. Above 1: the model has been under-forecasting this series lately.
+
+    A global model reads each series' level from its context and shares one idea of how levels move; a store whose
+    sales drift away from that (Walmart's store 36, falling for two years) is forecast from the shared idea for the
+    whole horizon. Per-series models correct such drift through their residuals; this is that correction."""
+    cfg = model.config
+    horizon, median, step = cfg.horizon, list(cfg.quantiles).index(0.5), level_feedback_step(cfg.horizon)
+    actual_sum, forecast_sum = np.zeros(len(series)), np.zeros(len(series))
+    for k in range(1, origins + 1):
+        start = origin - step * k
+        rows = np.flatnonzero(panel.first[series] + cfg.patch_length <= start + 1)
+        if not len(rows):
+            break
+        quantiles = _quantile_forecasts(model, panel, series[rows], start)
+        actual, usable = _actuals(panel, series[rows], start, horizon, origin)
+        actual_sum[rows] += np.where(usable, actual, 0.0).sum(1)
+        forecast_sum[rows] += np.where(usable, quantiles[..., median], 0.0).sum(1)
+    with np.errstate(all="ignore"):
+        ratio = np.where((forecast_sum > 0) & (actual_sum > 0), actual_sum / forecast_sum, 1.0)
+    return np.clip(ratio, *LEVEL_RATIO_LIMITS)
+
+
+def _adjusted_forecasts(
+    model: BIForecaster,
+    panel: Panel,
+    series: np.ndarray,
+    origin: int,
+    spread: bool = True,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """:func:`_quantile_forecasts` with the model's level feedback and (with ``spread``) its error spread."""
+    cfg = model.config
+    values = _quantile_forecasts(model, panel, series, origin, batch_size)
+    if not len(series):
+        return values
+    level = getattr(cfg, "level_feedback_power", 0.0)
+    if level:
+        ratio = recent_level_ratio(model, panel, origin, series, int(cfg.level_feedback_origins))
+        values = values * (ratio**level)[:, None, None]
+    power = getattr(cfg, "error_spread_power", 0.0)
+    if spread and power:
+        ratio = past_error_ratio(model, panel, origin, series, int(cfg.error_spread_windows))
+        factor = error_spread_factor(ratio, cfg.error_spread_reference, power)
+        values = _respread(values, factor, list(cfg.quantiles).index(0.5))
+    return values
+
+
+def fit_level_feedback(model: BIForecaster, panel: Panel, cutoff: int, validation: int, origins: int) -> dict:
+    """The power on :func:`recent_level_ratio` that minimises the median's error on the validation periods, forecast
+    from the origin before them (never later periods): the mean over series of the absolute error divided by the
+    series' mean absolute one-step change before that origin, as MASE weighs series. Ties go to no feedback."""
+    cfg = model.config
+    origin = cutoff - validation
+    median = list(cfg.quantiles).index(0.5)
+    series = np.flatnonzero((panel.first + cfg.patch_length <= origin + 1) & (panel.last > origin))
+    off = {"level_feedback_power": 0.0, "level_feedback_origins": origins}
+    if not len(series):
+        return off
+    forecast_median = _quantile_forecasts(model, panel, series, origin)[..., median].astype("float64")
+    actual, usable = _actuals(panel, series, origin, cfg.horizon, cutoff)
+    history = panel.values[series, : origin + 1].astype("float64")
+    with np.errstate(all="ignore"):
+        scale = np.nanmean(np.abs(np.diff(history, axis=1)), axis=1)
+    keep = np.isfinite(scale) & (scale > 0) & usable.any(1)
+    if not keep.any():
+        return off
+    ratio = recent_level_ratio(model, panel, origin, series, origins)
+
+    def loss(power: float) -> float:
+        error = np.where(usable, np.abs(actual - forecast_median * (ratio**power)[:, None]), 0.0).sum(1)
+        per_series = error[keep] / usable[keep].sum(1) / scale[keep]
+        return float(per_series.mean())
+
+    losses = {p: loss(p) for p in LEVEL_POWER_GRID}
+    power = min(losses, key=lambda p: (losses[p], p))
+    return {"level_feedback_power": power, "level_feedback_origins": origins}
+
+
+def forecast(
+    model: BIForecaster, panel: Panel, origin: int, series: np.ndarray | None = None, batch_size: int = 1024
+) -> pd.DataFrame:
+    """Quantile forecasts for the ``horizon`` periods after date index ``origin``: store_id, item_id, date, mean
+    (the median, the point forecast that minimises absolute error) and q0.1 … q0.9, in sales units. With fitted
+    level feedback and error spread, each series' level follows the model's recent errors on it
+    (:func:`recent_level_ratio`) and its distances from the median its past errors (:func:`past_error_ratio`)."""
+    cfg = model.config
+    if series is None:
+        series = np.flatnonzero(panel.first <= origin)
+    horizon = cfg.horizon
+    if origin + horizon >= len(panel.dates):
+        raise ValueError(f"the panel's date grid ends before origin + horizon ({origin} + {horizon})")
+    values = _adjusted_forecasts(model, panel, series, origin, batch_size=batch_size)
     n = len(series)
     dates = panel.dates[origin + 1 : origin + 1 + horizon]
     out = pd.DataFrame(

@@ -140,6 +140,12 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "0.25",
             "--no-calibrate-level",
             "--no-calibrate-spread-power",
+            "--error-spread-windows",
+            "3",
+            "--level-feedback-origins",
+            "0",
+            "--seasonal-profile",
+            "off",
             "--out",
             str(out),
         ]
@@ -148,13 +154,17 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
-    names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power")
+    names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power", "error_spread_windows")
+    names += ("seasonal_profile", "level_feedback_origins")
     recipe = {k: result["transformer_config"][k] for k in names}
     assert recipe == {
         "loss_weighting": "sqrt_level",
         "mixup": 0.25,
         "calibrate_level": False,
         "calibrate_spread_power": False,
+        "error_spread_windows": 3,
+        "seasonal_profile": "off",
+        "level_feedback_origins": 0,
     }
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]

@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from bi_pipeline.baselines import fit_lightgbm, predict_lightgbm
-from bi_pipeline.ensemble import Forecaster, blend, fit_blend_weight
+from bi_pipeline.ensemble import COLUMNS, Forecaster, blend, fit_blend_weight, fit_spread_weight
 from bi_pipeline.evaluation import QUANTILES, quantile_column
-from bi_pipeline.features import build_panel, fit_spec, panel_frame, panel_from_frame, split_windows
+from bi_pipeline.features import (
+    FeatureSpec,
+    build_panel,
+    fit_spec,
+    panel_frame,
+    panel_from_frame,
+    profile_lag_for,
+    seasonal_profile,
+    seasonal_profile_lag,
+    split_windows,
+)
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
 from bi_pipeline.models import BIForecaster, pinball_loss, spread_factor, window_weights
 from bi_pipeline.training import (
     SPREAD_GRID,
     TrainConfig,
+    error_spread_factor,
     fit_calibration,
     forecast,
     gather,
     load_model,
     mix_windows,
     model_config,
+    past_error_ratio,
+    recent_level_ratio,
     train_forecaster,
 )
 
@@ -84,6 +99,56 @@ def test_spec_takes_flags_and_static_attributes_and_leaves_out_continuous_covari
         "year_sin3",
         "year_cos3",
     ]
+
+
+def test_seasonal_profile_is_each_positions_mean_deviation_over_earlier_seasons():
+    # Season 4, pattern 1, 2, 3, 2: every trailing 4-period mean is 2, so the deviations at positions 0..3 are
+    # log(1.1 / 2.1), 0, log(3.1 / 2.1), 0 (the 5% offset keeps zero sales finite). The first deviation needs a full
+    # season behind it (index 3); with lag 4 each date reads the dates 4, 8, … before it.
+    values = np.tile([1.0, 2.0, 3.0, 2.0], 5)[None, :].astype("float32")
+    low, high = np.log(1.1 / 2.1), np.log(3.1 / 2.1)
+    expected = [0, 0, 0, 0, 0, 0, 0, 0] + [low, 0, high, 0] * 3
+    np.testing.assert_allclose(seasonal_profile(values, 4, 4)[0], expected, atol=1e-6)
+    # Lag 8 reads two seasons back: one season later than lag 4.
+    np.testing.assert_allclose(seasonal_profile(values, 4, 8)[0], [0] * 12 + [low, 0, high, 0] * 2, atol=1e-6)
+    # Earlier seasons are averaged: with the peak at index 14 doubled (its trailing mean becomes 2.75), date 18
+    # averages the deviations at 6, 10 and 14; nothing before date 18 moves.
+    changed = values.copy()
+    changed[0, 14] = 6.0
+    profile = seasonal_profile(changed, 4, 4)[0]
+    np.testing.assert_allclose(profile[:18], expected[:18], atol=1e-6)
+    assert profile[18] == pytest.approx((2 * high + np.log(6.1375 / (1.05 * 2.75))) / 3, abs=1e-6)
+    # No value is read less than the lag back: a change at index j moves nothing before j + lag.
+    rng = np.random.default_rng(0)
+    noisy = rng.uniform(1, 5, (3, 40)).astype("float32")
+    for j in (10, 25, 39):
+        moved = noisy.copy()
+        moved[:, j] *= 4.0
+        same = seasonal_profile(moved, 4, 8)[:, : j + 8] == seasonal_profile(noisy, 4, 8)[:, : j + 8]
+        assert same.all()
+
+
+def test_the_seasonal_profile_is_a_known_future_input_read_at_least_a_horizon_back():
+    assert (profile_lag_for("M", 12), profile_lag_for("M", 13), profile_lag_for("W", 39), profile_lag_for("D", 28)) == (
+        12,
+        24,
+        52,
+        28,
+    )
+    history = weekly_history(periods=130)
+    spec = fit_spec(history, "W", profile_lag=profile_lag_for("W", 8))
+    assert spec.future_names[-1] == "seasonal_profile" and spec.relative_mask[-1] is False
+    panel = build_panel(history, spec, horizon=8)
+    expected = seasonal_profile(panel.values, 52, 52)
+    np.testing.assert_array_equal(panel.future[..., -1], expected)
+    assert np.abs(panel.future[:, 104:, -1]).max() > 0.05  # two earlier years of a sine season: a real signal
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    # auto: on with at least three seasons of history beyond the lag (52 + 3 · 52 = 208 weeks), else off.
+    assert seasonal_profile_lag("auto", "W", 8, weekly_history(periods=207)) == 0
+    assert seasonal_profile_lag("auto", "W", 8, weekly_history(periods=208)) == 52
+    assert seasonal_profile_lag("on", "W", 8, history) == 52 and seasonal_profile_lag("off", "W", 8, history) == 0
+    with pytest.raises(ValueError, match="seasonal profile 'yes'"):
+        seasonal_profile_lag("yes", "W", 8, history)
 
 
 def test_validation_targets_are_never_training_targets(panel):
@@ -201,13 +266,15 @@ def test_a_warm_start_trains_on_raw_quantiles_and_calibrates_afresh(panel):
     champion = train_forecaster(panel, 8, 81, tiny(epochs=1)).model
     champion.config.spread_scale, champion.config.level_scale = 0.5, 1.1
     champion.config.spread_power, champion.config.spread_reference = 1.5, 0.3
-    config = tiny(epochs=1, calibrate_level=False, calibrate_spread_power=False)
+    champion.config.error_spread_power, champion.config.error_spread_reference = 0.75, 0.4
+    config = tiny(epochs=1, calibrate_level=False, calibrate_spread_power=False, error_spread_windows=0)
     update = train_forecaster(panel, 8, 81, config, initial_model=champion).model
     # The champion's factors fitted its own weights: the update starts from 1 and fits its spread again (its level
     # and width calibrations are off here, so they stay neutral instead of inheriting the champion's).
     assert update.config.level_scale == 1.0
     assert update.config.spread_scale in SPREAD_GRID
     assert (update.config.spread_power, update.config.spread_reference) == (0.0, 1.0)
+    assert (update.config.error_spread_power, update.config.error_spread_reference) == (0.0, 1.0)
     assert (champion.config.spread_scale, champion.config.level_scale) == (0.5, 1.1)
 
 
@@ -258,6 +325,89 @@ def test_the_model_applies_the_width_calibration(panel):
     factor = (0.9 * (width / reference) ** 0.5).reshape(6, 1, 1)
     torch.testing.assert_close(calibrated, median + (raw - median) * factor)
     assert float(factor.min()) < 0.9 < float(factor.max())  # narrower forecasts narrow further, wider ones widen
+
+
+def test_error_spread_factor_follows_each_series_past_errors():
+    ratio = np.array([0.2, 0.4, np.nan, 0.8, 100.0, 0.0])
+    np.testing.assert_allclose(error_spread_factor(ratio, 0.4, 1.0), [0.5, 1.0, 1.0, 2.0, 10.0, 0.1])
+    np.testing.assert_allclose(error_spread_factor(ratio, 0.4, 0.5), [0.5**0.5, 1.0, 1.0, 2**0.5, 10.0, 0.1])
+    np.testing.assert_allclose(error_spread_factor(ratio, 0.4, 0.0), [1.0] * 6)
+
+
+def test_past_error_ratio_is_the_models_own_errors_on_earlier_forecasts(panel):
+    model = train_forecaster(panel, 8, 81, tiny(epochs=1, error_spread_windows=0)).model
+    assert model.config.error_spread_power == 0.0
+    series = np.arange(panel.series)
+    ratio = past_error_ratio(model, panel, 81, series, windows=2)
+    # By hand: the forecasts from origins 73 and 65 (targets up to 81), |actual − median| over the 10–90% width.
+    error, width = np.zeros(panel.series), np.zeros(panel.series)
+    for origin in (73, 65):
+        frame = forecast(model, panel, origin)
+        values = frame[QCOLS].to_numpy().reshape(panel.series, 8, 9)
+        actual = panel.values[:, origin + 1 : origin + 9]
+        error += np.abs(actual - values[..., 4]).sum(1)
+        width += (values[..., -1] - values[..., 0]).sum(1)
+    np.testing.assert_allclose(ratio, error / width, rtol=1e-5)
+    # Nothing after the origin is read.
+    later = dataclasses.replace(panel, values=panel.values.copy())
+    later.values[:, 82:] *= 3.0
+    np.testing.assert_allclose(past_error_ratio(model, later, 81, series, windows=2), ratio, rtol=1e-6)
+
+
+def test_error_spread_narrows_the_series_the_model_forecast_well_and_widens_the_others():
+    # Same seasonal shape everywhere; half the series carry noise of 2% of their level, half 30%.
+    history = weekly_history(series=8, periods=120)
+    rng = np.random.default_rng(3)
+    noisy = history["item_id"].isin([f"I{i}" for i in range(1, 8, 2)])
+    level = history.groupby("item_id")["sales"].transform("mean")
+    history["sales"] = history["sales"] + rng.normal(0, 1, len(history)) * level * np.where(noisy, 0.3, 0.02)
+    panel = build_panel(history, fit_spec(history, "W"), horizon=8)
+    model = train_forecaster(panel, 8, 111, tiny(epochs=3, error_spread_windows=4)).model
+    cfg = model.config
+    assert cfg.error_spread_power > 0 and cfg.error_spread_windows == 4
+    spread = forecast(model, panel, 111)
+    power = cfg.error_spread_power
+    cfg.error_spread_power = 0.0
+    plain = forecast(model, panel, 111)
+    cfg.error_spread_power = power
+    # forecast() applies exactly error_spread_factor of the series' past error ratio to the distances from the median.
+    ratio = past_error_ratio(model, panel, 111, np.arange(panel.series), 4)
+    factor = np.repeat(error_spread_factor(ratio, cfg.error_spread_reference, power), 8)[:, None]
+    median = plain[["q0.5"]].to_numpy()
+    expected = median + (plain[QCOLS].to_numpy() - median) * factor
+    np.testing.assert_allclose(spread[QCOLS].to_numpy(), expected, rtol=1e-5)
+    relative = (spread["q0.9"] - spread["q0.1"]) / (plain["q0.9"] - plain["q0.1"])
+    by_series = relative.groupby(spread["item_id"].isin([f"I{i}" for i in range(1, 8, 2)])).mean()
+    assert by_series[False] < 1.0 < by_series[True]
+
+
+def test_level_feedback_follows_the_models_recent_errors_on_each_series():
+    # Every series jumps by 40% from week 96: a model that reads each window's level from a year of context keeps
+    # under-forecasting for a while after, and its own recent forecasts show by how much.
+    history = weekly_history(series=6, periods=124)
+    jump = history["date"] >= history["date"].unique()[96]
+    history.loc[jump, "sales"] *= 1.4
+    panel = build_panel(history, fit_spec(history, "W"), horizon=8)
+    model = train_forecaster(panel, 8, 115, tiny(epochs=3, error_spread_windows=0, level_feedback_origins=3)).model
+    cfg = model.config
+    assert cfg.level_feedback_power > 0 and cfg.level_feedback_origins == 3
+    series = np.arange(panel.series)
+    ratio = recent_level_ratio(model, panel, 115, series, 3)
+    # By hand: forecasts from origins 113, 111, 109 (a fifth of the horizon apart), targets up to 115.
+    power = cfg.level_feedback_power
+    cfg.level_feedback_power = 0.0
+    actual_sum, forecast_sum = np.zeros(6), np.zeros(6)
+    for origin in (113, 111, 109):
+        values = forecast(model, panel, origin)["q0.5"].to_numpy().reshape(6, 8)[:, : 115 - origin]
+        actual_sum += panel.values[:, origin + 1 : 116].sum(1)
+        forecast_sum += values.sum(1)
+    np.testing.assert_allclose(ratio, actual_sum / forecast_sum, rtol=1e-5)
+    assert np.median(ratio) > 1.1  # under-forecast after the jump, as a whole
+    plain = forecast(model, panel, 115)
+    cfg.level_feedback_power = power
+    fed = forecast(model, panel, 115)
+    factor = np.repeat(ratio**power, 8)[:, None]
+    np.testing.assert_allclose(fed[QCOLS].to_numpy(), plain[QCOLS].to_numpy() * factor, rtol=1e-5)
 
 
 def test_training_reduces_the_loss_and_quantiles_are_monotone(panel):
@@ -364,6 +514,33 @@ def test_ensemble_weight_is_fitted_on_validation_and_blends_quantiles():
     mixed = blend(perfect, off, 0.5)
     assert mixed["mean"].tolist() == [15.0, 17.0, 16.0, 18.0]
     assert (np.diff(mixed[QCOLS].to_numpy(), axis=1) > 0).all()
+
+
+def test_ensemble_blends_medians_and_spreads_with_their_own_weights():
+    dates = pd.date_range("2024-01-01", periods=4, freq="W-MON")
+    actual = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": [10.0, 12, 11, 13]})
+
+    def frame(values, width):
+        out = actual[["store_id", "item_id", "date"]].copy()
+        out["mean"] = values
+        for q in QUANTILES:
+            out[quantile_column(q)] = np.asarray(values) + (q - 0.5) * width
+        return out
+
+    # Both medians 1 off (one above, one below), the first with tight intervals, the second with intervals 20 wide.
+    tight, wide = frame([11.0, 13, 12, 14], 1.0), frame([9.0, 11, 10, 12], 20.0)
+    mixed = blend(tight, wide, 0.5, 0.75)
+    assert mixed["mean"].tolist() == actual["sales"].tolist()
+    # Median 10 at the first date, distance of q0.9 from it: 0.75 · 0.4 + 0.25 · 8 = 2.3.
+    assert mixed["q0.9"].iloc[0] == pytest.approx(10.0 + 2.3)
+    assert mixed["q0.1"].iloc[0] == pytest.approx(10.0 - 2.3)
+    # The default spread weight is the point weight: the plain weighted average of every column.
+    plain = blend(tight, wide, 0.5)
+    expected = (tight[COLUMNS] * 0.5 + wide[COLUMNS] * 0.5).to_numpy()
+    np.testing.assert_allclose(plain[COLUMNS].to_numpy(), expected)
+    # On validation, the medians blended at 0.5 are exact, so the narrowest spread (the tight model's) is best.
+    assert fit_spread_weight(tight, wide, actual, 0.5) == 1.0
+    assert fit_spread_weight(wide, tight, actual, 0.5) == 0.0
 
 
 def test_refit_trains_again_on_every_window_for_the_best_epoch_count(panel):

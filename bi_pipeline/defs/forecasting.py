@@ -20,7 +20,7 @@ from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.ensemble import Forecaster, ensemble_forecast
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
-from bi_pipeline.features import FeatureSpec, build_panel, fit_spec, panel_frame, panel_from_frame
+from bi_pipeline.features import FeatureSpec, build_panel, fit_spec, panel_frame, panel_from_frame, seasonal_profile_lag
 from bi_pipeline.forecasting import (
     DEFAULT_HORIZON,
     forecast_latest,
@@ -69,7 +69,8 @@ def features(
         )
     cutoff_date = pd.Timestamp(dates[-horizon - 1])
     train = integrated_sales[integrated_sales["date"] <= cutoff_date]
-    spec = fit_spec(train, frequency)
+    lag = seasonal_profile_lag(forecasting.seasonal_profile, frequency, horizon, train)
+    spec = fit_spec(train, frequency, profile_lag=lag)
     panel = build_panel(integrated_sales, spec, reference_end=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
     history_len = int(np.median(cutoff + 1 - panel.first))
@@ -158,6 +159,17 @@ def forecaster(
                 f"calibrated on validation: level ×{record['level_scale']}, quantile spread ×{record['spread_scale']}"
                 f" × (width / {record['spread_reference']:.4g}) ^ {record['spread_power']}"
             )
+        elif stage == "calibrate_level_feedback":
+            context.log.info(
+                f"calibrated on validation: each series' level × (its recent actual / forecast ratio) ^ "
+                f"{record['level_feedback_power']} over its last {record['level_feedback_origins']} origins"
+            )
+        elif stage == "calibrate_error_spread":
+            context.log.info(
+                f"calibrated on validation: each series' spread × (its past error ratio / "
+                f"{record['error_spread_reference']:.4g}) ^ {record['error_spread_power']} over its last "
+                f"{record['error_spread_windows']} forecasts; quantile spread now ×{record['spread_scale']:.4g}"
+            )
 
     history = integrated_sales
     tracker = mlflow_tracking.tracker()
@@ -229,6 +241,7 @@ def forecaster(
         "season_length": season,
         "kind": candidate.kind,
         "transformer_weight": candidate.weight,
+        "transformer_spread_weight": candidate.spread_weight,
         "train_windows": result.train_windows,
         "validation_windows": result.validation_windows,
         "best_epoch": result.best_epoch,
@@ -237,6 +250,11 @@ def forecaster(
         "level_scale": model.config.level_scale,
         "spread_power": model.config.spread_power,
         "spread_reference": model.config.spread_reference,
+        "error_spread_power": model.config.error_spread_power,
+        "error_spread_reference": model.config.error_spread_reference,
+        "error_spread_windows": model.config.error_spread_windows,
+        "level_feedback_power": model.config.level_feedback_power,
+        "level_feedback_origins": model.config.level_feedback_origins,
         "future_features": ",".join(panel.spec.future_names),
         "lightgbm_covariates": ",".join(covariates) if candidate.kind == "ensemble" else "",
     }
@@ -311,6 +329,7 @@ def forecaster(
             "reason": config.reason,
             "model_kind": candidate.kind,
             "transformer_weight": candidate.weight,
+            "transformer_spread_weight": candidate.spread_weight,
             "champion_version": tracker.alias_version(CHAMPION),
             "decision": "promoted" if decision.promoted else "kept",
             "decision_reason": decision.reason,
@@ -455,7 +474,7 @@ def backtest(
         covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
         forecasts_by_model["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season, covariates)
         own = forecaster[forecaster["kind"] == "validation"].drop(columns=["kind", "model", "model_version"])
-        forecasts_by_model["ensemble"], weight, _ = ensemble_forecast(
+        forecasts_by_model["ensemble"], weight, _, _ = ensemble_forecast(
             train,
             forecasts_by_model["transformer"],
             forecasts_by_model["lightgbm"],

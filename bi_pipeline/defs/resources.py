@@ -127,6 +127,17 @@ class ForecastingResource(dg.ConfigurableResource):
     calibrate_spread_power: bool = Field(
         default=True, description="the quantile spread factor follows each forecast's own interval width"
     )
+    seasonal_profile: str = Field(
+        default="auto",
+        description="each series' seasonal profile over its whole history as a known-future input: auto (on with "
+        "several seasons of history), on, off",
+    )
+    error_spread_windows: int = Field(
+        default=5, description="each series' spread follows the model's errors on this many past forecasts (0: off)"
+    )
+    level_feedback_origins: int = Field(
+        default=4, description="each series' level follows the model's errors from this many recent origins (0: off)"
+    )
     init_from: str | None = Field(default=None, description="save_pretrained directory or hub id to start from")
     device: str = Field(default="auto", description="auto: CUDA (bf16 autocast) when present, else CPU")
     seed: int = 0
@@ -169,6 +180,9 @@ class ForecastingResource(dg.ConfigurableResource):
             mixup=self.mixup,
             calibrate_level=self.calibrate_level,
             calibrate_spread_power=self.calibrate_spread_power,
+            error_spread_windows=self.error_spread_windows,
+            level_feedback_origins=self.level_feedback_origins,
+            seasonal_profile=self.seasonal_profile,
             init_from=self.init_from,
             device=self.device,
             seed=self.seed,
