@@ -335,7 +335,7 @@ def test_error_spread_factor_follows_each_series_past_errors():
 
 
 def test_past_error_ratio_is_the_models_own_errors_on_earlier_forecasts(panel):
-    model = train_forecaster(panel, 8, 81, tiny(epochs=1, error_spread_windows=0)).model
+    model = train_forecaster(panel, 8, 81, tiny(epochs=1, error_spread_windows=0, level_feedback_origins=0)).model
     assert model.config.error_spread_power == 0.0
     series = np.arange(panel.series)
     ratio = past_error_ratio(model, panel, 81, series, windows=2)
@@ -362,7 +362,7 @@ def test_error_spread_narrows_the_series_the_model_forecast_well_and_widens_the_
     level = history.groupby("item_id")["sales"].transform("mean")
     history["sales"] = history["sales"] + rng.normal(0, 1, len(history)) * level * np.where(noisy, 0.3, 0.02)
     panel = build_panel(history, fit_spec(history, "W"), horizon=8)
-    model = train_forecaster(panel, 8, 111, tiny(epochs=3, error_spread_windows=4)).model
+    model = train_forecaster(panel, 8, 111, tiny(epochs=3, error_spread_windows=4, level_feedback_origins=0)).model
     cfg = model.config
     assert cfg.error_spread_power > 0 and cfg.error_spread_windows == 4
     spread = forecast(model, panel, 111)
