@@ -695,19 +695,19 @@ def train_forecaster(
         state["phase"] = "done"
     for name in CALIBRATION:
         setattr(model.config, name, state[name])
-    if config.level_feedback_origins > 0 and validation < cutoff:
-        # Deterministic and cheap (a few forward passes), so these are fitted after a resume too, not checkpointed.
-        fitted = fit_level_feedback(model, panel, cutoff, validation, config.level_feedback_origins)
-        for name, value in fitted.items():
-            setattr(model.config, name, value)
-        if progress:
-            progress({"stage": "calibrate_level_feedback", **fitted})
-    if config.error_spread_windows > 0 and validation < cutoff:
-        fitted = fit_error_spread(model, panel, cutoff, validation, config.error_spread_windows)
-        for name, value in fitted.items():
-            setattr(model.config, name, value)
-        if progress:
-            progress({"stage": "calibrate_error_spread", **fitted})
+    # The per-series feedback, level first (the spread is fitted around the corrected median). Deterministic and cheap
+    # (a few forward passes), so it is fitted after a resume too, not checkpointed.
+    feedback = (
+        ("calibrate_level_feedback", fit_level_feedback, config.level_feedback_origins),
+        ("calibrate_error_spread", fit_error_spread, config.error_spread_windows),
+    )
+    for stage, fit, origins in feedback:
+        if origins > 0 and validation < cutoff:
+            fitted = fit(model, panel, cutoff, validation, origins)
+            for name, value in fitted.items():
+                setattr(model.config, name, value)
+            if progress:
+                progress({"stage": stage, **fitted})
     targets_end = cutoff if state["history"] and state["history"][-1].get("phase") == "refit" else cutoff - validation
     model.config.training_targets_end = str(pd.Timestamp(panel.dates[targets_end]).date())
     model.eval()
@@ -768,6 +768,21 @@ def _actuals(panel: Panel, series: np.ndarray, origin: int, horizon: int, end: i
     return np.nan_to_num(panel.values[series[:, None], safe], nan=0.0), usable
 
 
+def _past_forecasts(model: BIForecaster, panel: Panel, origin: int, series: np.ndarray, origins: int, step: int):
+    """The model's own forecasts from the ``origins`` origins ``step`` apart before ``origin`` (origin − step, …):
+    per origin (rows of ``series`` with at least one patch of context, quantiles, actuals, usable), where only the
+    targets at or before ``origin`` are usable. What the per-series feedback reads; nothing after ``origin``."""
+    cfg = model.config
+    for k in range(1, origins + 1):
+        start = origin - step * k
+        rows = np.flatnonzero(panel.first[series] + cfg.patch_length <= start + 1)
+        if not len(rows):
+            return
+        quantiles = _quantile_forecasts(model, panel, series[rows], start)
+        actual, usable = _actuals(panel, series[rows], start, cfg.horizon, origin)
+        yield rows, quantiles, actual, usable
+
+
 def past_error_ratio(model: BIForecaster, panel: Panel, origin: int, series: np.ndarray, windows: int) -> np.ndarray:
     """Per series: the model's mean absolute error of the median over its own forecasts from the ``windows``
     origins before ``origin`` (``origin`` − H, − 2H, …, so every target lies at or before ``origin``), divided by
@@ -776,17 +791,9 @@ def past_error_ratio(model: BIForecaster, panel: Panel, origin: int, series: np.
     What a per-series model such as ETS reads from its own residuals, and a global model trained on scaled windows
     cannot know: how predictable this particular series has been. On aus_retail the model's intervals for the large,
     smooth state series were twice as wide as their errors warranted (README)."""
-    cfg = model.config
-    horizon, median = cfg.horizon, list(cfg.quantiles).index(0.5)
+    median = list(model.config.quantiles).index(0.5)
     error, width = np.zeros(len(series)), np.zeros(len(series))
-    for k in range(1, windows + 1):
-        start = origin - horizon * k
-        # At least one patch of context before the forecast's first target.
-        rows = np.flatnonzero(panel.first[series] + cfg.patch_length <= start + 1)
-        if not len(rows):
-            break
-        quantiles = _quantile_forecasts(model, panel, series[rows], start)
-        actual, usable = _actuals(panel, series[rows], start, horizon, origin)
+    for rows, quantiles, actual, usable in _past_forecasts(model, panel, origin, series, windows, model.config.horizon):
         error[rows] += np.where(usable, np.abs(actual - quantiles[..., median]), 0.0).sum(1)
         width[rows] += np.where(usable, quantiles[..., -1] - quantiles[..., 0], 0.0).sum(1)
     with np.errstate(all="ignore"):
@@ -858,16 +865,9 @@ def recent_level_ratio(model: BIForecaster, panel: Panel, origin: int, series: n
     A global model reads each series' level from its context and shares one idea of how levels move; a store whose
     sales drift away from that (Walmart's store 36, falling for two years) is forecast from the shared idea for the
     whole horizon. Per-series models correct such drift through their residuals; this is that correction."""
-    cfg = model.config
-    horizon, median, step = cfg.horizon, list(cfg.quantiles).index(0.5), level_feedback_step(cfg.horizon)
+    median, step = list(model.config.quantiles).index(0.5), level_feedback_step(model.config.horizon)
     actual_sum, forecast_sum = np.zeros(len(series)), np.zeros(len(series))
-    for k in range(1, origins + 1):
-        start = origin - step * k
-        rows = np.flatnonzero(panel.first[series] + cfg.patch_length <= start + 1)
-        if not len(rows):
-            break
-        quantiles = _quantile_forecasts(model, panel, series[rows], start)
-        actual, usable = _actuals(panel, series[rows], start, horizon, origin)
+    for rows, quantiles, actual, usable in _past_forecasts(model, panel, origin, series, origins, step):
         actual_sum[rows] += np.where(usable, actual, 0.0).sum(1)
         forecast_sum[rows] += np.where(usable, quantiles[..., median], 0.0).sum(1)
     with np.errstate(all="ignore"):
