@@ -454,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--seasonal-profile",
         choices=PROFILE_SETTINGS,
-        help="transformer: each series' seasonal profile over its whole history as a known-future input (default "
-        "auto: on when the series have several seasons of history)",
+        help="transformer: each series' seasonal profile over its whole history as a known-future input (auto: on "
+        "when the series have several seasons of history; default off)",
     )
     backtest.add_argument(
         "--level-feedback-origins",

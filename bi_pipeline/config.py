@@ -135,7 +135,7 @@ class ForecastSettings:
     # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
     calibrate_spread_power: bool = True
     # Each series' long-history seasonal profile as a known-future input (README: aus_retail).
-    seasonal_profile: str = "auto"
+    seasonal_profile: str = "off"
     # Each series' quantile spread follows the model's own errors on its latest forecasts, this many (0: off).
     error_spread_windows: int = 5
     # Each series' level follows the model's own errors on its forecasts from this many recent origins (0: off).
@@ -181,7 +181,7 @@ class ForecastSettings:
             mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
             calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
             calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
-            seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "auto", PROFILE_SETTINGS),
+            seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "off", PROFILE_SETTINGS),
             error_spread_windows=int(_env_float("BI_PIPELINE_ERROR_SPREAD_WINDOWS", 5)),
             level_feedback_origins=int(_env_float("BI_PIPELINE_LEVEL_FEEDBACK_ORIGINS", 4)),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,

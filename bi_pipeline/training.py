@@ -78,7 +78,7 @@ class TrainConfig:
     level_feedback_origins: int = 4
     # Each series' long-history seasonal profile as a known-future input (features.seasonal_profile): on, off, or
     # auto (on when the series have several seasons of history beyond the horizon, features.seasonal_profile_lag).
-    seasonal_profile: str = "auto"
+    seasonal_profile: str = "off"
     mixup: float = 0.5  # share of each training batch replaced by mixtures of two series at the same dates
     seed: int = 0
     device: str = "auto"

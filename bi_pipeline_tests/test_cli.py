@@ -145,7 +145,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "--level-feedback-origins",
             "0",
             "--seasonal-profile",
-            "off",
+            "auto",
             "--out",
             str(out),
         ]
@@ -163,7 +163,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         "calibrate_level": False,
         "calibrate_spread_power": False,
         "error_spread_windows": 3,
-        "seasonal_profile": "off",
+        "seasonal_profile": "auto",
         "level_feedback_origins": 0,
     }
     assert result["series"] == 10

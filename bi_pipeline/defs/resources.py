@@ -128,7 +128,7 @@ class ForecastingResource(dg.ConfigurableResource):
         default=True, description="the quantile spread factor follows each forecast's own interval width"
     )
     seasonal_profile: str = Field(
-        default="auto",
+        default="off",
         description="each series' seasonal profile over its whole history as a known-future input: auto (on with "
         "several seasons of history), on, off",
     )
