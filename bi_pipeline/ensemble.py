@@ -117,7 +117,9 @@ def fit_blend_weight(
     return min(losses, key=lambda w: (losses[w], abs(w - 0.5)))
 
 
-def fit_spread_weight(transformer_val: pd.DataFrame, lightgbm_val: pd.DataFrame, actual: pd.DataFrame, weight: float):
+def fit_spread_weight(
+    transformer_val: pd.DataFrame, lightgbm_val: pd.DataFrame, actual: pd.DataFrame, weight: float
+) -> float:
     """The transformer's share of the blended distances from the median that minimises WQL over the validation
     periods, the medians blended at ``weight``; ties go to ``weight`` (the plain blend)."""
     losses = {}
