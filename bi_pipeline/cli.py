@@ -23,7 +23,7 @@ from pathlib import Path
 from bi_pipeline.backtest import MODELS
 from bi_pipeline.config import FREQUENCIES, Settings
 from bi_pipeline.evaluation import LOSS_WEIGHTINGS
-from bi_pipeline.features import PROFILE_SETTINGS
+from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
 
 
 def _progress(label: str):
@@ -248,6 +248,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 ("error_spread_windows", args.error_spread_windows),
                 ("level_feedback_origins", args.level_feedback_origins),
                 ("seasonal_profile", args.seasonal_profile),
+                ("calendar_effects", args.calendar_effects),
             )
             if value is not None
         },
@@ -456,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROFILE_SETTINGS,
         help="transformer: each series' seasonal profile over its whole history as a known-future input (auto: on "
         "when the series have several seasons of history; default off)",
+    )
+    backtest.add_argument(
+        "--calendar-effects",
+        choices=CALENDAR_EFFECTS,
+        help="transformer: calendar effects among its inputs: easter (the days around Easter in each period), all "
+        "(also, for monthly data, the weekdays that occur five times), off (default easter)",
     )
     backtest.add_argument(
         "--level-feedback-origins",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bi_pipeline.evaluation import LOSS_WEIGHTINGS
-from bi_pipeline.features import PROFILE_SETTINGS
+from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
 
 FREQUENCIES = ("D", "W", "M")
 
@@ -136,6 +136,8 @@ class ForecastSettings:
     calibrate_spread_power: bool = True
     # Each series' long-history seasonal profile as a known-future input (README: aus_retail).
     seasonal_profile: str = "off"
+    # Calendar effects among the inputs: easter, all (also monthly trading days), off (README: Walmart, aus_retail).
+    calendar_effects: str = "easter"
     # Each series' quantile spread follows the model's own errors on its latest forecasts, this many (0: off).
     error_spread_windows: int = 5
     # Each series' level follows the model's own errors on its forecasts from this many recent origins (0: off).
@@ -182,6 +184,7 @@ class ForecastSettings:
             calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
             calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
             seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "off", PROFILE_SETTINGS),
+            calendar_effects=_env_choice("BI_PIPELINE_CALENDAR_EFFECTS", "easter", CALENDAR_EFFECTS),
             error_spread_windows=int(_env_float("BI_PIPELINE_ERROR_SPREAD_WINDOWS", 5)),
             level_feedback_origins=int(_env_float("BI_PIPELINE_LEVEL_FEEDBACK_ORIGINS", 4)),
             init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,9 @@ class FeatureSpec:
     # The long-history seasonal profile as a known-future input (see seasonal_profile), read at least
     # ``profile_lag`` periods back so that no forecast sees its own targets; 0: off.
     profile_lag: int = 0
+    # Which calendar effects join the calendar encodings (CALENDAR_EFFECTS, see calendar_effects); specs saved before
+    # they existed load as "off".
+    calendar_effects: str = "off"
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -74,7 +78,7 @@ class FeatureSpec:
 
     @property
     def future_names(self) -> list[str]:
-        names = calendar_names(self.frequency)
+        names = calendar_names(self.frequency, self.calendar_effects)
         if not self.use_covariates:
             return names + (["seasonal_profile"] if self.profile_lag else [])
         names = names + list(self.covariates)
@@ -87,7 +91,7 @@ class FeatureSpec:
     @property
     def relative_mask(self) -> list[bool]:
         """Per future feature: whether it is taken relative to its context mean."""
-        mask = [False] * len(calendar_names(self.frequency))
+        mask = [False] * len(calendar_names(self.frequency, self.calendar_effects))
         if self.use_covariates:
             relative = self.covariate_relative or [False] * len(self.covariates)
             mask += list(relative) + [False] * (int(self.use_promo) + int(self.use_price))
@@ -121,27 +125,110 @@ class Panel:
         return len(self.keys)
 
 
-def calendar_names(frequency: str) -> list[str]:
+# Days around Easter Sunday (inclusive offsets) whose share falls in a period: Easter moves between March and April
+# (and between weeks), so a model that repeats last year's shape puts its effect in the wrong period otherwise.
+EASTER_WINDOWS = {"easter_week": (-7, 0), "easter_holidays": (-2, 1)}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# easter: the Easter windows; all: also, for monthly data, the weekdays that occur five times (trading days); off.
+CALENDAR_EFFECTS = ("easter", "all", "off")
+# How far back "the same period last season" lies, for the calendar effects' change against it.
+EFFECT_SEASON = {"D": pd.DateOffset(days=364), "W": pd.DateOffset(days=364), "M": pd.DateOffset(months=12)}
+
+
+def calendar_names(frequency: str, effects: str = "off") -> list[str]:
     if frequency == "M":
-        return [f"month_{m}" for m in range(1, 13)]
-    names = [f"year_{f}{k}" for k in (1, 2, 3) for f in ("sin", "cos")]
-    if frequency == "D":
-        names += [f"weekday_{d}" for d in range(7)]
+        names = [f"month_{m}" for m in range(1, 13)]
+    else:
+        names = [f"year_{f}{k}" for k in (1, 2, 3) for f in ("sin", "cos")]
+        if frequency == "D":
+            names += [f"weekday_{d}" for d in range(7)]
+    if effects != "off":
+        own = effect_names(frequency, effects)
+        names += own + [f"{name}_change" for name in own]
     return names
 
 
-def calendar_features(dates: pd.DatetimeIndex, frequency: str) -> np.ndarray:
-    """(T, K) encodings of the position in the year (and week for daily data)."""
+def calendar_features(dates: pd.DatetimeIndex, frequency: str, effects: str = "off") -> np.ndarray:
+    """(T, K) encodings of the position in the year (and week for daily data); with ``effects`` (easter, all), also
+    the calendar effects of each period (:func:`calendar_effects`) and their change against the same period a season
+    before."""
     if frequency == "M":
-        return np.eye(12, dtype="float32")[dates.month.to_numpy() - 1]
-    phase = 2 * np.pi * (dates.dayofyear.to_numpy() - 1) / 365.25
-    columns = []
-    for k in (1, 2, 3):
-        columns += [np.sin(k * phase), np.cos(k * phase)]
-    out = np.stack(columns, axis=1).astype("float32")
-    if frequency == "D":
-        out = np.concatenate([out, np.eye(7, dtype="float32")[dates.dayofweek.to_numpy()]], axis=1)
+        out = np.eye(12, dtype="float32")[dates.month.to_numpy() - 1]
+    else:
+        phase = 2 * np.pi * (dates.dayofyear.to_numpy() - 1) / 365.25
+        columns = []
+        for k in (1, 2, 3):
+            columns += [np.sin(k * phase), np.cos(k * phase)]
+        out = np.stack(columns, axis=1).astype("float32")
+        if frequency == "D":
+            out = np.concatenate([out, np.eye(7, dtype="float32")[dates.dayofweek.to_numpy()]], axis=1)
+    if effects != "off":
+        now = calendar_effects(dates, frequency, effects)
+        before = calendar_effects(pd.DatetimeIndex(dates - EFFECT_SEASON[frequency]), frequency, effects)
+        out = np.concatenate([out, now, now - before], axis=1)
     return out
+
+
+def effect_names(frequency: str, effects: str = "all") -> list[str]:
+    if effects not in CALENDAR_EFFECTS:
+        raise ValueError(f"calendar effects {effects!r}: choose one of {', '.join(CALENDAR_EFFECTS)}")
+    if effects == "off":
+        return []
+    names = list(EASTER_WINDOWS)
+    if frequency == "M" and effects == "all":
+        names += [f"extra_{day}" for day in WEEKDAYS]
+    return names
+
+
+def easter_date(year: int) -> date:
+    """Gregorian Easter Sunday (the anonymous Gregorian algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    f = (b + 8) // 25
+    g = (b - f + 1) // 3
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    m = (32 + 2 * e + 2 * i - h - k) % 7
+    n = (a + 11 * h + 22 * m) // 451
+    month, day = divmod(h + m - 7 * n + 114, 31)
+    return date(year, month, day + 1)
+
+
+def easter_sunday(years: np.ndarray) -> np.ndarray:
+    """Easter Sunday of each year, as datetime64[D]."""
+    cache = {int(y): easter_date(int(y)) for y in np.unique(years)}
+    return np.array([cache[int(y)] for y in years], dtype="datetime64[D]")
+
+
+def calendar_effects(dates: pd.DatetimeIndex, frequency: str, effects: str = "all") -> np.ndarray:
+    """(T, K) calendar effects known years ahead, per period (a day, the 7 days from the date, or the date's month):
+    the share of each Easter window (:data:`EASTER_WINDOWS`) inside the period, and for months the weekdays that occur
+    five times rather than four (1/0 each: trading-day composition, which moves monthly retail by a few percent).
+    These are what statistical agencies adjust retail series for, and what no context of past values can show."""
+    start = dates.to_period("M").to_timestamp() if frequency == "M" else dates.normalize()
+    start = start.to_numpy().astype("datetime64[D]")
+    if frequency == "M":
+        length = dates.days_in_month.to_numpy()
+    else:
+        length = np.full(len(dates), 7 if frequency == "W" else 1)
+    end = start + length.astype("timedelta64[D]")  # exclusive
+    if not effect_names(frequency, effects):
+        return np.zeros((len(dates), 0), dtype="float32")
+    columns = []
+    # Easter falls between 22 March and 25 April: only a period's own year's can touch it.
+    sunday = easter_sunday(dates.year.to_numpy())
+    for low, high in EASTER_WINDOWS.values():
+        first = sunday + np.timedelta64(low, "D")
+        last = sunday + np.timedelta64(high + 1, "D")
+        overlap = (np.minimum(end, last) - np.maximum(start, first)).astype("int64")
+        columns.append(np.clip(overlap, 0, None) / (high - low + 1))
+    if frequency == "M" and effects == "all":
+        # Day 29, 30 and 31 of the month repeat the weekdays of days 1, 2 and 3.
+        weekday = (start.astype("int64") + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        extra = length - 28
+        for day in range(7):
+            columns.append(((day - weekday) % 7 < extra).astype("float64"))
+    return np.stack(columns, axis=1).astype("float32")
 
 
 def _numeric_covariates(history: pd.DataFrame, candidates: list[str] | None) -> list[str]:
@@ -167,6 +254,7 @@ def fit_spec(
     use_static: bool = True,
     continuous_covariates: bool = False,
     profile_lag: int = 0,
+    calendar_effects: str = "easter",
 ) -> FeatureSpec:
     """Encodings fitted on ``history`` (the training range): which covariates and attributes, and their scales.
 
@@ -203,6 +291,7 @@ def fit_spec(
     num_mean = [float(per_series[c].mean()) for c in numeric] if numeric else []
     num_std = [float(per_series[c].std()) if len(per_series) > 1 else 1.0 for c in numeric] if numeric else []
     num_std = [s if np.isfinite(s) and s > 0 else 1.0 for s in num_std]
+    effect_names(frequency, calendar_effects)  # an unknown setting stops here, named
     return FeatureSpec(
         frequency=frequency,
         covariates=covariates,
@@ -218,6 +307,7 @@ def fit_spec(
         use_covariates=use_covariates,
         use_static=use_static,
         profile_lag=int(profile_lag),
+        calendar_effects=calendar_effects,
     )
 
 
@@ -325,7 +415,8 @@ def build_panel(
     keep = (f_row >= 0) & (f_col >= 0)
     f_row, f_col, frame = f_row[keep], f_col[keep], frame[keep]
 
-    parts = [np.broadcast_to(calendar_features(dates, spec.frequency), (n, t, len(calendar_names(spec.frequency))))]
+    calendar = calendar_features(dates, spec.frequency, spec.calendar_effects)
+    parts = [np.broadcast_to(calendar, (n, t, calendar.shape[1]))]
     if spec.use_covariates:
         for name, mean, std in zip(spec.covariates, spec.covariate_mean, spec.covariate_std, strict=True):
             grid = np.zeros((n, t), dtype="float32")
@@ -490,7 +581,8 @@ def panel_from_frame(frame: pd.DataFrame, upto: pd.Timestamp | None = None, hori
     last = np.where(present.any(1), t - 1 - present[:, ::-1].argmax(1), -1)
     names = spec.future_names
     future = np.zeros((n, t, len(names)), dtype="float32")
-    future[:, :, : len(calendar_names(spec.frequency))] = calendar_features(dates, spec.frequency)[None]
+    calendar = calendar_features(dates, spec.frequency, spec.calendar_effects)
+    future[:, :, : calendar.shape[1]] = calendar[None]
     for j, name in enumerate(names):
         future[row, col, j] = frame[f"future_{name}"].to_numpy(dtype="float32")
     if spec.use_price and "log_price_ratio" in names:

@@ -67,7 +67,15 @@ def train_with_holdout(
     train, test = split_holdout(history, horizon)
     config = config or TrainConfig()
     lag = seasonal_profile_lag(config.seasonal_profile, frequency, horizon, train)
-    spec = fit_spec(train, frequency, covariates, use_covariates=use_covariates, use_static=use_static, profile_lag=lag)
+    spec = fit_spec(
+        train,
+        frequency,
+        covariates,
+        use_covariates=use_covariates,
+        use_static=use_static,
+        profile_lag=lag,
+        calendar_effects=config.calendar_effects,
+    )
     panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
     cutoff = len(panel.dates) - horizon - 1
     result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoint_dir, progress=progress)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from bi_pipeline.features import easter_date
 from bi_pipeline.quality import DUPLICATE_RULES, ROW_RULES
 
 FREQUENCIES = ("D", "W", "M")
@@ -124,20 +125,6 @@ def _period_dates(spec: GenerationSpec, count: int) -> np.ndarray:
     return (start.astype("datetime64[M]") + np.arange(count)).astype("datetime64[D]")
 
 
-def _easter(year: int) -> date:
-    # Anonymous Gregorian algorithm.
-    a, b, c = year % 19, year // 100, year % 100
-    d, e = divmod(b, 4)
-    f = (b + 8) // 25
-    g = (b - f + 1) // 3
-    h = (19 * a + b - d - g + 15) % 30
-    i, k = divmod(c, 4)
-    m = (32 + 2 * e + 2 * i - h - k) % 7
-    n = (a + 11 * h + 22 * m) // 451
-    month, day = divmod(h + m - 7 * n + 114, 31)
-    return date(year, month, day + 1)
-
-
 def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
     """n-th (1-based; -1 = last) given weekday (Mon=0) of a month."""
     if n > 0:
@@ -156,7 +143,7 @@ def _events(year: int) -> list[tuple[date, str, int, float]]:
         (date(year, 1, 1), "New Year", 1, 0.8),
         (superbowl, "SuperBowl", 0, 1.25),
         (date(year, 2, 14), "Valentines Day", 0, 1.1),
-        (_easter(year), "Easter", 1, 1.2),
+        (easter_date(year), "Easter", 1, 1.2),
         (_nth_weekday(year, 5, 6, 2), "Mothers Day", 0, 1.1),
         (_nth_weekday(year, 5, 0, -1), "Memorial Day", 1, 1.15),
         (date(year, 7, 4), "Independence Day", 1, 1.2),

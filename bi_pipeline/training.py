@@ -79,6 +79,9 @@ class TrainConfig:
     # Each series' long-history seasonal profile as a known-future input (features.seasonal_profile): on, off, or
     # auto (on when the series have several seasons of history beyond the horizon, features.seasonal_profile_lag).
     seasonal_profile: str = "off"
+    # Calendar effects among the calendar encodings (features.calendar_effects): easter, all (also trading days of
+    # monthly data), off.
+    calendar_effects: str = "easter"
     mixup: float = 0.5  # share of each training batch replaced by mixtures of two series at the same dates
     seed: int = 0
     device: str = "auto"
@@ -840,9 +843,12 @@ def fit_error_spread(model: BIForecaster, panel: Panel, cutoff: int, validation:
 
     losses = {(p, float(c)): loss(p, float(c)) for p in ERROR_POWER_GRID for c in ERROR_SCALE_GRID}
     power, scale = min(losses, key=lambda f: (losses[f], f[0] + abs(f[1] - 1.0)))
+    # The common factor is folded into spread_scale, so every later interval, the past ones whose ratio is read at
+    # forecast time included, is that much wider: their error ratios that much smaller. The reference follows, so
+    # the factor applied is the one fitted here.
     return {
         "error_spread_power": power,
-        "error_spread_reference": reference if power else 1.0,
+        "error_spread_reference": reference / scale if power else 1.0,
         "error_spread_windows": windows,
         "spread_scale": float(cfg.spread_scale) * scale,
     }

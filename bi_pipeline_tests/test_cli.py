@@ -146,6 +146,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "0",
             "--seasonal-profile",
             "auto",
+            "--calendar-effects",
+            "all",
             "--out",
             str(out),
         ]
@@ -155,7 +157,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
     names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power", "error_spread_windows")
-    names += ("seasonal_profile", "level_feedback_origins")
+    names += ("seasonal_profile", "level_feedback_origins", "calendar_effects")
     recipe = {k: result["transformer_config"][k] for k in names}
     assert recipe == {
         "loss_weighting": "sqrt_level",
@@ -165,6 +167,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         "error_spread_windows": 3,
         "seasonal_profile": "auto",
         "level_feedback_origins": 0,
+        "calendar_effects": "all",
     }
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,14 @@ from bi_pipeline.baselines import fit_lightgbm, predict_lightgbm
 from bi_pipeline.ensemble import COLUMNS, Forecaster, blend, fit_blend_weight, fit_spread_weight
 from bi_pipeline.evaluation import QUANTILES, quantile_column
 from bi_pipeline.features import (
+    WEEKDAYS,
     FeatureSpec,
     build_panel,
+    calendar_effects,
+    calendar_features,
+    calendar_names,
+    easter_date,
+    effect_names,
     fit_spec,
     panel_frame,
     panel_from_frame,
@@ -28,8 +35,11 @@ from bi_pipeline.models import BIForecaster, pinball_loss, spread_factor, window
 from bi_pipeline.training import (
     SPREAD_GRID,
     TrainConfig,
+    _adjusted_forecasts,
+    _respread,
     error_spread_factor,
     fit_calibration,
+    fit_error_spread,
     forecast,
     gather,
     load_model,
@@ -91,14 +101,67 @@ def test_spec_takes_flags_and_static_attributes_and_leaves_out_continuous_covari
     assert spec.covariates == ["holiday"]
     assert list(spec.static_categorical) == ["format"] and spec.static_categorical["format"] == ["big", "small"]
     assert fit_spec(history, "W", continuous_covariates=True).covariates == ["holiday", "temperature"]
-    assert fit_spec(history, "W", use_covariates=False).future_names == [
-        "year_sin1",
-        "year_cos1",
-        "year_sin2",
-        "year_cos2",
-        "year_sin3",
-        "year_cos3",
+    harmonics = ["year_sin1", "year_cos1", "year_sin2", "year_cos2", "year_sin3", "year_cos3"]
+    easter = ["easter_week", "easter_holidays", "easter_week_change", "easter_holidays_change"]
+    assert fit_spec(history, "W", use_covariates=False).future_names == harmonics + easter
+    assert fit_spec(history, "W", use_covariates=False, calendar_effects="off").future_names == harmonics
+    assert fit_spec(history, "W", use_covariates=False, calendar_effects="all").future_names == harmonics + easter
+    with pytest.raises(ValueError, match="calendar effects 'yes'"):
+        fit_spec(history, "W", calendar_effects="yes")
+
+
+def test_calendar_effects_count_easter_days_and_weekdays_that_occur_five_times():
+    # 2018: Easter Sunday 1 April, so its week (25 March … 1 April) lies 7/8 in March, and Good Friday … Easter
+    # Monday (30 March … 2 April) half in each month; 2017: Easter 16 April, all in April.
+    months = pd.date_range("2018-01-01", periods=4, freq="MS")
+    effects = calendar_effects(months, "M", "all")
+    assert effect_names("M", "all") == ["easter_week", "easter_holidays", *[f"extra_{d}" for d in WEEKDAYS]]
+    assert effect_names("M", "easter") == ["easter_week", "easter_holidays"] and effect_names(
+        "W", "all"
+    ) == effect_names("W", "easter")
+    np.testing.assert_array_equal(calendar_effects(months, "M", "easter"), effects[:, :2])
+    np.testing.assert_allclose(effects[:, :2], [[0, 0], [0, 0], [7 / 8, 0.5], [1 / 8, 0.5]])
+    # January 2018 starts on a Monday (31 days: Mon, Tue, Wed five times), February has 28 days, March starts on a
+    # Thursday (Thu, Fri, Sat), April on a Sunday (30 days: Sun, Mon).
+    assert effects[:, 2:].tolist() == [
+        [1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 1, 1, 1, 0],
+        [1, 0, 0, 0, 0, 0, 1],
     ]
+    # Weeks cover the 7 days from their date: Walmart's Friday weeks around Easter 2012 (8 April).
+    weeks = pd.DatetimeIndex(["2012-03-23", "2012-03-30", "2012-04-06", "2012-04-13"])
+    np.testing.assert_allclose(calendar_effects(weeks, "W"), [[0, 0], [5 / 8, 0], [3 / 8, 1], [0, 0]])
+    days = pd.DatetimeIndex(["2012-03-31", "2012-04-01", "2012-04-06", "2012-04-09", "2012-04-10"])
+    np.testing.assert_allclose(calendar_effects(days, "D"), [[0, 0], [1 / 8, 0], [1 / 8, 1 / 4], [0, 1 / 4], [0, 0]])
+    assert easter_date(2011) == date(2011, 4, 24) and easter_date(2025) == date(2025, 4, 20)
+    # With the encodings: each effect and its change against the same period a season before (364 days, 12 months),
+    # so a model that repeats last year's shape knows that last year's Easter was elsewhere.
+    features = calendar_features(months, "M", effects="all")
+    names = calendar_names("M", effects="all")
+    assert features.shape == (4, len(names)) and names[-1] == "extra_sun_change"
+    before = calendar_effects(pd.date_range("2017-01-01", periods=4, freq="MS"), "M", "all")
+    np.testing.assert_allclose(features[:, 12 : 12 + 9], effects)
+    np.testing.assert_allclose(features[:, 12 + 9 :], effects - before)
+    assert features[2, names.index("easter_week_change")] == pytest.approx(7 / 8)  # 2017: none of it in March
+    np.testing.assert_allclose(
+        calendar_features(weeks, "W", effects="easter")[:, 8:],
+        calendar_effects(weeks, "W") - calendar_effects(weeks - pd.Timedelta(days=364), "W"),
+    )
+
+
+def test_specs_saved_before_calendar_effects_load_without_them():
+    spec = fit_spec(weekly_history(), "W")
+    assert spec.calendar_effects == "easter" and "easter_week" in spec.future_names
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    old = spec.to_dict()
+    del old["calendar_effects"]
+    loaded = FeatureSpec.from_dict(old)
+    assert loaded.calendar_effects == "off" and "easter_week" not in loaded.future_names
+    assert len(loaded.relative_mask) == len(loaded.future_names)
+    assert len(spec.relative_mask) == len(spec.future_names)
+    panel = build_panel(weekly_history(), loaded, horizon=8)
+    assert panel.future.shape[-1] == len(loaded.future_names)
 
 
 def test_seasonal_profile_is_each_positions_mean_deviation_over_earlier_seasons():
@@ -379,6 +442,28 @@ def test_error_spread_narrows_the_series_the_model_forecast_well_and_widens_the_
     relative = (spread["q0.9"] - spread["q0.1"]) / (plain["q0.9"] - plain["q0.1"])
     by_series = relative.groupby(spread["item_id"].isin([f"I{i}" for i in range(1, 8, 2)])).mean()
     assert by_series[False] < 1.0 < by_series[True]
+
+
+def test_the_error_spread_applied_at_forecast_time_is_the_one_fitted(panel, monkeypatch):
+    # The fit folds its common factor into spread_scale, which widens the past intervals whose error ratios are read
+    # at forecast time as well; the stored reference must follow, or the factor applied is not the one chosen.
+    model = train_forecaster(panel, 8, 81, tiny(epochs=2, error_spread_windows=0, level_feedback_origins=0)).model
+    cfg, origin, series = model.config, 81 - 8, np.arange(panel.series)
+    before = _adjusted_forecasts(model, panel, series, origin, spread=False)
+    ratio = past_error_ratio(model, panel, origin, series, 4)
+    reference, scale = float(np.median(ratio)), 0.7
+    # fit_error_spread stores the reference that way: its ratios' median over the common factor it folds in (grids of
+    # one value each, so that it must choose them).
+    monkeypatch.setattr("bi_pipeline.training.ERROR_POWER_GRID", (0.5,))
+    monkeypatch.setattr("bi_pipeline.training.ERROR_SCALE_GRID", (scale,))
+    fitted = fit_error_spread(model, panel, 81, 8, 4)
+    assert fitted["spread_scale"] == pytest.approx(cfg.spread_scale * scale)
+    assert fitted["error_spread_reference"] == pytest.approx(reference / scale)
+    cfg.error_spread_power, cfg.error_spread_windows = 0.5, 4
+    cfg.error_spread_reference, cfg.spread_scale = reference / scale, cfg.spread_scale * scale
+    after = _adjusted_forecasts(model, panel, series, origin)
+    expected = _respread(before, error_spread_factor(ratio, reference, 0.5) * scale, QUANTILES.index(0.5))
+    np.testing.assert_allclose(after, expected, rtol=1e-4)
 
 
 def test_level_feedback_follows_the_models_recent_errors_on_each_series():

@@ -57,9 +57,9 @@ def features(
     integrated_sales: pd.DataFrame,
 ) -> dg.Output:
     """Model-ready series: target (gaps interpolated, ``observed`` marks landed values), known-future covariates
-    (calendar encodings, holiday/event flags, promotion, log price ratio), static attributes as codes, and ``split``:
-    train, validation (early stopping), test (the holdout the forecaster is scored on). Encodings are fitted on the
-    training range only."""
+    (calendar encodings and effects such as Easter, holiday/event flags, promotion, log price ratio), static
+    attributes as codes, and ``split``: train, validation (early stopping), test (the holdout the forecaster is scored
+    on). Encodings are fitted on the training range only."""
     frequency = partition_frequency(context, pipeline)
     horizon = _horizon(forecasting, frequency)
     dates = np.sort(integrated_sales["date"].unique())
@@ -70,7 +70,7 @@ def features(
     cutoff_date = pd.Timestamp(dates[-horizon - 1])
     train = integrated_sales[integrated_sales["date"] <= cutoff_date]
     lag = seasonal_profile_lag(forecasting.seasonal_profile, frequency, horizon, train)
-    spec = fit_spec(train, frequency, profile_lag=lag)
+    spec = fit_spec(train, frequency, profile_lag=lag, calendar_effects=forecasting.calendar_effects)
     panel = build_panel(integrated_sales, spec, reference_end=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
     history_len = int(np.median(cutoff + 1 - panel.first))

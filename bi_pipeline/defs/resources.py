@@ -132,6 +132,11 @@ class ForecastingResource(dg.ConfigurableResource):
         description="each series' seasonal profile over its whole history as a known-future input: auto (on with "
         "several seasons of history), on, off",
     )
+    calendar_effects: str = Field(
+        default="easter",
+        description="calendar effects as inputs: easter (the Easter windows), all (also the weekdays occurring five "
+        "times in a month), off",
+    )
     error_spread_windows: int = Field(
         default=5, description="each series' spread follows the model's errors on this many past forecasts (0: off)"
     )
@@ -183,6 +188,7 @@ class ForecastingResource(dg.ConfigurableResource):
             error_spread_windows=self.error_spread_windows,
             level_feedback_origins=self.level_feedback_origins,
             seasonal_profile=self.seasonal_profile,
+            calendar_effects=self.calendar_effects,
             init_from=self.init_from,
             device=self.device,
             seed=self.seed,
