@@ -20,6 +20,10 @@ import numpy as np
 import pandas as pd
 
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column
+from bi_pipeline.features import calendar_features, calendar_names
+
+# LightGBM's calendar effects: the transformer's default (README, Calendar effects).
+LIGHTGBM_EFFECTS = "easter"
 
 # Central interval levels whose bounds are the quantiles 0.1..0.4 and 0.6..0.9.
 LEVELS = (20, 40, 60, 80)
@@ -125,6 +129,26 @@ class LightGBMModel:
         return cls(MLForecast.load(path / "mlforecast"), meta["frequency"], meta["freq"], meta["covariates"])
 
 
+class CalendarEffect:
+    """An mlforecast date feature: one column of the transformer's calendar effects (the Easter windows and their
+    change against a season before, features.calendar_features), so LightGBM knows where Easter falls as the
+    transformer does. A module-level class, so that the fitted model pickles with it."""
+
+    def __init__(self, frequency: str, column: int) -> None:
+        self.frequency, self.column = frequency, column
+        self.offset = len(calendar_names(frequency))
+        self.__name__ = calendar_names(frequency, LIGHTGBM_EFFECTS)[self.offset + column]
+
+    def __call__(self, dates) -> np.ndarray:
+        features = calendar_features(pd.DatetimeIndex(dates), self.frequency, LIGHTGBM_EFFECTS)
+        return features[:, self.offset + self.column]
+
+
+def calendar_effect_features(frequency: str) -> list[CalendarEffect]:
+    count = len(calendar_names(frequency, LIGHTGBM_EFFECTS)) - len(calendar_names(frequency))
+    return [CalendarEffect(frequency, j) for j in range(count)]
+
+
 def _lightgbm_frame(history: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
     data = to_nixtla(history)
     extra = history.assign(unique_id=series_id(history))[["unique_id", "date", *covariates]].rename(
@@ -179,7 +203,8 @@ def fit_lightgbm(
         freq=freq,
         lags=lags,
         lag_transforms={1: [RollingMean(window_size=w) for w in windows]} if windows else None,
-        date_features=["month", "week"] if frequency in ("D", "W") else ["month"],
+        date_features=(["month", "week"] if frequency in ("D", "W") else ["month"])
+        + calendar_effect_features(frequency),
     )
     started = time.perf_counter()
     model.fit(data, static_features=["store"])

@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, split_last, statistical_forecast
+from bi_pipeline.baselines import (
+    LightGBMModel,
+    attach_actuals,
+    fit_lightgbm,
+    lightgbm_forecast,
+    pandas_freq,
+    predict_lightgbm,
+    split_last,
+    statistical_forecast,
+)
 from bi_pipeline.evaluation import QUANTILES, quantile_column, score
 from bi_pipeline.importer import import_csv
 from bi_pipeline_tests.conftest import shared_file
@@ -49,6 +58,22 @@ def test_lightgbm_forecasts_every_series_and_horizon():
     assert (np.diff(forecast[QCOLS].to_numpy(), axis=1) >= 0).all()
     metrics = score(attach_actuals(forecast, test), train, season_length=4)
     assert metrics["MASE"] < 2.0  # learns trend and seasonality well enough to be sane
+
+
+def test_lightgbm_knows_where_easter_falls_and_pickles_with_it(tmp_path):
+    # Easter Sunday 2024 was 31 March: of its week (24–31 March) the Friday week from 22 March holds 5 days and the
+    # week from 29 March 3, with all of Good Friday to Easter Monday; 364 days before (Easter 9 April 2023) none.
+    history = weekly_history(weeks=70)
+    model = fit_lightgbm(history, 6, "W")
+    names = ["easter_week", "easter_holidays", "easter_week_change", "easter_holidays_change"]
+    assert set(names) <= set(model.forecaster.ts.features)
+    effects = {f.__name__: f for f in model.forecaster.ts.date_features if callable(f)}
+    weeks = pd.DatetimeIndex(["2024-03-22", "2024-03-29"])
+    np.testing.assert_allclose(effects["easter_week"](weeks), [5 / 8, 3 / 8])
+    np.testing.assert_allclose(effects["easter_holidays_change"](weeks), [0, 1])
+    model.save(tmp_path / "lgb")
+    loaded = LightGBMModel.load(tmp_path / "lgb")
+    pd.testing.assert_frame_equal(predict_lightgbm(model, history, 6), predict_lightgbm(loaded, history, 6))
 
 
 def test_walmart_statistical_baselines_match_the_reference_protocol(settings):
