@@ -178,7 +178,9 @@ def fit_lightgbm(
     if frequency == "W":
         lags = [1, 2, 3, 4, 8, 13, 26, 52]
     elif frequency == "M":
-        lags = [1, 2, 3, 6, 12]
+        # The reference protocol's lags with the monthly seasonal ones (6, 12, 24, 36) added: on aus_retail MASE
+        # 1.048 against 1.120 with 1, 2, 3, 6, 12, and 1.140 against 1.246 on the window before (README).
+        lags = [1, 2, 3, 4, 6, 8, 12, 13, 24, 26, 36, 52]
     else:
         lags = [1, 2, 3, 7, 14, 28]
     lags = [lag for lag in lags if lag < longest - horizon] or [1]
