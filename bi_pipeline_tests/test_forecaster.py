@@ -33,6 +33,7 @@ from bi_pipeline.features import (
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
 from bi_pipeline.models import BIForecaster, pinball_loss, spread_factor, window_weights
 from bi_pipeline.training import (
+    LEVEL_RATIO_LIMITS,
     SPREAD_GRID,
     TrainConfig,
     _adjusted_forecasts,
@@ -306,7 +307,10 @@ def test_level_calibration_follows_a_shift_the_training_windows_never_saw():
     # From the validation periods on (the last 8 of the 82 up to the cutoff), every series sells 8% more. The
     # training windows (targets before them) are the same, so both runs learn the same weights.
     shifted.loc[shifted["date"] >= dates[74], "sales"] *= 1.08
+    # The per-series feedback off: its ratios read the model's own (scaled) forecasts against actuals, so it would
+    # answer the factor in part.
     config = tiny(epochs=8, learning_rate=0.01, validation_periods=8, calibrate_level=True, mixup=0.0)
+    config = dataclasses.replace(config, level_feedback_origins=0, error_spread_windows=0)
     models = {}
     for name, frame in (("plain", history), ("shifted", shifted)):
         panel = build_panel(frame, fit_spec(frame, "W"), horizon=8)
@@ -486,7 +490,8 @@ def test_level_feedback_follows_the_models_recent_errors_on_each_series():
         values = forecast(model, panel, origin)["q0.5"].to_numpy().reshape(6, 8)[:, : 115 - origin]
         actual_sum += panel.values[:, origin + 1 : 116].sum(1)
         forecast_sum += values.sum(1)
-    np.testing.assert_allclose(ratio, actual_sum / forecast_sum, rtol=1e-5)
+    # Within the limits a ratio may reach (a series whose forecasts missed by more than half is not trusted further).
+    np.testing.assert_allclose(ratio, np.clip(actual_sum / forecast_sum, *LEVEL_RATIO_LIMITS), rtol=1e-5)
     assert np.median(ratio) > 1.1  # under-forecast after the jump, as a whole
     plain = forecast(model, panel, 115)
     cfg.level_feedback_power = power

@@ -93,7 +93,8 @@ def test_pretraining_writes_a_checkpoint_that_fine_tuning_starts_from(tmp_path):
     config = TrainConfig(init_from=str(out), context_length=52, num_members=4, d_model=64)
     target = model_config(panel, 8, config)
     assert (target.context_length, target.num_members, target.d_model) == (24, 2, 16)
-    assert target.num_future_features == len(panel.spec.future_names) == 7
+    # 6 yearly harmonics, 4 Easter effects (share and change), the holiday flag.
+    assert target.num_future_features == len(panel.spec.future_names) == 11
     pretrained = BIForecaster.from_pretrained(out)
     loaded = load_model(str(out), target)
     for member, source in zip(loaded.members, pretrained.members, strict=True):
