@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column
-from bi_pipeline.features import calendar_features, calendar_names
+from bi_pipeline.features import calendar_names, effect_names, effects_and_changes
 
 # LightGBM's calendar effects: the transformer's default (README, Calendar effects).
 LIGHTGBM_EFFECTS = "easter"
@@ -131,22 +131,22 @@ class LightGBMModel:
 
 class CalendarEffect:
     """An mlforecast date feature: one column of the transformer's calendar effects (the Easter windows and their
-    change against a season before, features.calendar_features), so LightGBM knows where Easter falls as the
+    change against a season before, features.effects_and_changes), so LightGBM knows where Easter falls as the
     transformer does. A module-level class, so that the fitted model pickles with it."""
 
     def __init__(self, frequency: str, column: int) -> None:
         self.frequency, self.column = frequency, column
-        self.offset = len(calendar_names(frequency))
-        self.__name__ = calendar_names(frequency, LIGHTGBM_EFFECTS)[self.offset + column]
+        self.__name__ = calendar_names(frequency, LIGHTGBM_EFFECTS)[len(calendar_names(frequency)) + column]
 
     def __call__(self, dates) -> np.ndarray:
-        features = calendar_features(pd.DatetimeIndex(dates), self.frequency, LIGHTGBM_EFFECTS)
-        return features[:, self.offset + self.column]
+        # mlforecast passes one date per row (every series): compute each distinct period once.
+        unique, index = np.unique(pd.DatetimeIndex(dates).to_numpy(), return_inverse=True)
+        values = effects_and_changes(pd.DatetimeIndex(unique), self.frequency, LIGHTGBM_EFFECTS)
+        return values[index, self.column]
 
 
 def calendar_effect_features(frequency: str) -> list[CalendarEffect]:
-    count = len(calendar_names(frequency, LIGHTGBM_EFFECTS)) - len(calendar_names(frequency))
-    return [CalendarEffect(frequency, j) for j in range(count)]
+    return [CalendarEffect(frequency, j) for j in range(2 * len(effect_names(frequency, LIGHTGBM_EFFECTS)))]
 
 
 def _lightgbm_frame(history: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:

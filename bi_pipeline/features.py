@@ -163,10 +163,16 @@ def calendar_features(dates: pd.DatetimeIndex, frequency: str, effects: str = "o
         if frequency == "D":
             out = np.concatenate([out, np.eye(7, dtype="float32")[dates.dayofweek.to_numpy()]], axis=1)
     if effects != "off":
-        now = calendar_effects(dates, frequency, effects)
-        before = calendar_effects(pd.DatetimeIndex(dates - EFFECT_SEASON[frequency]), frequency, effects)
-        out = np.concatenate([out, now, now - before], axis=1)
+        out = np.concatenate([out, effects_and_changes(dates, frequency, effects)], axis=1)
     return out
+
+
+def effects_and_changes(dates: pd.DatetimeIndex, frequency: str, effects: str) -> np.ndarray:
+    """(T, 2K): each calendar effect of :func:`calendar_effects` and its change against the same period a season
+    before (364 days, 12 months), the columns :func:`calendar_names` lists after the encodings."""
+    now = calendar_effects(dates, frequency, effects)
+    before = calendar_effects(pd.DatetimeIndex(dates - EFFECT_SEASON[frequency]), frequency, effects)
+    return np.concatenate([now, now - before], axis=1)
 
 
 def effect_names(frequency: str, effects: str = "all") -> list[str]:
@@ -205,6 +211,8 @@ def calendar_effects(dates: pd.DatetimeIndex, frequency: str, effects: str = "al
     the share of each Easter window (:data:`EASTER_WINDOWS`) inside the period, and for months the weekdays that occur
     five times rather than four (1/0 each: trading-day composition, which moves monthly retail by a few percent).
     These are what statistical agencies adjust retail series for, and what no context of past values can show."""
+    if not effect_names(frequency, effects):
+        return np.zeros((len(dates), 0), dtype="float32")
     start = dates.to_period("M").to_timestamp() if frequency == "M" else dates.normalize()
     start = start.to_numpy().astype("datetime64[D]")
     if frequency == "M":
@@ -212,8 +220,6 @@ def calendar_effects(dates: pd.DatetimeIndex, frequency: str, effects: str = "al
     else:
         length = np.full(len(dates), 7 if frequency == "W" else 1)
     end = start + length.astype("timedelta64[D]")  # exclusive
-    if not effect_names(frequency, effects):
-        return np.zeros((len(dates), 0), dtype="float32")
     columns = []
     # Easter falls between 22 March and 25 April: only a period's own year's can touch it.
     sunday = easter_sunday(dates.year.to_numpy())
