@@ -244,6 +244,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 ("loss_weighting", args.loss_weighting),
                 ("mixup", args.mixup),
                 ("calibrate_level", args.calibrate_level),
+                ("weight_average", args.weight_average),
+                ("calibrate_shape", args.calibrate_shape),
                 ("calibrate_spread_power", args.calibrate_spread_power),
                 ("error_spread_windows", args.error_spread_windows),
                 ("level_feedback_origins", args.level_feedback_origins),
@@ -446,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate-level",
         action=argparse.BooleanOptionalAction,
         help="transformer: fit a factor on the forecasts' level on the validation periods (default on)",
+    )
+    backtest.add_argument(
+        "--weight-average",
+        type=float,
+        help="transformer: decay per training step of the moving average of the weights that early stopping reads "
+        "and training keeps, e.g. 0.99 (default 0: the raw weights)",
+    )
+    backtest.add_argument(
+        "--calibrate-shape",
+        action=argparse.BooleanOptionalAction,
+        help="transformer: fit a factor on the median path's swing around its mean on the validation periods "
+        "(default on)",
     )
     backtest.add_argument(
         "--calibrate-spread-power",

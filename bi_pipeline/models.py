@@ -46,6 +46,7 @@ class BIForecasterConfig(PretrainedConfig):
         num_members: int = 4,
         spread_scale: float = 1.0,
         level_scale: float = 1.0,
+        shape_scale: float = 1.0,
         spread_power: float = 0.0,
         spread_reference: float = 1.0,
         error_spread_power: float = 0.0,
@@ -78,6 +79,9 @@ class BIForecasterConfig(PretrainedConfig):
         self.spread_scale = spread_scale
         # Multiplies every quantile (the forecast's level); fitted on the validation windows after training.
         self.level_scale = level_scale
+        # Multiplies each forecast's median path's distances from its own mean over the horizon (its seasonal and
+        # short-term shape), every quantile moving with the median; fitted on the validation windows after training.
+        self.shape_scale = shape_scale
         # The spread factor also follows each forecast's own interval width: × (width / reference) ** power (see
         # spread_factor); fitted on the validation windows, 0 leaves one factor for every forecast.
         self.spread_power = spread_power
@@ -228,7 +232,7 @@ class BIForecaster(PreTrainedModel):
         stacked = torch.stack([m(scaled, future_features, static_categorical, static_numeric) for m in self.members])
         if return_members:
             return stacked, scale
-        quantiles = stacked.mean(0)
+        quantiles = reshape(stacked.mean(0), getattr(self.config, "shape_scale", 1.0), self.members[0].median_index)
         power = getattr(self.config, "spread_power", 0.0)
         if self.config.spread_scale != 1.0 or power:
             median = quantiles[..., self.members[0].median_index : self.members[0].median_index + 1]
@@ -254,6 +258,17 @@ def spread_factor(
         return spread
     width = (quantiles[..., -1] - quantiles[..., 0]).mean(-1, keepdim=True).clamp(min=1e-6)
     return (spread * (width / reference) ** power).clamp(*SPREAD_LIMITS).unsqueeze(-1)
+
+
+def reshape(quantiles: torch.Tensor, shape: float, median: int) -> torch.Tensor:
+    """Quantiles (B, H, Q) with the median path's distances from its mean over the horizon multiplied by ``shape``,
+    every quantile shifted with the median. Below 1 the forecast's ups and downs (its seasonal swing) are damped,
+    above 1 amplified: a model trained over decades reads a seasonal swing from its context that recent years
+    may no longer show (aus_retail: its largest series' forecast swings were 7% larger than the actual ones)."""
+    if shape == 1.0:
+        return quantiles
+    path = quantiles[..., median : median + 1]
+    return quantiles + (shape - 1.0) * (path - path.mean(1, keepdim=True))
 
 
 def window_weights(

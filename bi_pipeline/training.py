@@ -35,6 +35,7 @@ from bi_pipeline.models import (
     BIForecaster,
     BIForecasterConfig,
     pinball_loss,
+    reshape,
     spread_factor,
     window_weights,
 )
@@ -58,6 +59,9 @@ class TrainConfig:
     patience: int = 6
     batch_size: int = 128
     learning_rate: float = 1e-3
+    # Early stopping, validation and the model kept read an exponential moving average of the weights over the
+    # training steps (this decay per step; 0: the raw weights): a small model's forecasts swing with its last batches.
+    weight_average: float = 0.0
     lr_decay: float = 0.95  # per epoch: later epochs take smaller steps, so the result depends less on the last batch
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
@@ -69,6 +73,7 @@ class TrainConfig:
     refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
+    calibrate_shape: bool = True  # fit a factor on the median path's swing around its mean (models.reshape)
     calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width
     # Let each series' spread follow the model's own past errors on it (see past_error_ratio), from this many of its
     # latest forecasts; 0: off.
@@ -294,8 +299,9 @@ def evaluate_loss(
 
 SPREAD_GRID = tuple(np.round(np.arange(0.4, 1.61, 0.05), 2))
 LEVEL_GRID = tuple(np.round(np.arange(0.9, 1.1001, 0.005), 3))
+SHAPE_GRID = tuple(np.round(np.arange(0.7, 1.3001, 0.025), 3))
 POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
-CALIBRATION = ("level_scale", "spread_scale", "spread_power", "spread_reference")
+CALIBRATION = ("level_scale", "shape_scale", "spread_scale", "spread_power", "spread_reference")
 ERROR_POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 ERROR_SCALE_GRID = tuple(np.round(np.arange(0.5, 1.501, 0.05), 2))
 INPUTS = ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
@@ -307,8 +313,8 @@ def _validation_outputs(
     """Per batch: the members' averaged quantiles before any calibration, the scaled targets and the loss weights.
     The forward pass runs once; every calibration factor is then scored on these (evaluate_loss's aggregation)."""
     cfg = model.config
-    spread, level, power = cfg.spread_scale, cfg.level_scale, cfg.spread_power
-    cfg.spread_scale, cfg.level_scale, cfg.spread_power = 1.0, 1.0, 0.0
+    spread, level, power, shape = cfg.spread_scale, cfg.level_scale, cfg.spread_power, cfg.shape_scale
+    cfg.spread_scale, cfg.level_scale, cfg.spread_power, cfg.shape_scale = 1.0, 1.0, 0.0, 1.0
     model.eval()
     out = []
     with torch.no_grad(), _autocast(device):
@@ -320,7 +326,7 @@ def _validation_outputs(
             quantiles, scale = model(*(batch[k] for k in keys))
             weights = window_weights(cfg.loss_weighting, scale, batch["past_values"], batch["past_observed"])
             out.append((quantiles.float(), batch["target"] / scale, batch["mask"].to(scale.dtype) * weights))
-    cfg.spread_scale, cfg.level_scale, cfg.spread_power = spread, level, power
+    cfg.spread_scale, cfg.level_scale, cfg.spread_power, cfg.shape_scale = spread, level, power, shape
     return out
 
 
@@ -332,9 +338,11 @@ def _calibrated_loss(
     level: float,
     power: float = 0.0,
     reference: float = 1.0,
+    shape: float = 1.0,
 ) -> float:
     total, weight = 0.0, 0.0
     for quantiles, target, mask in outputs:
+        quantiles = reshape(quantiles, shape, median)
         centre = quantiles[..., median : median + 1]
         factor = spread_factor(quantiles, spread, power, reference)
         calibrated = (centre + (quantiles - centre) * factor) * level
@@ -351,6 +359,7 @@ def calibrate(
     device: torch.device,
     level: bool = True,
     spread_power: bool = True,
+    shape: bool = True,
 ) -> dict[str, float]:
     """The calibration factors that minimise the validation pinball loss (model config fields), fitted in turn.
 
@@ -360,11 +369,11 @@ def calibrate(
     or narrower, than recent data needs) and, with ``spread_power``, a power of each forecast's own interval width
     relative to the median width (see :func:`bi_pipeline.models.spread_factor`), fitted jointly."""
     outputs = _validation_outputs(model, panel, windows, device)
-    return fit_calibration(outputs, list(model.config.quantiles), level, spread_power)
+    return fit_calibration(outputs, list(model.config.quantiles), level, spread_power, shape)
 
 
 def fit_calibration(
-    outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True
+    outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True, shape: bool = True
 ) -> dict[str, float]:
     """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask)."""
     device = outputs[0][0].device if outputs else torch.device("cpu")
@@ -383,14 +392,23 @@ def fit_calibration(
         (level_scale,) = best(
             [(float(f),) for f in LEVEL_GRID], lambda f: _calibrated_loss(outputs, levels, median, 1.0, f), (1.0,)
         )
+    shape_scale = 1.0
+    if shape:
+        (shape_scale,) = best(
+            [(float(f),) for f in SHAPE_GRID],
+            lambda f: _calibrated_loss(outputs, levels, median, 1.0, level_scale, shape=f),
+            (1.0,),
+        )
+    # The widths the spread power reads are the reshaped quantiles' (reshaping moves every quantile alike: the same).
     powers = POWER_GRID if spread_power else (0.0,)
     spread_scale, power = best(
         [(float(f), float(p)) for p in powers for f in SPREAD_GRID],
-        lambda f, p: _calibrated_loss(outputs, levels, median, f, level_scale, p, reference),
+        lambda f, p: _calibrated_loss(outputs, levels, median, f, level_scale, p, reference, shape_scale),
         (1.0, 0.0),
     )
     return {
         "level_scale": float(level_scale),
+        "shape_scale": float(shape_scale),
         "spread_scale": spread_scale,
         "spread_power": power,
         "spread_reference": reference if power else 1.0,
@@ -455,8 +473,10 @@ def _train_epoch(
     epoch: int,
     device: torch.device,
     salt: int = 0,
-) -> tuple[float, int, float]:
-    """One pass over (a sample of) the windows: (mean loss, windows seen, seconds)."""
+    average: dict[str, torch.Tensor] | None = None,
+) -> tuple[float, int, float, int]:
+    """One pass over (a sample of) the windows: (mean loss, windows seen, seconds, optimizer steps); with
+    ``average``, the moving average of the weights (:func:`update_average`) follows every step."""
     cfg = model.config
     levels = torch.tensor(cfg.quantiles, device=device)
     for group in optimizer.param_groups:
@@ -487,8 +507,30 @@ def _train_epoch(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if average is not None:
+            update_average(average, model, config.weight_average)
         losses.append(float(loss.detach()) / len(model.members))
-    return (float(np.mean(losses)) if losses else float("nan")), len(chosen), time.perf_counter() - started
+    mean = float(np.mean(losses)) if losses else float("nan")
+    return mean, len(chosen), time.perf_counter() - started, len(losses)
+
+
+def update_average(average: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """average ← decay · average + (1 − decay) · weights, for every floating-point tensor of the state (the rest is
+    copied); the average starts at zero, see :func:`averaged_weights`."""
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                average[name].mul_(decay).add_(value, alpha=1.0 - decay)
+            else:
+                average[name].copy_(value)
+
+
+def averaged_weights(average: dict[str, torch.Tensor], decay: float, steps: int) -> dict[str, torch.Tensor]:
+    """The moving average after ``steps`` updates from zero, divided by 1 − decay**steps (as Adam corrects its
+    moments): a weighted mean of the weights seen so far, with no pull towards the initial weights, even on data
+    small enough for a few steps an epoch."""
+    correction = 1.0 - decay**steps if steps else 1.0
+    return {k: v / correction if v.is_floating_point() else v.clone() for k, v in average.items()}
 
 
 def mix_windows(
@@ -567,7 +609,7 @@ def train_forecaster(
             raise ValueError(f"warm start: the model forecasts {initial_model.config.horizon} periods, not {horizon}")
         model_cfg = copy.deepcopy(initial_model.config)
         # The calibrations belong to the old weights: training sees raw quantiles, and they are fitted again after.
-        model_cfg.spread_scale, model_cfg.level_scale = 1.0, 1.0
+        model_cfg.spread_scale, model_cfg.level_scale, model_cfg.shape_scale = 1.0, 1.0, 1.0
         model_cfg.spread_power, model_cfg.spread_reference = 0.0, 1.0
         model_cfg.error_spread_power, model_cfg.error_spread_reference = 0.0, 1.0
         model_cfg.level_feedback_power = 0.0
@@ -605,8 +647,11 @@ def train_forecaster(
         "bad_epochs": 0,
         "history": [],
         "best_state": None,
+        "average": None,
+        "average_steps": 0,
         "spread_scale": 1.0,
         "level_scale": 1.0,
+        "shape_scale": 1.0,
         "spread_power": 0.0,
         "spread_reference": 1.0,
     }
@@ -642,12 +687,22 @@ def train_forecaster(
             )
 
     seen, train_seconds = 0, 0.0
+    if config.weight_average and state["average"] is None:
+        state["average"] = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     if state["phase"] == "fit":
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["bad_epochs"] >= config.patience:
                 break
-            loss, count, seconds = _train_epoch(model, optimizer, panel, train_w, config, epoch, device)
+            average = state["average"] if config.weight_average else None
+            loss, count, seconds, steps = _train_epoch(
+                model, optimizer, panel, train_w, config, epoch, device, 0, average
+            )
             seen, train_seconds = seen + count, train_seconds + seconds
+            if average is not None:
+                # Validation reads the averaged weights; training goes on from the raw ones.
+                state["average_steps"] += steps
+                raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(averaged_weights(average, config.weight_average, state["average_steps"]))
             valid_loss = evaluate_loss(model, panel, valid_w, device) if len(valid_w) else loss
             improved = valid_loss < state["best_loss"] - 1e-6
             if improved:
@@ -655,6 +710,8 @@ def train_forecaster(
                 state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 state["bad_epochs"] += 1
+            if average is not None:
+                model.load_state_dict(raw)
             record = {
                 "phase": "fit",
                 "epoch": epoch,
@@ -672,7 +729,13 @@ def train_forecaster(
             model.load_state_dict(state["best_state"])
         if len(valid_w):
             factors = calibrate(
-                model, panel, valid_w, device, level=config.calibrate_level, spread_power=config.calibrate_spread_power
+                model,
+                panel,
+                valid_w,
+                device,
+                level=config.calibrate_level,
+                spread_power=config.calibrate_spread_power,
+                shape=config.calibrate_shape,
             )
             state.update(factors)
             if progress:
@@ -687,7 +750,7 @@ def train_forecaster(
             state["phase"] = "done"
     if state["phase"] == "refit":
         for epoch in range(state["epoch"] + 1, state["best_epoch"] + 1):
-            loss, count, seconds = _train_epoch(model, optimizer, panel, full_w, config, epoch, device, salt=7)
+            loss, count, seconds, _ = _train_epoch(model, optimizer, panel, full_w, config, epoch, device, salt=7)
             seen, train_seconds = seen + count, train_seconds + seconds
             record = {"phase": "refit", "epoch": epoch, "train_loss": loss, "seconds": round(seconds, 2)}
             state["history"].append(record)

@@ -139,6 +139,9 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "--mixup",
             "0.25",
             "--no-calibrate-level",
+            "--no-calibrate-shape",
+            "--weight-average",
+            "0.9",
             "--no-calibrate-spread-power",
             "--error-spread-windows",
             "3",
@@ -157,7 +160,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
     names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power", "error_spread_windows")
-    names += ("seasonal_profile", "level_feedback_origins", "calendar_effects")
+    names += ("seasonal_profile", "level_feedback_origins", "calendar_effects", "calibrate_shape", "weight_average")
     recipe = {k: result["transformer_config"][k] for k in names}
     assert recipe == {
         "loss_weighting": "sqrt_level",
@@ -168,6 +171,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         "seasonal_profile": "auto",
         "level_feedback_origins": 0,
         "calendar_effects": "all",
+        "calibrate_shape": False,
+        "weight_average": 0.9,
     }
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]

@@ -31,13 +31,14 @@ from bi_pipeline.features import (
     split_windows,
 )
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
-from bi_pipeline.models import BIForecaster, pinball_loss, spread_factor, window_weights
+from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, reshape, spread_factor, window_weights
 from bi_pipeline.training import (
     LEVEL_RATIO_LIMITS,
     SPREAD_GRID,
     TrainConfig,
     _adjusted_forecasts,
     _respread,
+    averaged_weights,
     error_spread_factor,
     fit_calibration,
     fit_error_spread,
@@ -49,6 +50,7 @@ from bi_pipeline.training import (
     past_error_ratio,
     recent_level_ratio,
     train_forecaster,
+    update_average,
 )
 
 QCOLS = [quantile_column(q) for q in QUANTILES]
@@ -331,14 +333,15 @@ def test_level_calibration_follows_a_shift_the_training_windows_never_saw():
 
 def test_a_warm_start_trains_on_raw_quantiles_and_calibrates_afresh(panel):
     champion = train_forecaster(panel, 8, 81, tiny(epochs=1)).model
-    champion.config.spread_scale, champion.config.level_scale = 0.5, 1.1
+    champion.config.spread_scale, champion.config.level_scale, champion.config.shape_scale = 0.5, 1.1, 0.8
     champion.config.spread_power, champion.config.spread_reference = 1.5, 0.3
     champion.config.error_spread_power, champion.config.error_spread_reference = 0.75, 0.4
     config = tiny(epochs=1, calibrate_level=False, calibrate_spread_power=False, error_spread_windows=0)
+    config = dataclasses.replace(config, calibrate_shape=False)
     update = train_forecaster(panel, 8, 81, config, initial_model=champion).model
     # The champion's factors fitted its own weights: the update starts from 1 and fits its spread again (its level
     # and width calibrations are off here, so they stay neutral instead of inheriting the champion's).
-    assert update.config.level_scale == 1.0
+    assert (update.config.level_scale, update.config.shape_scale) == (1.0, 1.0)
     assert update.config.spread_scale in SPREAD_GRID
     assert (update.config.spread_power, update.config.spread_reference) == (0.0, 1.0)
     assert (update.config.error_spread_power, update.config.error_spread_reference) == (0.0, 1.0)
@@ -377,7 +380,7 @@ def test_width_calibration_finds_errors_that_grow_faster_than_the_intervals():
 
 def test_the_model_applies_the_width_calibration(panel):
     model = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_spread_power=False)).model
-    model.config.spread_scale, model.config.level_scale = 0.9, 1.0
+    model.config.spread_scale, model.config.level_scale, model.config.shape_scale = 0.9, 1.0, 1.0
     cfg = model.config
     batch = gather(panel, np.arange(6), np.full(6, 82), cfg.context_length, 8, 0, 8)
     inputs = [batch[k] for k in ("past_values", "past_observed", "future_features", "static_categorical")]
@@ -392,6 +395,46 @@ def test_the_model_applies_the_width_calibration(panel):
     factor = (0.9 * (width / reference) ** 0.5).reshape(6, 1, 1)
     torch.testing.assert_close(calibrated, median + (raw - median) * factor)
     assert float(factor.min()) < 0.9 < float(factor.max())  # narrower forecasts narrow further, wider ones widen
+
+
+def test_reshape_scales_the_median_paths_swing_and_moves_every_quantile_with_it():
+    # One forecast over 2 steps, quantiles (0.1, 0.5, 0.9): the median path 1, 3 swings ±1 around its mean 2.
+    q = torch.tensor([[[0.0, 1.0, 2.0], [2.0, 3.0, 4.0]]])
+    torch.testing.assert_close(reshape(q, 0.5, 1), torch.tensor([[[0.5, 1.5, 2.5], [1.5, 2.5, 3.5]]]))
+    torch.testing.assert_close(reshape(q, 1.5, 1), torch.tensor([[[-0.5, 0.5, 1.5], [2.5, 3.5, 4.5]]]))
+    assert reshape(q, 1.0, 1) is q
+
+
+def test_shape_calibration_finds_a_swing_the_validation_periods_no_longer_show():
+    # Forecasts whose seasonal swing (±0.2 around 1) is a quarter larger than the targets' (±0.16): the shape factor
+    # that fits is 0.8, inside SHAPE_GRID; level and spread stay 1 (the intervals are centred on the targets once
+    # reshaped, with errors at their own quantile levels).
+    levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    offsets = torch.tensor([lvl - 0.5 for lvl in levels]) * 0.1
+    swing = torch.tensor([0.2, -0.2, 0.2, -0.2])
+    quantiles = (1.0 + swing[None, :, None] + offsets).expand(9, 4, 9).clone()
+    target = 1.0 + 0.8 * swing[None, :] + offsets[:, None].expand(9, 4)
+    outputs = [(quantiles, target, torch.ones(9, 4))]
+    fitted = fit_calibration(outputs, levels, level=False, spread_power=False)
+    assert fitted["shape_scale"] == pytest.approx(0.8)
+    assert (fitted["level_scale"], fitted["spread_scale"]) == (1.0, 1.0)
+    assert fit_calibration(outputs, levels, level=False, spread_power=False, shape=False)["shape_scale"] == 1.0
+
+
+def test_the_model_applies_the_shape_calibration(panel):
+    model = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_spread_power=False)).model
+    model.config.spread_scale, model.config.level_scale, model.config.shape_scale = 1.0, 1.0, 0.7
+    cfg = model.config
+    batch = gather(panel, np.arange(6), np.full(6, 82), cfg.context_length, 8, 0, 8)
+    inputs = [batch[k] for k in ("past_values", "past_observed", "future_features", "static_categorical")]
+    with torch.no_grad():
+        members, _ = model(*inputs, batch["static_numeric"], return_members=True)
+        calibrated, _ = model(*inputs, batch["static_numeric"])
+    raw = members.mean(0)
+    median = raw[..., 4:5]
+    torch.testing.assert_close(calibrated, raw + (0.7 - 1.0) * (median - median.mean(1, keepdim=True)))
+    # Old configs, saved before the field existed, load with no reshaping.
+    assert BIForecasterConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "shape_scale"}).shape_scale == 1
 
 
 def test_error_spread_factor_follows_each_series_past_errors():
@@ -524,7 +567,9 @@ def test_save_and_load_give_identical_forecasts(panel, tmp_path):
     pd.testing.assert_frame_equal(forecast(model, panel, 81), forecast(loaded, panel, 81))
 
 
-@pytest.mark.parametrize("recipe", [{}, {"num_members": 2, "mixup": 0.0, "calibrate_level": False}])
+@pytest.mark.parametrize(
+    "recipe", [{}, {"num_members": 2, "mixup": 0.0, "calibrate_level": False}, {"weight_average": 0.9}]
+)
 def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path, recipe):
     straight = train_forecaster(panel, 8, 81, tiny(epochs=4, **recipe))
 
@@ -541,6 +586,28 @@ def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path, recipe)
     assert resumed.resumed_from_epoch == 2
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(forecast(straight.model, panel, 81), forecast(resumed.model, panel, 81))
+
+
+def test_the_weight_average_follows_every_step_and_is_what_validation_reads(panel):
+    layer = torch.nn.Linear(1, 1)
+    average = {name: torch.zeros_like(value) for name, value in layer.state_dict().items()}
+    for weight in (2.0, 4.0):
+        with torch.no_grad():
+            layer.weight.fill_(weight)
+            layer.bias.fill_(-weight)
+        update_average(average, layer, 0.5)
+    assert (average["weight"].item(), average["bias"].item()) == (2.5, -2.5)  # 0.5·(0.5·0 + 0.5·2) + 0.5·4
+    # Divided by 1 − 0.5²: the mean of 2 and 4 weighted 1 : 2, with no pull towards the zero it started from.
+    corrected = averaged_weights(average, 0.5, 2)
+    assert corrected["weight"].item() == pytest.approx(10 / 3) and corrected["bias"].item() == pytest.approx(-10 / 3)
+    # Trained with a weight average, the model kept is the average at its best epoch, not the raw weights: the two
+    # runs share their raw trajectory (same seed and batches) but keep different weights and validation losses.
+    raw = train_forecaster(panel, 8, 81, tiny(epochs=3, weight_average=0.0))
+    averaged = train_forecaster(panel, 8, 81, tiny(epochs=3, weight_average=0.9))
+    assert [r["train_loss"] for r in averaged.history] == pytest.approx([r["train_loss"] for r in raw.history])
+    assert [r["validation_loss"] for r in averaged.history] != [r["validation_loss"] for r in raw.history]
+    weights = dict(raw.model.named_parameters())
+    assert any(not torch.equal(p, weights[name]) for name, p in averaged.model.named_parameters())
 
 
 def test_early_stopping_stops_when_validation_stops_improving(panel):

@@ -124,6 +124,12 @@ class ForecastingResource(dg.ConfigurableResource):
     )
     mixup: float = Field(default=0.5, description="share of training windows mixed with another series, same dates")
     calibrate_level: bool = Field(default=True, description="fit a factor on the level on the validation periods")
+    weight_average: float = Field(
+        default=0.0, description="decay per step of the weights' moving average that training keeps (0: raw weights)"
+    )
+    calibrate_shape: bool = Field(
+        default=True, description="fit a factor on the median path's swing around its mean on the validation periods"
+    )
     calibrate_spread_power: bool = Field(
         default=True, description="the quantile spread factor follows each forecast's own interval width"
     )
@@ -184,6 +190,8 @@ class ForecastingResource(dg.ConfigurableResource):
             loss_weighting=self.loss_weighting,
             mixup=self.mixup,
             calibrate_level=self.calibrate_level,
+            weight_average=self.weight_average,
+            calibrate_shape=self.calibrate_shape,
             calibrate_spread_power=self.calibrate_spread_power,
             error_spread_windows=self.error_spread_windows,
             level_feedback_origins=self.level_feedback_origins,
