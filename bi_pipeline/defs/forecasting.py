@@ -156,7 +156,8 @@ def forecaster(
             context.log.info(f"resuming from the checkpoint after epoch {record['epoch']} ({checkpoints})")
         elif stage == "calibrate":
             context.log.info(
-                f"calibrated on validation: level ×{record['level_scale']}, quantile spread ×{record['spread_scale']}"
+                f"calibrated on validation: level ×{record['level_scale']}, median swing ×{record['shape_scale']}, "
+                f"quantile spread ×{record['spread_scale']}"
                 f" × (width / {record['spread_reference']:.4g}) ^ {record['spread_power']}"
             )
         elif stage == "calibrate_level_feedback":
@@ -248,6 +249,7 @@ def forecaster(
         "device": result.device,
         "spread_scale": model.config.spread_scale,
         "level_scale": model.config.level_scale,
+        "shape_scale": model.config.shape_scale,
         "spread_power": model.config.spread_power,
         "spread_reference": model.config.spread_reference,
         "error_spread_power": model.config.error_spread_power,
