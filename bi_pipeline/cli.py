@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate-shape",
         action=argparse.BooleanOptionalAction,
         help="transformer: fit a factor on the median path's swing around its mean on the validation periods "
-        "(default on)",
+        "(default off)",
     )
     backtest.add_argument(
         "--calibrate-spread-power",

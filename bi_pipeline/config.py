@@ -135,7 +135,7 @@ class ForecastSettings:
     # Decay per step of the moving average of the weights that validation reads and training keeps (0: raw weights).
     weight_average: float = 0.0
     # Whether the median path's swing around its mean is calibrated on the validation periods (README: aus_retail).
-    calibrate_shape: bool = True
+    calibrate_shape: bool = False
     # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
     calibrate_spread_power: bool = True
     # Each series' long-history seasonal profile as a known-future input (README: aus_retail).
@@ -187,7 +187,7 @@ class ForecastSettings:
             mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
             calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
             weight_average=_env_float("BI_PIPELINE_WEIGHT_AVERAGE", 0.0),
-            calibrate_shape=_env_bool("BI_PIPELINE_CALIBRATE_SHAPE", True),
+            calibrate_shape=_env_bool("BI_PIPELINE_CALIBRATE_SHAPE", False),
             calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
             seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "off", PROFILE_SETTINGS),
             calendar_effects=_env_choice("BI_PIPELINE_CALENDAR_EFFECTS", "easter", CALENDAR_EFFECTS),

@@ -74,7 +74,9 @@ class TrainConfig:
     refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
-    calibrate_shape: bool = True  # fit a factor on the median path's swing around its mean (models.reshape)
+    # Fit a factor on the median path's swing around its mean (models.reshape). Off by default: it helped one Walmart
+    # seed and hurt the other (README).
+    calibrate_shape: bool = False
     calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width
     # Let each series' spread follow the model's own past errors on it (see past_error_ratio), from this many of its
     # latest forecasts; 0: off.

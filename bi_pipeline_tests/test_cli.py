@@ -139,7 +139,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "--mixup",
             "0.25",
             "--no-calibrate-level",
-            "--no-calibrate-shape",
+            "--calibrate-shape",
             "--weight-average",
             "0.9",
             "--no-calibrate-spread-power",
@@ -171,7 +171,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         "seasonal_profile": "auto",
         "level_feedback_origins": 0,
         "calendar_effects": "all",
-        "calibrate_shape": False,
+        "calibrate_shape": True,
         "weight_average": 0.9,
     }
     assert result["series"] == 10

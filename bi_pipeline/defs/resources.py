@@ -128,7 +128,7 @@ class ForecastingResource(dg.ConfigurableResource):
         default=0.0, description="decay per step of the weights' moving average that training keeps (0: raw weights)"
     )
     calibrate_shape: bool = Field(
-        default=True, description="fit a factor on the median path's swing around its mean on the validation periods"
+        default=False, description="fit a factor on the median path's swing around its mean on the validation periods"
     )
     calibrate_spread_power: bool = Field(
         default=True, description="the quantile spread factor follows each forecast's own interval width"
