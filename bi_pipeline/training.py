@@ -402,11 +402,13 @@ def fit_calibration(
             lambda f: _calibrated_loss(outputs, levels, median, 1.0, level_scale, shape=f),
             (1.0,),
         )
-    # The widths the spread power reads are the reshaped quantiles' (reshaping moves every quantile alike: the same).
+        # Reshaped once, so the spread grid below scores the reshaped quantiles (reshaping moves every quantile
+        # alike: the widths the spread power reads are unchanged).
+        outputs = [(reshape(q, shape_scale, median), target, mask) for q, target, mask in outputs]
     powers = POWER_GRID if spread_power else (0.0,)
     spread_scale, power = best(
         [(float(f), float(p)) for p in powers for f in SPREAD_GRID],
-        lambda f, p: _calibrated_loss(outputs, levels, median, f, level_scale, p, reference, shape_scale),
+        lambda f, p: _calibrated_loss(outputs, levels, median, f, level_scale, p, reference),
         (1.0, 0.0),
     )
     return {

@@ -33,6 +33,7 @@ from bi_pipeline.features import (
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
 from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, reshape, spread_factor, window_weights
 from bi_pipeline.training import (
+    INPUTS,
     LEVEL_RATIO_LIMITS,
     SPREAD_GRID,
     TrainConfig,
@@ -378,19 +379,23 @@ def test_width_calibration_finds_errors_that_grow_faster_than_the_intervals():
     assert (plain["spread_power"], plain["spread_reference"]) == (0.0, 1.0)
 
 
-def test_the_model_applies_the_width_calibration(panel):
+def model_and_six_windows(panel, spread: float, shape: float) -> tuple[BIForecaster, list[torch.Tensor]]:
+    """A one-epoch model with these spread and shape factors (level 1), and its inputs for six windows."""
     model = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_spread_power=False)).model
-    model.config.spread_scale, model.config.level_scale, model.config.shape_scale = 0.9, 1.0, 1.0
-    cfg = model.config
-    batch = gather(panel, np.arange(6), np.full(6, 82), cfg.context_length, 8, 0, 8)
-    inputs = [batch[k] for k in ("past_values", "past_observed", "future_features", "static_categorical")]
+    model.config.spread_scale, model.config.level_scale, model.config.shape_scale = spread, 1.0, shape
+    batch = gather(panel, np.arange(6), np.full(6, 82), model.config.context_length, 8, 0, 8)
+    return model, [batch[k] for k in INPUTS]
+
+
+def test_the_model_applies_the_width_calibration(panel):
+    model, inputs = model_and_six_windows(panel, spread=0.9, shape=1.0)
     with torch.no_grad():
-        members, _ = model(*inputs, batch["static_numeric"], return_members=True)
+        members, _ = model(*inputs, return_members=True)
         raw = members.mean(0)
         width = (raw[..., -1] - raw[..., 0]).mean(-1)
         reference = float(width.median())
         model.config.spread_power, model.config.spread_reference = 0.5, reference
-        calibrated, _ = model(*inputs, batch["static_numeric"])
+        calibrated, _ = model(*inputs)
     median = raw[..., 4:5]
     factor = (0.9 * (width / reference) ** 0.5).reshape(6, 1, 1)
     torch.testing.assert_close(calibrated, median + (raw - median) * factor)
@@ -422,14 +427,11 @@ def test_shape_calibration_finds_a_swing_the_validation_periods_no_longer_show()
 
 
 def test_the_model_applies_the_shape_calibration(panel):
-    model = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_spread_power=False)).model
-    model.config.spread_scale, model.config.level_scale, model.config.shape_scale = 1.0, 1.0, 0.7
+    model, inputs = model_and_six_windows(panel, spread=1.0, shape=0.7)
     cfg = model.config
-    batch = gather(panel, np.arange(6), np.full(6, 82), cfg.context_length, 8, 0, 8)
-    inputs = [batch[k] for k in ("past_values", "past_observed", "future_features", "static_categorical")]
     with torch.no_grad():
-        members, _ = model(*inputs, batch["static_numeric"], return_members=True)
-        calibrated, _ = model(*inputs, batch["static_numeric"])
+        members, _ = model(*inputs, return_members=True)
+        calibrated, _ = model(*inputs)
     raw = members.mean(0)
     median = raw[..., 4:5]
     torch.testing.assert_close(calibrated, raw + (0.7 - 1.0) * (median - median.mean(1, keepdim=True)))
