@@ -245,6 +245,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 ("mixup", args.mixup),
                 ("calibrate_level", args.calibrate_level),
                 ("weight_average", args.weight_average),
+                ("recency_halflife", args.recency_halflife),
                 ("calibrate_shape", args.calibrate_shape),
                 ("calibrate_spread_power", args.calibrate_spread_power),
                 ("error_spread_windows", args.error_spread_windows),
@@ -453,7 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-average",
         type=float,
         help="transformer: decay per training step of the moving average of the weights that early stopping reads "
-        "and training keeps, e.g. 0.99 (default 0: the raw weights)",
+        "and training keeps (default 0.99; 0: the raw weights)",
+    )
+    backtest.add_argument(
+        "--recency-halflife",
+        type=float,
+        help="transformer: with more training windows than an epoch takes, draw recent ones more often; one this many "
+        "years older than the latest is half as likely (default 10; 0: all alike)",
     )
     backtest.add_argument(
         "--calibrate-shape",

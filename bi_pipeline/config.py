@@ -133,7 +133,10 @@ class ForecastSettings:
     mixup: float = 0.5
     calibrate_level: bool = True
     # Decay per step of the moving average of the weights that validation reads and training keeps (0: raw weights).
-    weight_average: float = 0.0
+    weight_average: float = 0.99
+    # With more training windows than an epoch takes, recent ones are drawn more often: one this many years older
+    # than the latest is half as likely (0: all alike; README: aus_retail).
+    recency_halflife: float = 10.0
     # Whether the median path's swing around its mean is calibrated on the validation periods (README: aus_retail).
     calibrate_shape: bool = False
     # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
@@ -186,7 +189,8 @@ class ForecastSettings:
             loss_weighting=_env_choice("BI_PIPELINE_LOSS_WEIGHTING", "equal", LOSS_WEIGHTINGS),
             mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
             calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
-            weight_average=_env_float("BI_PIPELINE_WEIGHT_AVERAGE", 0.0),
+            weight_average=_env_float("BI_PIPELINE_WEIGHT_AVERAGE", 0.99),
+            recency_halflife=_env_float("BI_PIPELINE_RECENCY_HALFLIFE", 10.0),
             calibrate_shape=_env_bool("BI_PIPELINE_CALIBRATE_SHAPE", False),
             calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
             seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "off", PROFILE_SETTINGS),

@@ -29,7 +29,14 @@ import pandas as pd
 import torch
 
 from bi_pipeline.evaluation import QUANTILES, quantile_column
-from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
+from bi_pipeline.features import (
+    DEFAULT_CONTEXT,
+    DEFAULT_PATCH,
+    Panel,
+    Windows,
+    make_windows,
+    split_windows,
+)
 from bi_pipeline.models import (
     SPREAD_LIMITS,
     BIForecaster,
@@ -59,14 +66,18 @@ class TrainConfig:
     patience: int = 6
     batch_size: int = 128
     learning_rate: float = 1e-3
-    # With a decay per step (e.g. 0.99), early stopping and the model kept read an exponential moving average of the
-    # weights over the fitting phase's steps (a refit phase keeps its raw weights); 0: the raw weights. Off by default:
-    # it helped Walmart, not aus_retail's ensemble (README).
-    weight_average: float = 0.0
+    # With a decay per step, early stopping and the model kept read an exponential moving average of the weights over
+    # the fitting phase's steps (a refit phase keeps its raw weights); 0: the raw weights. With recency sampling it
+    # made aus_retail better on both seeds and the earlier window (README).
+    weight_average: float = 0.99
     lr_decay: float = 0.95  # per epoch: later epochs take smaller steps, so the result depends less on the last batch
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     max_windows_per_epoch: int = 8192
+    # With more windows than an epoch takes, draw recent ones more often: a window this many years older than the
+    # latest is half as likely to be drawn; 0: every window alike. Measured on aus_retail (README); Walmart's
+    # 3,420 windows fit in one epoch, so it is unaffected.
+    recency_halflife: float = 10.0
     pretrain_epochs: int = 0
     pretrain_learning_rate: float = 1e-3
     validation_periods: int | None = None  # None: the horizon, at most a fifth of the history
@@ -469,6 +480,26 @@ def pretrain_backbone(
     return time.perf_counter() - started
 
 
+PERIODS_PER_YEAR = {"D": 365.25, "W": 52.18, "M": 12.0}
+
+
+def recency_weights(windows: Windows, halflife: float) -> np.ndarray:
+    """Per window: 0.5 ** (periods its first target lies before the latest window's / ``halflife``); 1 when off."""
+    if not halflife or not len(windows):
+        return np.ones(len(windows))
+    return 0.5 ** ((windows.start.max() - windows.start) / halflife)
+
+
+def epoch_sample(windows: Windows, size: int, halflife: float, rng: np.random.Generator) -> np.ndarray:
+    """The windows one epoch trains on, in random order: all of them when there are at most ``size``; else ``size``
+    drawn without replacement, recent ones more often with a ``halflife`` (in periods; 0: all alike). Decades of
+    monthly history hold far more windows than an epoch takes, and its oldest years are the least like the next."""
+    if len(windows) <= size or not halflife:
+        return rng.permutation(len(windows))[:size]
+    weight = recency_weights(windows, halflife)
+    return rng.choice(len(windows), size, replace=False, p=weight / weight.sum())
+
+
 def _train_epoch(
     model: BIForecaster,
     optimizer: torch.optim.Optimizer,
@@ -487,7 +518,8 @@ def _train_epoch(
     for group in optimizer.param_groups:
         group["lr"] = config.learning_rate * config.lr_decay ** (epoch - 1)
     rng = np.random.default_rng(config.seed * 1000 + epoch + salt)
-    chosen = rng.permutation(len(windows))[: config.max_windows_per_epoch]
+    halflife = config.recency_halflife * PERIODS_PER_YEAR[panel.spec.frequency]
+    chosen = epoch_sample(windows, config.max_windows_per_epoch, halflife, rng)
     model.train()
     started = time.perf_counter()
     losses = []

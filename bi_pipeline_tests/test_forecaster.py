@@ -40,6 +40,7 @@ from bi_pipeline.training import (
     _adjusted_forecasts,
     _respread,
     averaged_weights,
+    epoch_sample,
     error_spread_factor,
     fit_calibration,
     fit_error_spread,
@@ -49,6 +50,7 @@ from bi_pipeline.training import (
     mix_windows,
     model_config,
     past_error_ratio,
+    recency_weights,
     recent_level_ratio,
     train_forecaster,
     update_average,
@@ -610,6 +612,24 @@ def test_the_weight_average_follows_every_step_and_is_what_validation_reads(pane
     assert [r["validation_loss"] for r in averaged.history] != [r["validation_loss"] for r in raw.history]
     weights = dict(raw.model.named_parameters())
     assert any(not torch.equal(p, weights[name]) for name, p in averaged.model.named_parameters())
+
+
+def test_recent_windows_are_drawn_more_often_when_an_epoch_takes_a_sample():
+    from bi_pipeline.features import Windows
+
+    assert recency_weights(Windows(np.zeros(3, "int64"), np.array([10, 20, 30]), 0, 0), 10).tolist() == [
+        0.25,
+        0.5,
+        1.0,
+    ]
+    windows = Windows(np.zeros(1000, "int64"), np.arange(1000), 0, 0)
+    uniform = epoch_sample(windows, 100, 0, np.random.default_rng(0))
+    recent = epoch_sample(windows, 100, 50, np.random.default_rng(0))
+    assert len(set(uniform)) == len(set(recent)) == 100  # without replacement
+    # A half-life of 50 periods: the sample's mean start sits within about two half-lives of the latest window.
+    assert windows.start[uniform].mean() < 600 < 850 < windows.start[recent].mean()
+    # With no more windows than an epoch takes, every one is trained on, recency or not.
+    assert sorted(epoch_sample(windows, 1000, 50, np.random.default_rng(0))) == list(range(1000))
 
 
 def test_early_stopping_stops_when_validation_stops_improving(panel):

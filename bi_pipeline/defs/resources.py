@@ -125,7 +125,12 @@ class ForecastingResource(dg.ConfigurableResource):
     mixup: float = Field(default=0.5, description="share of training windows mixed with another series, same dates")
     calibrate_level: bool = Field(default=True, description="fit a factor on the level on the validation periods")
     weight_average: float = Field(
-        default=0.0, description="decay per step of the weights' moving average that training keeps (0: raw weights)"
+        default=0.99, description="decay per step of the weights' moving average that training keeps (0: raw weights)"
+    )
+    recency_halflife: float = Field(
+        default=10.0,
+        description="with more windows than an epoch takes, one this many years older than the latest is drawn half "
+        "as often (0: all alike)",
     )
     calibrate_shape: bool = Field(
         default=False, description="fit a factor on the median path's swing around its mean on the validation periods"
@@ -191,6 +196,7 @@ class ForecastingResource(dg.ConfigurableResource):
             mixup=self.mixup,
             calibrate_level=self.calibrate_level,
             weight_average=self.weight_average,
+            recency_halflife=self.recency_halflife,
             calibrate_shape=self.calibrate_shape,
             calibrate_spread_power=self.calibrate_spread_power,
             error_spread_windows=self.error_spread_windows,
