@@ -29,14 +29,7 @@ import pandas as pd
 import torch
 
 from bi_pipeline.evaluation import QUANTILES, quantile_column
-from bi_pipeline.features import (
-    DEFAULT_CONTEXT,
-    DEFAULT_PATCH,
-    Panel,
-    Windows,
-    make_windows,
-    split_windows,
-)
+from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
 from bi_pipeline.models import (
     SPREAD_LIMITS,
     BIForecaster,
