@@ -246,6 +246,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 ("calibrate_level", args.calibrate_level),
                 ("weight_average", args.weight_average),
                 ("recency_halflife", args.recency_halflife),
+                ("validation_horizons", args.validation_horizons),
                 ("calibrate_shape", args.calibrate_shape),
                 ("calibrate_spread_power", args.calibrate_spread_power),
                 ("error_spread_windows", args.error_spread_windows),
@@ -461,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="transformer: with more training windows than an epoch takes, draw recent ones more often; one this many "
         "years older than the latest is half as likely (default 10; 0: all alike)",
+    )
+    backtest.add_argument(
+        "--validation-horizons",
+        type=float,
+        help="transformer: validation periods before each cutoff (early stopping, calibrations, ensemble weights), in "
+        "horizons, at most a fifth of the history (default 2)",
     )
     backtest.add_argument(
         "--calibrate-shape",

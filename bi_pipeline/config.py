@@ -137,6 +137,8 @@ class ForecastSettings:
     # With more training windows than an epoch takes, recent ones are drawn more often: one this many years older
     # than the latest is half as likely (0: all alike; README: aus_retail).
     recency_halflife: float = 10.0
+    # Validation periods (early stopping, calibrations): this many horizons, at most a fifth of the history.
+    validation_horizons: float = 2.0
     # Whether the median path's swing around its mean is calibrated on the validation periods (README: aus_retail).
     calibrate_shape: bool = False
     # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
@@ -191,6 +193,7 @@ class ForecastSettings:
             calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
             weight_average=_env_float("BI_PIPELINE_WEIGHT_AVERAGE", 0.99),
             recency_halflife=_env_float("BI_PIPELINE_RECENCY_HALFLIFE", 10.0),
+            validation_horizons=_env_float("BI_PIPELINE_VALIDATION_HORIZONS", 2.0),
             calibrate_shape=_env_bool("BI_PIPELINE_CALIBRATE_SHAPE", False),
             calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
             seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "off", PROFILE_SETTINGS),

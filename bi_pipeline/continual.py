@@ -22,7 +22,15 @@ import pandas as pd
 
 from bi_pipeline.baselines import attach_actuals
 from bi_pipeline.evaluation import SERIES, mase, mase_scales
-from bi_pipeline.features import FeatureSpec, Panel, Windows, build_panel, fit_spec, seasonal_profile_lag
+from bi_pipeline.features import (
+    FeatureSpec,
+    Panel,
+    Windows,
+    build_panel,
+    fit_spec,
+    seasonal_profile_lag,
+    validation_length,
+)
 from bi_pipeline.models import BIForecaster
 from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
 
@@ -240,7 +248,7 @@ def replay_benchmark(
     first_end = pd.Timestamp(dates[ends[0]])
     # The older window: the ``horizon`` periods before the first model's validation stretch, whose targets the first
     # model learnt. Its MASE after the updates vs before them is what the updates forgot (or learnt) of the past.
-    validation = base.validation_periods or max(1, min(horizon, start_periods // 5))
+    validation = base.validation_periods or validation_length(horizon, start_periods, base.validation_horizons)
     older_origin_index = ends[0] - validation - horizon
     if older_origin_index < 1:
         raise ValueError(f"{start_periods} starting periods leave no older window before the validation stretch")

@@ -515,6 +515,13 @@ def make_windows(
     return Windows(np.concatenate(series), np.concatenate(starts), step_begin, step_end)
 
 
+def validation_length(horizon: int, history_len: int, horizons: float = 2.0) -> int:
+    """Periods held out before the cutoff for early stopping and the calibrations: ``horizons`` horizons, at most a
+    fifth of the (median) history, at least one. Two horizons give the validation origins a whole horizon of their
+    own targets to be scored on; a short history keeps four fifths for training (README: aus_retail, Walmart)."""
+    return max(1, min(int(round(horizons * horizon)), history_len // 5))
+
+
 def split_windows(
     panel: Panel, horizon: int, cutoff: int, min_context: int, validation: int
 ) -> tuple[Windows, Windows]:

@@ -29,7 +29,15 @@ import pandas as pd
 import torch
 
 from bi_pipeline.evaluation import QUANTILES, quantile_column
-from bi_pipeline.features import DEFAULT_CONTEXT, DEFAULT_PATCH, Panel, Windows, make_windows, split_windows
+from bi_pipeline.features import (
+    DEFAULT_CONTEXT,
+    DEFAULT_PATCH,
+    Panel,
+    Windows,
+    make_windows,
+    split_windows,
+    validation_length,
+)
 from bi_pipeline.models import (
     SPREAD_LIMITS,
     BIForecaster,
@@ -73,7 +81,8 @@ class TrainConfig:
     recency_halflife: float = 10.0
     pretrain_epochs: int = 0
     pretrain_learning_rate: float = 1e-3
-    validation_periods: int | None = None  # None: the horizon, at most a fifth of the history
+    validation_periods: int | None = None  # None: validation_horizons horizons, at most a fifth of the history
+    validation_horizons: float = 2.0  # see features.validation_length
     min_context: int | None = None  # None: two patches
     refit: bool = False  # after early stopping, train again on every window up to the cutoff (see train_forecaster)
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
@@ -646,7 +655,7 @@ def train_forecaster(
     else:
         model_cfg = model_config(panel, horizon, config)
     history_len = int(np.median(cutoff + 1 - panel.first))
-    validation = config.validation_periods or max(1, min(horizon, history_len // 5))
+    validation = config.validation_periods or validation_length(horizon, history_len, config.validation_horizons)
     min_context = config.min_context or 2 * model_cfg.patch_length
     train_w, valid_w = split_windows(panel, horizon, cutoff, min_context, validation)
     full_w = make_windows(panel, min_context, None, cutoff, 0, cutoff + 1)

@@ -144,6 +144,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "0.9",
             "--recency-halflife",
             "5",
+            "--validation-horizons",
+            "1.5",
             "--no-calibrate-spread-power",
             "--error-spread-windows",
             "3",
@@ -163,7 +165,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert result["transformer_config"]["context_length"] == 16
     names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power", "error_spread_windows")
     names += ("seasonal_profile", "level_feedback_origins", "calendar_effects", "calibrate_shape", "weight_average")
-    names += ("recency_halflife",)
+    names += ("recency_halflife", "validation_horizons")
     recipe = {k: result["transformer_config"][k] for k in names}
     assert recipe == {
         "loss_weighting": "sqrt_level",
@@ -177,6 +179,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         "calibrate_shape": True,
         "weight_average": 0.9,
         "recency_halflife": 5.0,
+        "validation_horizons": 1.5,
     }
     assert result["series"] == 10
     assert list(result["models"]) == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]

@@ -78,6 +78,8 @@ def test_calibration_and_pretrained_start_reach_the_training_recipe(monkeypatch,
     assert (default.calibrate_spread_power, default.init_from, default.error_spread_windows) == (True, None, 5)
     assert (default.seasonal_profile, default.level_feedback_origins, default.calendar_effects) == ("off", 4, "easter")
     assert (default.calibrate_shape, default.weight_average, default.recency_halflife) == (False, 0.99, 10.0)
+    assert default.validation_horizons == 2.0
+    monkeypatch.setenv("BI_PIPELINE_VALIDATION_HORIZONS", "1")
     monkeypatch.setenv("BI_PIPELINE_RECENCY_HALFLIFE", "0")
     monkeypatch.setenv("BI_PIPELINE_CALIBRATE_SHAPE", "on")
     monkeypatch.setenv("BI_PIPELINE_WEIGHT_AVERAGE", "0")
@@ -91,6 +93,7 @@ def test_calibration_and_pretrained_start_reach_the_training_recipe(monkeypatch,
     assert (config.calibrate_spread_power, config.init_from, config.error_spread_windows) == (False, "synthetic", 0)
     assert (config.seasonal_profile, config.level_feedback_origins, config.calendar_effects) == ("auto", 0, "off")
     assert (config.calibrate_shape, config.weight_average, config.recency_halflife) == (True, 0.0, 0.0)
+    assert config.validation_horizons == 1.0
 
 
 def test_a_flag_that_is_neither_on_nor_off_is_named(monkeypatch):

@@ -29,6 +29,7 @@ from bi_pipeline.features import (
     seasonal_profile,
     seasonal_profile_lag,
     split_windows,
+    validation_length,
 )
 from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
 from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, reshape, spread_factor, window_weights
@@ -772,3 +773,14 @@ def test_blend_keeps_every_row_of_the_first_forecast():
     second[["mean", *QCOLS]] = 3.0
     mixed = blend(first, second, 0.5)
     assert mixed["mean"].tolist() == [2.0, 2.5, 3.0, 4.0]
+
+
+def test_validation_is_two_horizons_at_most_a_fifth_of_the_history():
+    # aus_retail's monthly history (H = 12, 417 periods before the holdout): two years; Walmart's (H = 39, 104
+    # weeks): a fifth of its history, as before; a tiny history still gets one period.
+    assert validation_length(12, 417) == 24
+    assert validation_length(39, 104) == 20
+    assert validation_length(13, 40) == 8
+    assert validation_length(12, 3) == 1
+    assert validation_length(12, 417, horizons=1.0) == 12
+    assert validation_length(12, 417, horizons=1.5) == 18

@@ -20,7 +20,15 @@ from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.ensemble import Forecaster, ensemble_forecast
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
-from bi_pipeline.features import FeatureSpec, build_panel, fit_spec, panel_frame, panel_from_frame, seasonal_profile_lag
+from bi_pipeline.features import (
+    FeatureSpec,
+    build_panel,
+    fit_spec,
+    panel_frame,
+    panel_from_frame,
+    seasonal_profile_lag,
+    validation_length,
+)
 from bi_pipeline.forecasting import (
     DEFAULT_HORIZON,
     forecast_latest,
@@ -74,7 +82,7 @@ def features(
     panel = build_panel(integrated_sales, spec, reference_end=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
     history_len = int(np.median(cutoff + 1 - panel.first))
-    validation = max(1, min(horizon, history_len // 5))
+    validation = validation_length(horizon, history_len, forecasting.validation_horizons)
     frame = panel_frame(panel, split_at={"validation": cutoff + 1 - validation, "test": cutoff + 1})
     frame.attrs.update(
         horizon=str(horizon), cutoff=str(cutoff_date.date()), validation_periods=str(validation), frequency=frequency

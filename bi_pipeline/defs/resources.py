@@ -132,6 +132,11 @@ class ForecastingResource(dg.ConfigurableResource):
         description="with more windows than an epoch takes, one this many years older than the latest is drawn half "
         "as often (0: all alike)",
     )
+    validation_horizons: float = Field(
+        default=2.0,
+        description="validation periods before the holdout (early stopping, calibrations): this many horizons, at most "
+        "a fifth of the history",
+    )
     calibrate_shape: bool = Field(
         default=False, description="fit a factor on the median path's swing around its mean on the validation periods"
     )
@@ -197,6 +202,7 @@ class ForecastingResource(dg.ConfigurableResource):
             calibrate_level=self.calibrate_level,
             weight_average=self.weight_average,
             recency_halflife=self.recency_halflife,
+            validation_horizons=self.validation_horizons,
             calibrate_shape=self.calibrate_shape,
             calibrate_spread_power=self.calibrate_spread_power,
             error_spread_windows=self.error_spread_windows,
