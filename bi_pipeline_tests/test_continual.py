@@ -51,11 +51,12 @@ def test_an_incremental_update_warm_starts_from_the_champion_and_learns_the_new_
     spec = fit_spec(history[history["date"] <= history["date"].unique()[69]], "W")
     panel = build_panel(history, spec, horizon=8)
     champion = train_forecaster(panel, 8, 69, tiny(epochs=2)).model
-    assert champion.config.training_targets_end == str(panel.dates[69 - 8].date())
+    # Validation: two horizons (16), at most a fifth of the 70 periods up to the cutoff: 14.
+    assert champion.config.training_targets_end == str(panel.dates[69 - 14].date())
     # Four more periods landed: the update reads the champion's spec and learns up to the new validation stretch.
     same_spec = build_panel(history, FeatureSpec.from_dict(champion.config.feature_spec), horizon=8)
     updated = update_forecaster(champion, same_spec, 8, 73, tiny(epochs=2), IncrementalConfig(epochs=2, patience=5))
-    assert updated.model.config.training_targets_end == str(panel.dates[73 - 8].date())
+    assert updated.model.config.training_targets_end == str(panel.dates[73 - 14].date())
     assert (
         updated.epochs_run == 2 and updated.train_windows < train_forecaster(panel, 8, 73, tiny(epochs=1)).train_windows
     )
@@ -64,7 +65,7 @@ def test_an_incremental_update_warm_starts_from_the_champion_and_learns_the_new_
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert updated.model.config.feature_spec == champion.config.feature_spec
     with pytest.raises(ValueError, match="no new periods"):
-        update_forecaster(champion, same_spec, 8, 69 - 8, tiny(epochs=1))
+        update_forecaster(champion, same_spec, 8, 69 - 14, tiny(epochs=1))
 
 
 def test_the_gate_vetoes_group_regressions_and_forgetting():

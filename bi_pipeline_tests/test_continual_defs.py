@@ -78,6 +78,9 @@ FORECAST = ForecastSettings(
     # shuffled-target model scored MASE 0.418 against the proper model's 0.422 (the sim tests the automation).
     mixup=0.0,
     calibrate_level=False,
+    # One horizon of validation keeps the few daily periods for training: with two (8 of about 56), the proper model
+    # scored MASE 0.347 against the shuffled-target one's 0.337 with these 6 epochs.
+    validation_horizons=1.0,
     retrain_after_periods=2,
     incremental_epochs=4,
     group_tolerance=10.0,  # the sim checks the margin rule; the group veto has its own unit test
