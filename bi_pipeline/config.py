@@ -12,8 +12,11 @@ from pathlib import Path
 
 from bi_pipeline.evaluation import LOSS_WEIGHTINGS
 from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
+from bi_pipeline.state import ensure_private_dir, sweep_temp_files
 
 FREQUENCIES = ("D", "W", "M")
+SALES_GRAINS = ("rows", "transactions")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -25,6 +28,23 @@ def _env_bool(name: str, default: bool) -> bool:
     if value in {"0", "false", "no", "off"}:
         return False
     raise ValueError(f"{name}={os.environ[name]!r}: use 1/true/yes/on or 0/false/no/off")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value.strip().replace("_", ""))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={value!r} is not a whole number") from exc
+
+
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _env_float(name: str, default: float) -> float:
@@ -58,12 +78,39 @@ class Settings:
     # GX also validates the rows as landed (a warning check) for runs up to this many rows; bigger runs (backfills)
     # report the rules' counts there instead, since each GX suite costs about a second per million rows.
     gx_landed_max_rows: int = 500_000
+    # What one row of a sales file is: "rows" (one row per date, store_id and item_id; another row for the same key
+    # is a duplicate and quarantined) or "transactions" (many lines per key, summed: point-of-sale exports).
+    sales_grain: str = "rows"
+    # Weekly periods start on this weekday (mon..sun); None: the commonest weekday of the landed file dates.
+    week_start: str | None = None
+    # Limits checked before a sales file is read; a file over one is rejected by name (README, "Limits").
+    max_file_bytes: int = 1 << 30
+    max_rows: int = 10_000_000
+    max_columns: int = 500
+    max_parquet_bytes: int = 4 << 30  # uncompressed, from the file's metadata and again while reading
+    max_line_bytes: int = 1 << 20  # a longer line is quarantined as line_too_long, the rest of the file is read
+    # A file whose ingestion run failed is requested this many times in all, then left until it changes.
+    ingest_attempts: int = 3
+    # Columns whose values are masked in every metadata preview and log line.
+    pii_columns: tuple[str, ...] = ("description",)
+    # Port of `bi-pipeline docs`, which serves the GX Data Docs on 127.0.0.1 (the check metadata links there).
+    docs_port: int = 3001
 
     def __post_init__(self) -> None:
         if self.frequency is not None and self.frequency not in FREQUENCIES:
             raise ValueError(f"frequency must be one of {FREQUENCIES} or unset, got {self.frequency!r}")
         if not 0.0 <= self.max_bad_row_rate <= 1.0:
             raise ValueError(f"max_bad_row_rate must be within [0, 1], got {self.max_bad_row_rate}")
+        if self.sales_grain not in SALES_GRAINS:
+            raise ValueError(f"sales_grain must be one of {SALES_GRAINS}, got {self.sales_grain!r}")
+        if self.week_start is not None and self.week_start not in WEEKDAYS:
+            raise ValueError(f"week_start must be one of {', '.join(WEEKDAYS)} or unset, got {self.week_start!r}")
+        for name in ("max_file_bytes", "max_rows", "max_columns", "max_parquet_bytes", "max_line_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.ingest_attempts < 1:
+            raise ValueError(f"ingest_attempts must be at least 1, got {self.ingest_attempts}")
+        object.__setattr__(self, "pii_columns", tuple(self.pii_columns))
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -81,6 +128,16 @@ class Settings:
             implicit_zeros=_env_bool("BI_PIPELINE_IMPLICIT_ZEROS", False),
             settle_seconds=_env_float("BI_PIPELINE_SETTLE_SECONDS", 2.0),
             gx_landed_max_rows=int(_env_float("BI_PIPELINE_GX_LANDED_MAX_ROWS", 500_000)),
+            sales_grain=_env_choice("BI_PIPELINE_SALES_GRAIN", "rows", SALES_GRAINS),
+            week_start=(os.environ.get("BI_PIPELINE_WEEK_START") or "").strip().lower() or None,
+            max_file_bytes=_env_int("BI_PIPELINE_MAX_FILE_BYTES", 1 << 30),
+            max_rows=_env_int("BI_PIPELINE_MAX_ROWS", 10_000_000),
+            max_columns=_env_int("BI_PIPELINE_MAX_COLUMNS", 500),
+            max_parquet_bytes=_env_int("BI_PIPELINE_MAX_PARQUET_BYTES", 4 << 30),
+            max_line_bytes=_env_int("BI_PIPELINE_MAX_LINE_BYTES", 1 << 20),
+            ingest_attempts=_env_int("BI_PIPELINE_INGEST_ATTEMPTS", 3),
+            pii_columns=_env_list("BI_PIPELINE_PII_COLUMNS", ("description",)),
+            docs_port=_env_int("BI_PIPELINE_DOCS_PORT", 3001),
         )
         return replace(settings, **overrides) if overrides else settings
 
@@ -98,8 +155,20 @@ class Settings:
         return self.home / "gx"
 
     @property
+    def state_dir(self) -> Path:
+        return self.home / "state"
+
+    @property
     def manifest_path(self) -> Path:
-        return self.home / "state" / "ingested.json"
+        return self.state_dir / "ingested.json"
+
+    @property
+    def scan_state_path(self) -> Path:
+        return self.state_dir / "landing_scan.json"
+
+    @property
+    def removals_path(self) -> Path:
+        return self.state_dir / "removals.jsonl"
 
     @property
     def mlflow_uri(self) -> str:
@@ -169,6 +238,8 @@ class ForecastSettings:
     # when live MASE is worse than the champion's backtest MASE by more than this share.
     retrain_after_periods: int = 4
     degradation_threshold: float = 0.25
+    # Live accuracy counts as degraded only on at least this many scored periods of the champion's forecasts.
+    degradation_min_periods: int = 4
     # Schedules (cron, UTC): forecasts refreshed from the champion; a full retrain from scratch.
     forecast_cron: str = "0 6 * * *"
     full_retrain_cron: str = "0 2 1 * *"
@@ -210,6 +281,7 @@ class ForecastSettings:
             replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 2.0),
             retrain_after_periods=int(_env_float("BI_PIPELINE_RETRAIN_AFTER_PERIODS", 4)),
             degradation_threshold=_env_float("BI_PIPELINE_DEGRADATION_THRESHOLD", 0.25),
+            degradation_min_periods=_env_int("BI_PIPELINE_DEGRADATION_MIN_PERIODS", 4),
             forecast_cron=os.environ.get("BI_PIPELINE_FORECAST_CRON") or "0 6 * * *",
             full_retrain_cron=os.environ.get("BI_PIPELINE_FULL_RETRAIN_CRON") or "0 2 1 * *",
             mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
@@ -233,6 +305,11 @@ def prepare_dagster_home(settings: Settings) -> Path:
     The repository's dagster.yaml is the source of truth; it is copied only when the home has none yet (so a user's
     production edit, e.g. Postgres storage, is kept) or when the home copy is still an older project default.
     """
+    # The home holds the business's data and models: readable by its user only when this creates it.
+    ensure_private_dir(settings.home)
+    # Temporary files a crashed writer left behind (old enough that no write in progress owns them).
+    for folder in (settings.asset_dir, settings.state_dir, settings.home / "forecast_archive"):
+        sweep_temp_files(folder)
     target = settings.dagster_home
     target.mkdir(parents=True, exist_ok=True)
     config = target / "dagster.yaml"

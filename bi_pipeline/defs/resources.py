@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from bi_pipeline.config import ForecastSettings, Settings
+from bi_pipeline.state import atomic_write
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -27,22 +26,42 @@ class PipelineResource(dg.ConfigurableResource):
     implicit_zeros: bool = False
     settle_seconds: float = 2.0
     gx_landed_max_rows: int = 500_000
+    sales_grain: str = Field(
+        default="rows", description="rows: one row per date, store_id and item_id; transactions: lines summed per key"
+    )
+    week_start: str | None = Field(default=None, description="mon..sun; unset: the commonest weekday of the files")
+    max_file_bytes: int = 1 << 30
+    max_rows: int = 10_000_000
+    max_columns: int = 500
+    max_parquet_bytes: int = Field(default=4 << 30, description="uncompressed size of a Parquet sales file")
+    max_line_bytes: int = Field(default=1 << 20, description="a longer line is quarantined as line_too_long")
+    ingest_attempts: int = Field(default=3, description="runs requested for a file whose ingestion failed, in all")
+    pii_columns: list[str] = Field(
+        default_factory=lambda: ["description"], description="masked in every metadata preview and log line"
+    )
+    docs_port: int = Field(default=3001, description="`bi-pipeline docs` serves the GX Data Docs on this port")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineResource:
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
-        return cls(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+        converted = {
+            k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in values.items()
+        }
+        return cls(**converted)
 
     def settings(self) -> Settings:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
-        return Settings(**{**values, "home": Path(self.home), "landing": Path(self.landing)})
+        return Settings(
+            **{**values, "home": Path(self.home), "landing": Path(self.landing), "pii_columns": tuple(self.pii_columns)}
+        )
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
     """DataFrames as Parquet: ``<base_dir>/<asset>/<partition>.parquet`` or ``<base_dir>/<asset>.parquet``.
 
     A run over many partitions (single-run backfill) hands over ``{partition_key: DataFrame}``; loading partitions
-    always gives that mapping back. Files are written to a temporary name and renamed, so a crash never leaves
+    always gives that mapping back. A partition the mapping leaves out keeps what is stored (``raw_sales`` for a
+    period whose file is gone). Files are written to a temporary name, fsync'd and renamed, so a crash never leaves
     a half-written partition behind.
     """
 
@@ -54,10 +73,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     @staticmethod
     def _write(frame: pd.DataFrame, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | dict[str, pd.DataFrame]) -> None:
         if obj is None:
@@ -174,6 +190,9 @@ class ForecastingResource(dg.ConfigurableResource):
     retrain_after_periods: int = Field(default=4, description="retrain sensor: new periods since the champion's data")
     degradation_threshold: float = Field(
         default=0.25, description="retrain sensor: live MASE worse than the champion's backtest by this share"
+    )
+    degradation_min_periods: int = Field(
+        default=4, description="retrain sensor: scored periods of live accuracy needed before it can count as degraded"
     )
     checkpoint_dir: str
 
