@@ -14,35 +14,23 @@ import pandas as pd
 
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, statistical_forecast
 from bi_pipeline.config import Settings
-from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
 from bi_pipeline.ensemble import ensemble_forecast
 from bi_pipeline.evaluation import score, season_length_for
-from bi_pipeline.integration import integrate
-from bi_pipeline.quality import clean_periods, known_ids
+from bi_pipeline.ingest import ingest_landing
 
 METRICS = ("MASE", "WAPE", "WQL", "coverage_80", "bias")
 MODELS = ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble")
 
 
-def load_history(landing: Path, settings: Settings | None = None) -> tuple[pd.DataFrame, str, list[str]]:
-    """(integrated history, frequency, calendar covariate names) of a landing zone, through the quality rules."""
-    settings = settings or Settings(home=landing.parent, landing=landing)
-    keys = sorted(f.key for f in scan_sales_dir(landing, settle_seconds=0).ready)
-    if not keys:
-        raise ValueError(f"{landing}: no sales files in sales/")
-    frequency = settings.frequency or infer_frequency(keys)
-    stores, items, calendar = (read_master(landing, name) for name in ("stores", "items", "calendar"))
-    batch = {}
-    for key in keys:
-        read = read_period(landing, key)
-        batch[key] = (read.rows, read.issues)
-    results = clean_periods(batch, frequency, settings, known_ids(stores, "store_id"), known_ids(items, "item_id"))
-    history = integrate([r.clean for r in results.values()], frequency, keys, stores, items, calendar)
-    covariates = [
-        c for c in (calendar.columns if calendar is not None else []) if c not in ("date", "store_id", "source_row")
-    ]
-    numeric = [c for c in covariates if c in history.columns and pd.api.types.is_numeric_dtype(history[c])]
-    return history, frequency, numeric
+def load_history(
+    landing: Path, settings: Settings | None = None, report: Callable[[str], None] | None = None
+) -> tuple[pd.DataFrame, str, list[str]]:
+    """(integrated history, frequency, calendar covariate names) of a landing zone, through the contract, the rules
+    and the bad-row gate (``bi_pipeline.ingest``); ``report`` receives what was quarantined or not ingested."""
+    ingested = ingest_landing(landing, settings or Settings.from_env(landing=Path(landing).resolve()))
+    if report:
+        report(ingested.summary())
+    return ingested.history, ingested.frequency, ingested.covariates
 
 
 def windows_of(history: pd.DataFrame, horizon: int, windows: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:

@@ -22,8 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from bi_pipeline.config import Settings
-from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
+from bi_pipeline.contract import infer_frequency, sales_index, scan_sales_dir
 from bi_pipeline.quality import clean_batch, known_ids
+from bi_pipeline.readers import Limits, read_master, read_period
 
 
 def _rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -80,7 +81,8 @@ def bench_ingest(
     validator = Validator(settings.gx_dir, data_docs=False)
     # A one-off cost (importing GX, creating its context) is not throughput: pay it before the clock starts.
     validator.context  # noqa: B018
-    scan = scan_sales_dir(landing, settle_seconds=0)
+    scan = scan_sales_dir(landing, settle_seconds=0, assume_complete=True)
+    limits, index = Limits.of(settings), sales_index(landing)
     keys = sorted(f.key for f in scan.ready)
     freq = infer_frequency(keys, default=frequency)
     stores_df, items_df = read_master(landing, "stores"), read_master(landing, "items")
@@ -126,7 +128,7 @@ def bench_ingest(
 
     for i, key in enumerate(keys, start=1):
         t = time.perf_counter()
-        read = read_period(landing, key)
+        read = read_period(landing, key, limits, index)
         collect += time.perf_counter() - t
         rows_in += len(read.rows) + len(read.issues)
         batch[key] = (read.rows, read.issues)

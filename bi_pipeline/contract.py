@@ -1,4 +1,4 @@
-"""The landing-zone contract: what files users drop, how they are named, and how they are read without losing anything.
+"""The landing-zone contract: what files users drop, how they are named, and which of them are ready to ingest.
 
 ```
 <landing>/
@@ -7,30 +7,30 @@
   items.csv                         item_id + attributes [, description]        (optional)
   calendar.csv                      date [, store_id] + known-in-advance covariates (optional)
 ```
-Raw values are kept as text (``raw_sales``) so that a value which fails a rule reaches the quarantine exactly as it
-landed; every row carries its ``source_file`` and ``source_row`` (1-based line number, header = line 1).
+A sales file is named after its period, and period dates lie on one grid: every day (D), one weekday (W) or the
+first of each month (M). Only regular files are read (no FIFOs, sockets or devices; a link is followed only to a
+regular file inside the landing zone), and only once they are complete: unchanged across two scans and, for a CSV,
+ending with a line break (a Parquet file with its footer). Raw values are kept as text (``raw_sales``) so that a
+value which fails a rule reaches the quarantine exactly as it landed; every row carries its ``source_file`` and
+``source_row`` (1-based line number, header = line 1). Reading lives in ``bi_pipeline.readers``.
 """
 
 from __future__ import annotations
 
-import csv
-import fcntl
+import collections
 import functools
 import hashlib
-import io
-import json
 import os
 import re
+import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 SALES_DIR = "sales"
 SALES_REQUIRED = ("date", "store_id", "item_id", "sales")
@@ -48,10 +48,13 @@ QUARANTINE_COLUMNS = (
     *SALES_REQUIRED,
     *SALES_OPTIONAL,
 )
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _KEY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Names used by editors, browsers and copy tools while a file is still being written.
 _IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".filepart", ".inprogress")
+_COMPRESSED_SUFFIXES = (".gz", ".zip", ".bz2", ".xz", ".zst", ".7z")
+_PARQUET_MAGIC = b"PAR1"
 
 
 class ContractError(ValueError):
@@ -79,13 +82,18 @@ class LandedFile:
 @dataclass
 class ScanResult:
     ready: list[LandedFile] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)  # still being written; looked at again next time
+    pending: list[str] = field(default_factory=list)  # "sales/x.csv: why"; looked at again next time
     rejected: list[ContractError] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # content removed on purpose (bi-pipeline remove-period)
+    # What this scan saw of each file, for the next scan: {relpath: {inode, size, mtime_ns[, sha256]}}.
+    seen: dict[str, dict] = field(default_factory=dict)
+    grid: PeriodGrid | None = None
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -110,14 +118,69 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def sales_file_for_key(landing: Path, key: str) -> Path:
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of a regular file, never blocking and never following a link at open time.
+
+    A link is resolved first (so one inside the landing zone still works) and the resolved path opened with
+    O_NOFOLLOW; O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer forever.
+    """
+    resolved = os.path.realpath(path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(resolved, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ContractError(str(path), "not_a_regular_file", f"{_kind(info.st_mode)} is not read")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def split_sales_name(name: str) -> tuple[str, str]:
+    """(key, lower-case suffix) of a sales file name: ``2024-01-08.CSV`` -> ("2024-01-08", ".csv")."""
+    lower = name.lower()
+    for suffix in SALES_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    stem, dot, ext = name.rpartition(".")
+    return (stem, f".{ext.lower()}") if dot else (name, "")
+
+
+def sales_index(landing: Path) -> dict[str, list[Path]]:
+    """{period key: sales files named after it}, one directory listing for a whole run (suffix case ignored)."""
+    sales_dir = landing / SALES_DIR
+    index: dict[str, list[Path]] = collections.defaultdict(list)
+    if sales_dir.is_dir():
+        for entry in sorted(os.scandir(sales_dir), key=lambda e: e.name):
+            key, suffix = split_sales_name(entry.name)
+            if suffix in SALES_SUFFIXES:
+                index[key].append(Path(entry.path))
+    return dict(index)
+
+
+def sales_file_for_key(landing: Path, key: str, index: dict[str, list[Path]] | None = None) -> Path:
     """The one sales file landed for a period. Refuses keys and links that would lead outside the landing zone."""
     parse_period_key(key, file=f"{SALES_DIR}/{key}")
-    sales_dir = landing / SALES_DIR
-    candidates = [sales_dir / f"{key}{suffix}" for suffix in SALES_SUFFIXES]
-    found = [p for p in candidates if p.exists()]
+    found = (sales_index(landing) if index is None else index).get(key, [])
     if not found:
-        raise ContractError(f"{SALES_DIR}/{key}", "file_missing", f"no sales file for period {key} in {sales_dir}")
+        raise ContractError(
+            f"{SALES_DIR}/{key}", "file_missing", f"no sales file for period {key} in {landing / SALES_DIR}"
+        )
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise ContractError(f"{SALES_DIR}/{key}", "duplicate_period", f"more than one file for {key}: {names}")
@@ -127,70 +190,24 @@ def sales_file_for_key(landing: Path, key: str) -> Path:
     return path
 
 
-def scan_sales_dir(landing: Path, settle_seconds: float = 2.0, now: float | None = None) -> ScanResult:
-    """List the sales files that are ready to ingest, those still being written and those that break the contract.
-
-    Never raises for a bad file: the sensor that calls this must keep running whatever lands.
-    """
-    result = ScanResult()
-    sales_dir = landing / SALES_DIR
-    if not sales_dir.is_dir():
-        return result
-    now = time.time() if now is None else now
-    by_key: dict[str, list[Path]] = {}
-    for path in sorted(sales_dir.iterdir()):
-        name = path.name
-        rel = f"{SALES_DIR}/{name}"
-        if name.startswith((".", "~")) or name.lower().endswith(_IN_PROGRESS_SUFFIXES):
-            result.pending.append(rel)
-            continue
-        if not _inside(path, landing):
-            result.rejected.append(ContractError(rel, "path_escape", "the file resolves outside the landing zone"))
-            continue
-        if path.is_dir():
-            result.rejected.append(ContractError(rel, "not_a_file", "folders inside sales/ are not read"))
-            continue
-        suffix = path.suffix.lower()
-        if suffix not in SALES_SUFFIXES:
-            result.rejected.append(
-                ContractError(rel, "unsupported_format", f"expected one of {SALES_SUFFIXES}, got {suffix or 'none'}")
-            )
-            continue
-        try:
-            parse_period_key(path.stem, file=rel)
-        except ContractError as exc:
-            result.rejected.append(exc)
-            continue
-        by_key.setdefault(path.stem, []).append(path)
-    for key, paths in sorted(by_key.items()):
-        if len(paths) > 1:
-            names = ", ".join(p.name for p in paths)
-            result.rejected.append(
-                ContractError(f"{SALES_DIR}/{key}", "duplicate_period", f"more than one file for {key}: {names}")
-            )
-            continue
-        path = paths[0]
-        try:
-            stat = path.stat()
-            if now - stat.st_mtime < settle_seconds:
-                result.pending.append(f"{SALES_DIR}/{path.name}")
-                continue
-            digest = file_sha256(path)
-        except OSError as exc:  # vanished or unreadable between listing and reading
-            result.rejected.append(ContractError(f"{SALES_DIR}/{path.name}", "unreadable", str(exc)))
-            continue
-        result.ready.append(LandedFile(key, path, f"{SALES_DIR}/{path.name}", digest, stat.st_size, stat.st_mtime))
-    return result
+# --- frequency, periods and the period grid ----------------------------------------------------------------------
 
 
-# --- frequency and periods -------------------------------------------------------------------------------------
-
-
-def infer_frequency(period_dates: list[date] | list[str], default: str = "D") -> str:
-    """'D', 'W' or 'M' from the spacing of the period dates: the commonest gap, so missing periods do not matter."""
+def infer_frequency(period_dates: Iterable[date | str], default: str = "D") -> str:
+    """'D', 'W' or 'M' from the period dates. Most dates on the first of the month: monthly; most on one weekday:
+    weekly; otherwise the commonest gap between dates (so missing periods, and a stray file off the grid, do not
+    decide it)."""
     dates = sorted({d if isinstance(d, date) else date.fromisoformat(d) for d in period_dates})
     if len(dates) < 2:
         return default
+    firsts = [d for d in dates if d.day == 1]
+    if len(firsts) >= 2 and 2 * len(firsts) >= len(dates):
+        return "M"
+    weekday, count = collections.Counter(d.weekday() for d in dates).most_common(1)[0]
+    if count >= 2 and 2 * count >= len(dates):
+        same = np.array([d for d in dates if d.weekday() == weekday], dtype="datetime64[D]")
+        if np.median(np.diff(same).astype(int)) < 28:
+            return "W"
     gaps = np.diff(np.array(dates, dtype="datetime64[D]")).astype(int)
     values, counts = np.unique(gaps, return_counts=True)
     common = values[counts == counts.max()]
@@ -236,7 +253,236 @@ def period_range(first: date, last: date, frequency: str) -> list[date]:
     return out
 
 
-# --- reading sales files ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeriodGrid:
+    """The dates sales files may be named after: every day, one weekday, or the first of each month."""
+
+    frequency: str
+    weekday: int = 0  # weekly grids: Monday = 0
+
+    def floor(self, day: date) -> date:
+        """The grid date at or before ``day``."""
+        if self.frequency == "M":
+            return day.replace(day=1)
+        if self.frequency == "W":
+            return day - timedelta(days=(day.weekday() - self.weekday) % 7)
+        return day
+
+    def on_grid(self, day: date) -> bool:
+        return self.floor(day) == day
+
+    def describe(self) -> str:
+        if self.frequency == "M":
+            return "monthly periods are named by their first day"
+        if self.frequency == "W":
+            return f"weekly periods start on {WEEKDAYS[self.weekday].capitalize()}"
+        return "daily periods"
+
+    def off_grid_error(self, day: date, file: str) -> ContractError:
+        before = self.floor(day)
+        after = next_period(before, self.frequency)
+        return ContractError(
+            file,
+            "off_grid_date",
+            f"{day} is not a period date ({self.describe()}); expected {before} or {after}. "
+            "Rename the file to its period's date (a period holds one file)",
+        )
+
+
+def infer_grid(period_dates: Iterable[date | str], frequency: str | None = None, week_start: str | None = None):
+    """The grid of a landing zone: the configured or inferred frequency; for weekly data the configured weekday or
+    the commonest weekday of the dates (ties: the earliest date's)."""
+    dates = sorted({d if isinstance(d, date) else date.fromisoformat(d) for d in period_dates})
+    frequency = frequency or infer_frequency(dates)
+    if frequency != "W":
+        return PeriodGrid(frequency)
+    if week_start:
+        return PeriodGrid("W", WEEKDAYS.index(week_start.lower()[:3]))
+    if not dates:
+        return PeriodGrid("W", 0)
+    counts = collections.Counter(d.weekday() for d in dates)
+    top = max(counts.values())
+    return PeriodGrid("W", next(d.weekday() for d in dates if counts[d.weekday()] == top))
+
+
+# --- scanning the landing zone -----------------------------------------------------------------------------------
+
+
+def _observe(fd: int) -> dict:
+    info = os.fstat(fd)
+    return {"inode": int(info.st_ino), "size": int(info.st_size), "mtime_ns": int(info.st_mtime_ns)}
+
+
+def _same(a: dict | None, b: dict) -> bool:
+    return a is not None and all(a.get(k) == b[k] for k in ("inode", "size", "mtime_ns"))
+
+
+def _incomplete(fd: int, size: int, suffix: str) -> str | None:
+    """Why a file does not look complete (None when it does): a CSV ends with a line break, Parquet with its footer."""
+    if size == 0:
+        return "is empty (still being written?)"
+    if suffix == ".csv":
+        last = os.pread(fd, 1, size - 1)
+        return None if last in (b"\n", b"\r") else "does not end with a line break (still being written?)"
+    head, tail = os.pread(fd, 4, 0), os.pread(fd, 4, max(size - 4, 0))
+    return None if head == tail == _PARQUET_MAGIC else "has no Parquet footer yet (still being written?)"
+
+
+def _hash_fd(fd: int, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, chunk, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
+def scan_sales_dir(
+    landing: Path,
+    settle_seconds: float = 2.0,
+    now: float | None = None,
+    *,
+    previous: dict[str, dict] | None = None,
+    assume_complete: bool = False,
+    known_keys: Iterable[str] = (),
+    frequency: str | None = None,
+    week_start: str | None = None,
+    removed: dict[str, dict] | None = None,
+) -> ScanResult:
+    """List the sales files that are ready to ingest, those still being written and those that break the contract.
+
+    A file is ready when it is complete: ``previous`` (what the last scan saw, ``ScanResult.seen``) shows the same
+    size, mtime and inode, it was not modified in the last ``settle_seconds``, and it ends as a complete file does.
+    ``assume_complete`` skips those checks (scripted drops of finished files). A hash in ``previous`` for the same
+    (inode, size, mtime) is reused rather than read again. Period dates must lie on the grid of the landing zone,
+    inferred from these files and ``known_keys`` (periods already ingested). Content in ``removed``
+    (``relpath@sha256``) was removed on purpose and is not offered again. Never raises for a bad file: the sensor
+    that calls this must keep running whatever lands.
+    """
+    result = ScanResult()
+    sales_dir = landing / SALES_DIR
+    if not sales_dir.is_dir():
+        return result
+    now = time.time() if now is None else now
+    previous = previous or {}
+    by_key: dict[str, list[tuple[Path, str]]] = {}
+    for entry in sorted(os.scandir(sales_dir), key=lambda e: e.name):
+        name = entry.name
+        rel = f"{SALES_DIR}/{name}"
+        path = Path(entry.path)
+        if name.startswith((".", "~")) or name.lower().endswith(_IN_PROGRESS_SUFFIXES):
+            result.pending.append(f"{rel}: temporary name (rename it when complete)")
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                if not _inside(path, landing):
+                    raise ContractError(rel, "path_escape", "the file resolves outside the landing zone")
+                info = os.stat(path)
+        except ContractError as exc:
+            result.rejected.append(exc)
+            continue
+        except OSError as exc:  # a dangling link, or the entry vanished
+            result.rejected.append(ContractError(rel, "unreadable", str(exc)))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            result.rejected.append(ContractError(rel, "not_a_regular_file", f"{_kind(info.st_mode)} is not read"))
+            continue
+        key, suffix = split_sales_name(name)
+        if suffix not in SALES_SUFFIXES:
+            hint = (
+                "compressed files are not read: decompress it into sales/ as .csv or .parquet"
+                if suffix in _COMPRESSED_SUFFIXES
+                else f"expected one of {', '.join(SALES_SUFFIXES)}"
+            )
+            result.rejected.append(ContractError(rel, "unsupported_format", f"{suffix or 'no suffix'}: {hint}"))
+            continue
+        try:
+            parse_period_key(key, file=rel)
+        except ContractError as exc:
+            result.rejected.append(exc)
+            continue
+        by_key.setdefault(key, []).append((path, suffix))
+
+    keys = [*by_key, *known_keys]
+    try:
+        result.grid = infer_grid(keys, frequency, week_start)
+    except ValueError:
+        result.grid = None  # no grid to check yet; the stages that need the frequency say so by name
+    for key, paths in sorted(by_key.items()):
+        if len(paths) > 1:
+            names = ", ".join(p.name for p, _ in paths)
+            result.rejected.append(
+                ContractError(f"{SALES_DIR}/{key}", "duplicate_period", f"more than one file for {key}: {names}")
+            )
+            continue
+        path, suffix = paths[0]
+        rel = f"{SALES_DIR}/{path.name}"
+        if result.grid is not None and not result.grid.on_grid(date.fromisoformat(key)):
+            result.rejected.append(result.grid.off_grid_error(date.fromisoformat(key), rel))
+            continue
+        try:
+            fd = open_regular(path)
+        except ContractError as exc:
+            result.rejected.append(ContractError(rel, exc.rule, exc.message))
+            continue
+        except OSError as exc:  # vanished or unreadable between listing and reading
+            result.rejected.append(ContractError(rel, "unreadable", str(exc)))
+            continue
+        try:
+            seen = _observe(fd)
+            before = previous.get(rel)
+            result.seen[rel] = dict(seen)
+            if not assume_complete:
+                if not _same(before, seen):
+                    result.pending.append(f"{rel}: new or changed since the last scan")
+                    continue
+                if now - seen["mtime_ns"] / 1e9 < settle_seconds:
+                    result.pending.append(f"{rel}: modified in the last {settle_seconds:g} s")
+                    continue
+                problem = _incomplete(fd, seen["size"], suffix)
+                if problem:
+                    result.pending.append(f"{rel}: {problem}")
+                    continue
+            digest = before["sha256"] if _same(before, seen) and before.get("sha256") else _hash_fd(fd)
+            result.seen[rel]["sha256"] = digest
+        except OSError as exc:
+            result.rejected.append(ContractError(rel, "unreadable", str(exc)))
+            continue
+        finally:
+            os.close(fd)
+        if removed and f"{rel}@{digest}" in removed:
+            entry = removed[f"{rel}@{digest}"]
+            result.removed.append(
+                f"{rel}: period {entry.get('period')} removed on purpose by {entry.get('by')} at {entry.get('at')} "
+                f"({entry.get('reason')}); land changed content to ingest it again"
+            )
+            continue
+        result.ready.append(LandedFile(key, path, rel, digest, seen["size"], seen["mtime_ns"] / 1e9))
+    return result
+
+
+STABILITY_PENDING = ("new or changed since the last scan", "modified in the last")
+
+
+def scan_until_stable(
+    landing: Path,
+    settle_seconds: float,
+    previous: dict[str, dict] | None = None,
+    assume_complete: bool = False,
+    **kwargs,
+) -> ScanResult:
+    """A scan and, when some file was new, changed or just modified, a second one ``settle_seconds`` later (at least
+    1 s), as the sensor's next tick would: what the CLI uses so that a file still growing, or copied with an old
+    mtime, is not read half-written."""
+    first = scan_sales_dir(landing, settle_seconds, previous=previous, assume_complete=assume_complete, **kwargs)
+    if assume_complete or not any(any(s in p for s in STABILITY_PENDING) for p in first.pending):
+        return first
+    time.sleep(max(settle_seconds, 1.0))
+    return scan_sales_dir(landing, settle_seconds, previous=first.seen, **kwargs)
+
+
+# --- the quarantine and the raw rows -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -283,181 +529,6 @@ def file_issue(period: str, rel: str, rule: str, message: str, row: int = 0) -> 
     )
 
 
-def _column_name(name: str) -> str:
-    """Contract columns match case-insensitively; other (covariate) columns keep the user's spelling."""
-    stripped = name.strip()
-    return stripped.lower() if stripped.lower() in CONTRACT_COLUMNS else stripped
-
-
-def _normalise_header(names: list[str], rel: str) -> list[str]:
-    normalised = [_column_name(n) for n in names]
-    seen: set[str] = set()
-    for n in normalised:
-        if n in seen:
-            raise ContractError(rel, "duplicate_column", f"column {n!r} appears more than once", row=1)
-        seen.add(n)
-    missing = [c for c in SALES_REQUIRED if c not in seen]
-    if missing:
-        raise ContractError(
-            rel,
-            "missing_columns",
-            f"missing required column(s) {', '.join(missing)}; found {', '.join(normalised) or 'none'}",
-            row=1,
-        )
-    return normalised
-
-
-def _line_starts(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """1-based numbers and lengths of every line (vectorised: files can hold millions of rows)."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.flatnonzero(buf == 10)
-    starts = np.concatenate(([0], newlines + 1))
-    ends = np.concatenate((newlines, [len(buf)]))
-    lengths = ends - starts
-    # A line holding only '\r' is blank too.
-    cr_only = (lengths == 1) & (buf[np.minimum(starts, len(buf) - 1)] == 13) if len(buf) else lengths == 0
-    nonblank = (lengths > 0) & ~cr_only
-    numbers = np.arange(1, len(starts) + 1)
-    return numbers[nonblank], lengths
-
-
-def _decode_lines(data: bytes, period: str, rel: str) -> tuple[bytes, np.ndarray | None, list[dict]]:
-    """UTF-8 text of the file; lines that are not UTF-8 go to the quarantine instead of failing the file."""
-    try:
-        data.decode("utf-8")
-        return data, None, []
-    except UnicodeDecodeError:
-        pass
-    lines = data.split(b"\n")
-    kept, numbers, issues = [], [], []
-    for number, line in enumerate(lines, start=1):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if number == 1:
-                raise ContractError(rel, "invalid_encoding", f"header is not UTF-8: {exc}", row=1) from None
-            issues.append(
-                {
-                    "period": period,
-                    "source_file": rel,
-                    "source_row": number,
-                    "reason": "invalid_encoding",
-                    "detail": f"not UTF-8 at byte {exc.start}: {line[:200]!r}",
-                }
-            )
-            continue
-        kept.append(line)
-        numbers.append(number)
-    return b"\n".join(kept), np.asarray(numbers, dtype=np.int64), issues
-
-
-def read_sales_file(path: Path, landing: Path, period: str | None = None) -> RawRead:
-    """Read one sales file as text. Raises ContractError only when nothing in the file can be read."""
-    rel = path.relative_to(landing).as_posix() if _inside(path, landing) else path.name
-    if not _inside(path, landing):
-        raise ContractError(rel, "path_escape", "the file resolves outside the landing zone")
-    period = period or path.stem
-    if path.suffix.lower() == ".parquet":
-        return _read_parquet(path, rel, period)
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if not data.strip():
-        raise ContractError(rel, "empty_file", "the file is empty")
-    data, original_numbers, issues = _decode_lines(data, period, rel)
-    nonblank_lines, _ = _line_starts(data)
-    header_end = data.find(b"\n")
-    header_bytes = data if header_end < 0 else data[:header_end]
-    header_rows = list(csv.reader(io.StringIO(header_bytes.decode("utf-8").rstrip("\r"))))
-    if not header_rows:
-        raise ContractError(rel, "empty_file", "the file has no header line")
-    names = _normalise_header(header_rows[0], rel)
-    bad: list[tuple[int, str, int, int]] = []
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        bad.append((row.number or 0, row.text, row.expected_columns, row.actual_columns))
-        return "skip"
-
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            # Single-threaded so that the invalid-row callback reports row numbers.
-            read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=names, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    except pa.ArrowInvalid as exc:
-        raise ContractError(rel, "malformed_csv", f"cannot be parsed as CSV: {exc}") from None
-    if table.num_rows == 0 and not bad:
-        raise ContractError(rel, "empty_file", "the file has a header but no rows", row=1)
-    # pyarrow numbers non-blank rows from 1 with the header counted, so data row k (0-based) is number k + 2.
-    data_lines = nonblank_lines[1:]
-    bad_index = np.asarray([b[0] - 2 for b in bad], dtype=np.int64)
-    keep = np.ones(len(data_lines), dtype=bool)
-    if len(bad_index):
-        keep[bad_index[(bad_index >= 0) & (bad_index < len(data_lines))]] = False
-    row_lines = data_lines[keep][: table.num_rows]
-    bad_lines = data_lines[bad_index] if len(bad_index) else np.empty(0, dtype=np.int64)
-    if original_numbers is not None:  # lines dropped for bad encoding shift the numbering
-        row_lines = original_numbers[row_lines - 1]
-        bad_lines = original_numbers[bad_lines - 1] if len(bad_lines) else bad_lines
-    for (_, text, expected, actual), line in zip(bad, bad_lines, strict=True):
-        issues.append(
-            {
-                "period": period,
-                "source_file": rel,
-                "source_row": int(line),
-                "reason": "malformed_row",
-                "detail": f"expected {expected} fields, found {actual}: {text[:200]}",
-            }
-        )
-    rows = _text_frame(table, rel, row_lines)
-    return RawRead(rows=rows, issues=quarantine_frame(issues), relpath=rel, sha256=digest)
-
-
-def _text_frame(table: pa.Table, rel: str, row_lines: np.ndarray) -> pd.DataFrame:
-    frame = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
-    for column in SALES_OPTIONAL:
-        if column not in frame:
-            frame[column] = pd.Series("", index=frame.index, dtype=pd.StringDtype("pyarrow"))
-    ordered = [*SALES_REQUIRED, *SALES_OPTIONAL]
-    frame = frame[ordered + [c for c in frame.columns if c not in ordered]]
-    frame["source_file"] = pd.Categorical([rel] * len(frame)) if len(frame) else pd.Categorical([])
-    frame["source_row"] = row_lines.astype(np.int64)
-    return frame
-
-
-def _read_parquet(path: Path, rel: str, period: str) -> RawRead:
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ContractError(rel, "malformed_parquet", f"cannot be read as Parquet: {exc}") from None
-    names = _normalise_header(list(table.column_names), rel)
-    table = table.rename_columns(names)
-    columns = []
-    for name in names:
-        column = table.column(name)
-        if pa.types.is_timestamp(column.type):
-            column = column.cast(pa.date32())
-        columns.append(column.cast(pa.string()).fill_null(""))
-    table = pa.table(columns, names=names)
-    if table.num_rows == 0:
-        raise ContractError(rel, "empty_file", "the file has no rows")
-    # Parquet has no lines: source_row is the 1-based row number, offset by one as for a CSV header.
-    row_lines = np.arange(2, table.num_rows + 2, dtype=np.int64)
-    return RawRead(
-        rows=_text_frame(table, rel, row_lines),
-        issues=empty_quarantine(),
-        relpath=rel,
-        sha256=file_sha256(path),
-    )
-
-
 def empty_raw_rows() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype=pd.StringDtype("pyarrow")) for c in (*SALES_REQUIRED, *SALES_OPTIONAL)})
     frame["source_file"] = pd.Categorical([])
@@ -484,6 +555,9 @@ def raw_frame(read: RawRead) -> pd.DataFrame:
         rows = pd.concat([rows, issues], ignore_index=True)
         rows = rows.sort_values("source_row", kind="stable").reset_index(drop=True)
     rows["source_file"] = rows["source_file"].astype(str).astype("category")
+    # Which content the rows came from, stored with the partition (the manifest can be rebuilt from it).
+    rows.attrs["source_sha256"] = read.sha256
+    rows.attrs["source_file"] = read.relpath
     return rows
 
 
@@ -508,83 +582,3 @@ def split_raw(frame: pd.DataFrame, period: str) -> RawRead:
         for r in failed.itertuples(index=False)
     ]
     return RawRead(rows=rows, issues=quarantine_frame(records))
-
-
-def read_period(landing: Path, key: str) -> RawRead:
-    """The raw rows of one period, never raising: an unreadable file becomes a single file-level quarantine entry."""
-    rel = f"{SALES_DIR}/{key}"
-    try:
-        path = sales_file_for_key(landing, key)
-        rel = f"{SALES_DIR}/{path.name}"
-        return read_sales_file(path, landing, period=key)
-    except ContractError as exc:
-        issue = file_issue(key, exc.file or rel, exc.rule, exc.message, exc.row or 0)
-        path = next((p for p in (landing / f"{exc.file}",) if p.is_file() and _inside(p, landing)), None)
-        return RawRead(rows=empty_raw_rows(), issues=issue, relpath=exc.file, sha256=file_sha256(path) if path else "")
-    except OSError as exc:
-        return RawRead(rows=empty_raw_rows(), issues=file_issue(key, rel, "unreadable", str(exc)), relpath=rel)
-
-
-# --- ingestion manifest -----------------------------------------------------------------------------------------
-# Which file content each period was last ingested from. The sensor starts from it when it has no cursor, so files
-# ingested by `bi-pipeline demo`/`run` are not requested again when the UI starts.
-
-
-def load_manifest(path: Path) -> dict[str, str]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def update_manifest(path: Path, entries: dict[str, str]) -> None:
-    """Merge {relpath: sha256} under a file lock (runs may finish at the same time); atomic replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.parent / f"{path.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        current = load_manifest(path)
-        current.update({k: v for k, v in entries.items() if k and v})
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(current, sort_keys=True, indent=0))
-        os.replace(tmp, path)
-
-
-# --- master data ------------------------------------------------------------------------------------------------
-
-MASTER_FILES = {
-    "stores": ("stores.csv", "store_id"),
-    "items": ("items.csv", "item_id"),
-    "calendar": ("calendar.csv", "date"),
-}
-
-
-def read_master(landing: Path, name: str) -> pd.DataFrame | None:
-    """stores / items / calendar as landed (text); None when the optional file is absent."""
-    filename, key = MASTER_FILES[name]
-    path = landing / filename
-    if not path.exists():
-        return None
-    if not _inside(path, landing):
-        raise ContractError(filename, "path_escape", "the file resolves outside the landing zone")
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        row = data[: exc.start].count(b"\n") + 1
-        raise ContractError(filename, "invalid_encoding", f"not UTF-8 at byte {exc.start}", row=row) from None
-    if not text.strip():
-        raise ContractError(filename, "empty_file", "the file is empty")
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, on_bad_lines="error")
-    except pd.errors.ParserError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise ContractError(
-            filename, "malformed_csv", str(exc).strip(), row=int(match.group(1)) if match else None
-        ) from None
-    frame.columns = [_column_name(c) for c in frame.columns]
-    if key not in frame.columns:
-        raise ContractError(filename, "missing_columns", f"missing required column {key!r}", row=1)
-    frame.insert(len(frame.columns), "source_row", np.arange(2, len(frame) + 2))
-    return frame

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from bi_pipeline.config import Settings
-from bi_pipeline.contract import infer_frequency, read_master, read_period, scan_sales_dir
+from bi_pipeline.contract import infer_frequency, scan_sales_dir
 from bi_pipeline.generate import GenerationSpec, generate
 from bi_pipeline.quality import clean_period, known_ids
+from bi_pipeline.readers import read_master, read_period
 
 
 def tree_digest(root: Path) -> str:
@@ -26,7 +27,7 @@ def tree_digest(root: Path) -> str:
 
 def clean_all(landing: Path) -> tuple[Counter, int]:
     settings = Settings(home=landing.parent / "home", landing=landing)
-    keys = sorted(f.key for f in scan_sales_dir(landing, settle_seconds=0).ready)
+    keys = sorted(f.key for f in scan_sales_dir(landing, settle_seconds=0, assume_complete=True).ready)
     frequency = infer_frequency(keys)
     stores = known_ids(read_master(landing, "stores"), "store_id")
     items = known_ids(read_master(landing, "items"), "item_id")

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from bi_pipeline.contract import read_period
 from bi_pipeline.quality import REASONS, clean_period, summarize_rejections
+from bi_pipeline.readers import read_period
 from bi_pipeline_tests.conftest import write_sales
 
 HEADER = "date,store_id,item_id,sales,price,promo\n"

@@ -5,14 +5,16 @@ stages run in one run (a single-run backfill), so the result shows up in the Dag
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+import pandas as pd
 
 from bi_pipeline.config import ForecastSettings, Settings, prepare_dagster_home
-from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.definitions import build_defs
-from bi_pipeline.defs.collection import chunks, sales_periods
+from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, chunks, sales_periods
+from bi_pipeline.ingest import landing_scan
+from bi_pipeline.state import locked, record_removal, write_json
 
 
 @dataclass
@@ -21,19 +23,24 @@ class RunSummary:
     run_id: str
     partitions: int
     rejected_files: list[str] = field(default_factory=list)
+    pending_files: list[str] = field(default_factory=list)
     materialized: dict[str, dict] = field(default_factory=dict)  # asset -> metadata (plain values)
     checks: dict[str, dict] = field(default_factory=dict)  # check -> {passed, description}
     error: str | None = None
 
 
-def register_periods(instance: dg.DagsterInstance, settings: Settings) -> tuple[list[str], list[str]]:
-    """Add a partition for each ready sales file; returns (all partition keys, rejected-file messages)."""
-    scan = scan_sales_dir(settings.landing, settle_seconds=0)
-    existing = set(instance.get_dynamic_partitions(sales_periods.name))
-    new = sorted({f.key for f in scan.ready} - existing)
+def register_periods(
+    instance: dg.DagsterInstance, settings: Settings, assume_complete: bool = False
+) -> tuple[list[str], list[str], list[str]]:
+    """Add a partition for each complete sales file (two scans a settle time apart, as the sensor's ticks, unless
+    ``assume_complete``); returns (all partition keys, rejected-file messages, files still pending)."""
+    existing = instance.get_dynamic_partitions(sales_periods.name)
+    scan = landing_scan(settings, known_keys=existing, assume_complete=assume_complete, wait=True)
+    new = sorted({f.key for f in scan.ready} - set(existing))
     if new:
         instance.add_dynamic_partitions(sales_periods.name, new)
-    return list(instance.get_dynamic_partitions(sales_periods.name)), [str(e) for e in scan.rejected]
+    rejected = [str(e) for e in scan.rejected] + scan.removed
+    return list(instance.get_dynamic_partitions(sales_periods.name)), rejected, scan.pending
 
 
 def _plain(value) -> object:
@@ -46,26 +53,31 @@ def run_pipeline(
     instance: dg.DagsterInstance | None = None,
     log_level: str = "INFO",
     forecast: ForecastSettings | None = None,
+    assume_complete: bool = False,
 ) -> RunSummary:
     """Every stage over every landed period: one run when the history fits in one (``PERIODS_PER_RUN``), otherwise
     an ingest run per range of periods, then one run for the integrated view and one for training and forecasts."""
     prepare_dagster_home(settings)
     instance = instance or dg.DagsterInstance.get()
-    keys, rejected = register_periods(instance, settings)
+    keys, rejected, pending = register_periods(instance, settings, assume_complete)
     if not keys:
+        waiting = "".join(f"\n  waiting: {p}" for p in pending[:10])
         raise SystemExit(
-            f"no sales files in {settings.landing / 'sales'}: run `bi-pipeline generate` or land files first"
+            f"no complete sales files in {settings.landing / 'sales'}: run `bi-pipeline generate` or land files "
+            f"first (`--complete` takes files as they are){waiting}"
         )
     defs = build_defs(settings, forecast)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    summary = RunSummary(success=True, run_id="", partitions=len(keys), rejected_files=rejected)
+    summary = RunSummary(
+        success=True, run_id="", partitions=len(keys), rejected_files=rejected, pending_files=pending
+    )
     # Partition order is the order periods were added; each range covers consecutive ones.
     ranges = chunks(keys)
     plan = [("pipeline_job", ranges[0])] if len(ranges) == 1 else [("ingest_job", r) for r in ranges]
     if len(ranges) > 1:
         plan += [("integrate_job", []), ("train_job", [])]
     for job_name, part in plan:
-        tags = {ASSET_PARTITION_RANGE_START_TAG: part[0], ASSET_PARTITION_RANGE_END_TAG: part[-1]} if part else {}
+        tags = {RANGE_START_TAG: part[0], RANGE_END_TAG: part[-1]} if part else {}
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, tags=tags, run_config=run_config, raise_on_error=False
         )
@@ -112,3 +124,61 @@ def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
             for e in failures
         )
         summary.error = f"{summary.error}; {error}" if summary.error else error
+
+
+STORED_PER_PERIOD = ("raw_sales", "clean_sales", "sales_quarantine")
+
+
+def _stored_partition(settings: Settings, asset: str, key: str) -> Path:
+    return settings.asset_dir / asset / f"{key}.parquet"
+
+
+def remove_period(
+    settings: Settings, key: str, reason: str, instance: dg.DagsterInstance | None = None, rebuild: bool = True
+) -> dict:
+    """Remove one period on purpose: its partition and stored rows go, the removal is recorded (who, when, why and
+    which file content), and that content is not ingested again; the landed file itself is left as it is. With
+    ``rebuild`` the integrated view is rebuilt without the period."""
+    if not reason.strip():
+        raise ValueError("say why the period is removed (--reason): it is recorded with the removal")
+    prepare_dagster_home(settings)
+    instance = instance or dg.DagsterInstance.get()
+    if key not in instance.get_dynamic_partitions(sales_periods.name):
+        raise ValueError(f"{key} is not an ingested period (see the sales_periods partitions in the UI)")
+    files: dict[str, str] = {}
+    raw = _stored_partition(settings, "raw_sales", key)
+    if raw.exists():
+        attrs = pd.read_parquet(raw, columns=["source_row"]).attrs
+        if attrs.get("source_file") and attrs.get("source_sha256"):
+            files[attrs["source_file"]] = attrs["source_sha256"]
+    deleted = []
+    for asset in STORED_PER_PERIOD:
+        path = _stored_partition(settings, asset, key)
+        if path.exists():
+            path.unlink()
+            deleted.append(str(path))
+    instance.delete_dynamic_partition(sales_periods.name, key)
+    entry = record_removal(settings.removals_path, key, files, reason.strip())
+    result = {**entry, "deleted": deleted, "integrated_view": "not rebuilt"}
+    if rebuild and instance.get_dynamic_partitions(sales_periods.name):
+        run = build_defs(settings).resolve_job_def("integrate_job").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        outcome = "rebuilt" if run.success else "rebuild FAILED"
+        result["integrated_view"] = f"{outcome} (run {run.run_id})"
+    return result
+
+
+def rebuild_state(settings: Settings) -> dict:
+    """Rebuild ``state/ingested.json`` from the stored ``raw_sales`` partitions (each records the file content it
+    was read from) and drop the landing-scan cache (the next scans rebuild it). The landed files are not touched."""
+    manifest: dict[str, str] = {}
+    folder = settings.asset_dir / "raw_sales"
+    for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+        attrs = pd.read_parquet(path, columns=["source_row"]).attrs
+        if attrs.get("source_file") and attrs.get("source_sha256"):
+            manifest[attrs["source_file"]] = attrs["source_sha256"]
+    with locked(settings.manifest_path):
+        write_json(settings.manifest_path, manifest)
+    settings.scan_state_path.unlink(missing_ok=True)
+    return {"manifest": str(settings.manifest_path), "files": len(manifest), "scan_cache": "cleared"}
