@@ -317,6 +317,39 @@ def fit_spec(
     )
 
 
+def unused_columns(history: pd.DataFrame, spec: FeatureSpec) -> dict[str, str]:
+    """Each column of the integrated history the model does not read, with the reason (shown in the ``features``
+    metadata, so a covariate that was left out is never left out silently)."""
+    used = {*spec.covariates, *spec.static_categorical, *spec.static_numeric}
+    reasons = {}
+    for column in history.columns:
+        if column in CORE_COLUMNS or column in used:
+            continue
+        values = history[column]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        if values.isna().all():
+            reasons[column] = "no values"
+        elif not _is_static(history, column):
+            if numeric:
+                reasons[column] = (
+                    "a continuous covariate (not known in advance like a holiday flag): the transformer reads 0/1 "
+                    "flags only; LightGBM reads it"
+                )
+            else:
+                reasons[column] = "text that changes over time: known-future inputs are numbers or 0/1 flags"
+        elif numeric:
+            reasons[column] = "a constant"
+        else:
+            levels = values.dropna().astype(str).nunique()
+            if levels <= 1:
+                reasons[column] = "one value for every series"
+            elif levels > MAX_STATIC_LEVELS:
+                reasons[column] = f"{levels} values, more than {MAX_STATIC_LEVELS}: free text carries nothing shared"
+            else:
+                reasons[column] = "one value per store or item: an identifier in disguise (a description)"
+    return reasons
+
+
 PROFILE_SETTINGS = ("auto", "on", "off")
 # "auto" turns the profile on when the median series has this many seasons of history beyond the lag: with one or
 # two earlier seasons the profile only repeats what the context already shows (Walmart, README), with decades of them

@@ -5,7 +5,9 @@ Rules (README, "Integrated view"):
 - inside the span the index is regular (every period of the frequency); a period with no row is *missing* (sales NaN,
   ``observed`` False), or a zero when the landing zone declares implicit zeros (``BI_PIPELINE_IMPLICIT_ZEROS``) and the
   period's file landed and no row of that series was quarantined for it;
-- rows dated inside a period are summed to the period (``date`` is the period date);
+- rows dated inside a period are summed to the period (``date`` is the period date), their price weighted by sales;
+- period dates lie on one grid (every day, one weekday, the first of each month): a partition off the grid would
+  sum its rows into another partition's period, so integration refuses it and names both files;
 - price is carried forward inside a series; promo is 0 where no row says otherwise;
 - calendar covariates are aggregated to the period (0/1 flags: max, other numbers: mean, text: first);
   rows with a store_id apply to that store only and override the general rows.
@@ -20,8 +22,8 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.contract import period_range
-from bi_pipeline.quality import parse_dates
+from bi_pipeline.contract import SALES_DIR, infer_grid, period_range
+from bi_pipeline.quality import parse_dates, typed_text
 
 BASE_COLUMNS = ["date", "store_id", "item_id", "sales", "observed", "price", "promo"]
 _SKIP = {"source_row", "source_file", "period", "date", "store_id", "item_id", "sales", "price", "promo"}
@@ -33,12 +35,9 @@ def _compact_attributes(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     frame[key] = frame[key].astype(str).str.strip()
     frame = frame.drop_duplicates(subset=[key], keep="last").set_index(key)
     for column in frame.columns:
-        text = frame[column].astype(str).str.strip()
-        numeric = pd.to_numeric(text, errors="coerce")
-        if numeric.notna().sum() == (text != "").sum():
-            frame[column] = numeric.astype("float32")
-        else:
-            frame[column] = text.where(text != "").astype("category")
+        typed = typed_text(frame[column].astype(str))
+        # Numbers and boolean flags as float32, text as categories.
+        frame[column] = typed.astype("float32") if typed.dtype.kind == "f" else typed.astype("category")
     return frame
 
 
@@ -91,14 +90,12 @@ def _aggregate_calendar(calendar: pd.DataFrame, grid: np.ndarray, frequency: str
     covariates = [c for c in calendar.columns if c != "_p"]
     aggregations = {}
     for column in covariates:
-        text = calendar[column].astype(str).str.strip()
-        numeric = pd.to_numeric(text, errors="coerce")
-        if numeric.notna().sum() == (text != "").sum():
-            calendar[column] = numeric
-            binary = bool(numeric.dropna().isin([0, 1]).all())
+        typed = typed_text(calendar[column].astype(str))
+        calendar[column] = typed
+        if typed.dtype.kind == "f":
+            binary = bool(typed.dropna().isin([0, 1]).all())
             aggregations[column] = "max" if binary else "mean"
         else:
-            calendar[column] = text.where(text != "")
             aggregations[column] = "first"
     calendar["_store"] = store.to_numpy()
     general = calendar[calendar["_store"] == ""].groupby("_p").agg(aggregations) if covariates else pd.DataFrame()
@@ -120,17 +117,25 @@ def integrate(
     quarantined: pd.DataFrame | None = None,
     implicit_zeros: bool = False,
     release: bool = False,
+    week_start: str | None = None,
 ) -> pd.DataFrame:
-    """Build the integrated history from cleaned rows (one frame or a list of per-period frames).
+    """Build the integrated history from cleaned rows (one frame or a list of per-period frames, in the order of
+    ``periods`` when they are per period).
 
     With ``release`` the given list is emptied as its frames are converted, so that the input and the output are
     never both whole in memory (what keeps M5 scale under 8 GB).
     """
     source_list = clean if release and isinstance(clean, list) else None
     frames = [clean] if isinstance(clean, pd.DataFrame) else list(clean)
+    keys = [str(p)[:10] for p in periods]
     landed = sorted({p if isinstance(p, date) else date.fromisoformat(str(p)[:10]) for p in periods})
     if not landed:
         raise ValueError("no sales periods have landed yet")
+    period_grid = infer_grid(landed, frequency, week_start)
+    off_grid = [d for d in landed if not period_grid.on_grid(d)]
+    if off_grid:
+        files = {k: _file_of(f, k) for k, f in zip(keys, frames, strict=False)} if len(frames) == len(keys) else {}
+        raise ValueError(_off_grid_message(off_grid, landed, period_grid, files))
     grid = np.array(period_range(landed[0], landed[-1], frequency), dtype="datetime64[D]")
     landed_mask = np.zeros(len(grid), dtype=bool)
     landed_mask[_grid_index(np.array(landed, dtype="datetime64[D]"), grid)] = True
@@ -206,11 +211,17 @@ def integrate(
     observed = np.zeros(total, dtype=bool)
     observed[pos] = True
     if int(observed.sum()) < len(pos):
-        # Several rows of a series inside one period (e.g. daily rows in a weekly file): sum to the period.
+        # Several rows of a series inside one period (daily rows in a weekly file, a transactions export): sales
+        # summed, price weighted by the units sold at it (a plain mean where nothing sold), promo the deepest.
         rows = pd.DataFrame({"pos": pos, **values})
-        agg = {"sales": "sum", "price": "mean", "promo": "max"}
+        weight = np.where(np.isnan(rows["price"]), 0.0, np.clip(np.nan_to_num(rows["sales"]), 0.0, None))
+        rows["_weighted"] = np.nan_to_num(rows["price"].to_numpy()) * weight
+        rows["_weight"] = weight
+        agg = {"sales": "sum", "price": "mean", "promo": "max", "_weighted": "sum", "_weight": "sum"}
         agg.update({c: ("mean" if pd.api.types.is_numeric_dtype(rows[c]) else "first") for c in extras})
         rows = rows.groupby("pos", sort=False).agg(agg)
+        weighted = rows.pop("_weighted").to_numpy() / np.where(rows["_weight"] > 0, rows["_weight"], np.nan)
+        rows["price"] = np.where(rows.pop("_weight").to_numpy() > 0, weighted, rows["price"].to_numpy())
         pos = rows.index.to_numpy()
         values = {name: rows[name].to_numpy() for name in rows.columns}
         del rows
@@ -275,6 +286,26 @@ def integrate(
         general, specific = _aggregate_calendar(calendar, grid, frequency)
         _join_calendar(out, general, specific, row_p, store_code, store_cats, len(grid))
     return out
+
+
+def _file_of(frame: pd.DataFrame, key: str) -> str:
+    if "source_file" in frame.columns and len(frame):
+        return str(frame["source_file"].iloc[0])
+    return f"{SALES_DIR}/{key}.*"
+
+
+def _off_grid_message(off_grid: list[date], landed: list[date], grid, files: dict[str, str]) -> str:
+    """Which partitions lie off the period grid and whose period their rows would be summed into."""
+    lines = []
+    for day in off_grid:
+        home = grid.floor(day)
+        own = files.get(day.isoformat(), f"{SALES_DIR}/{day.isoformat()}.*")
+        if home in landed:
+            other = files.get(home.isoformat(), f"{SALES_DIR}/{home.isoformat()}.*")
+            lines.append(f"{own} falls in the period of {home} ({other}): its rows would be summed into that period")
+        else:
+            lines.append(f"{own} is dated {day}, not a period date (expected {home})")
+    return f"partitions off the period grid ({grid.describe()}): " + "; ".join(lines)
 
 
 def _ffill_within(values: np.ndarray, starts: np.ndarray) -> np.ndarray:

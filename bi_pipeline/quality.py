@@ -6,7 +6,9 @@ GX report and the quarantine agree.
 
 Duplicate rule (documented in README): among rows that pass every other rule, exact copies of a row (same key and
 same values) keep the first occurrence; rows that share (date, store_id, item_id) but disagree on a value keep the
-last occurrence in the file (a later line corrects an earlier one) and quarantine the earlier ones.
+last occurrence in the file (a later line corrects an earlier one) and quarantine the earlier ones. A landing zone
+that declares the transactions grain (``BI_PIPELINE_SALES_GRAIN=transactions``) has many lines per key by design:
+there is no duplicate rule, and integration sums the lines.
 """
 
 from __future__ import annotations
@@ -48,15 +50,23 @@ DUPLICATE_RULES: dict[str, str] = {
 FILE_RULES: dict[str, str] = {
     "malformed_row": "the line has the wrong number of fields",
     "invalid_encoding": "the line is not UTF-8",
+    "line_too_long": "the line is longer than BI_PIPELINE_MAX_LINE_BYTES",
     "malformed_csv": "the file cannot be parsed as CSV",
     "malformed_parquet": "the file cannot be read as Parquet",
+    "unsupported_column_type": "a Parquet column holds lists, structs or other non-scalar values",
     "missing_columns": "a required column is missing",
     "duplicate_column": "a column name appears twice",
+    "header_too_long": "the header line is longer than BI_PIPELINE_MAX_LINE_BYTES",
+    "too_many_columns": "more columns than BI_PIPELINE_MAX_COLUMNS",
+    "too_many_rows": "more rows than BI_PIPELINE_MAX_ROWS",
+    "file_too_large": "more bytes than BI_PIPELINE_MAX_FILE_BYTES",
+    "parquet_too_large": "more uncompressed bytes than BI_PIPELINE_MAX_PARQUET_BYTES",
     "empty_file": "the file holds no rows",
-    "file_missing": "the partition's file is gone from the landing zone",
+    "file_missing": "the partition's file is gone from the landing zone and was never ingested",
     "duplicate_period": "two files (.csv and .parquet) for one period",
     "path_escape": "the file resolves outside the landing zone",
-    "unreadable": "the file cannot be opened",
+    "not_a_regular_file": "a FIFO, socket, device or folder where a file was expected",
+    "unreadable": "the file cannot be opened or read",
 }
 REASONS: dict[str, str] = {**ROW_RULES, **DUPLICATE_RULES, **FILE_RULES}
 KEY = ["date", "store_id", "item_id"]
@@ -160,6 +170,39 @@ def date_array(text: pa.Array) -> np.ndarray:
     indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     out = np.append(days, np.datetime64("NaT", "D"))[np.where(indices < 0, len(days), indices)]
     return out.astype("datetime64[D]")
+
+
+_TRUE = ("true", "t", "yes", "y")
+_FALSE = ("false", "f", "no", "n")
+
+
+def flag_array(text: pa.Array) -> np.ndarray | None:
+    """1.0 / 0.0 where every non-blank value is a boolean word (true/false, yes/no, t/f, y/n, any case), NaN where
+    blank; None when some value is not one (the column is not a flag)."""
+    lower = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+    blank = pc.equal(pc.utf8_length(lower), 0)
+    truthy = pc.is_in(lower, value_set=pa.array(_TRUE))
+    falsy = pc.is_in(lower, value_set=pa.array(_FALSE))
+    if not pc.all(pc.or_(blank, pc.or_(truthy, falsy))).as_py() or pc.all(blank).as_py():
+        return None
+    out = np.where(truthy.to_numpy(zero_copy_only=False), 1.0, 0.0)
+    out[blank.to_numpy(zero_copy_only=False)] = np.nan
+    return out
+
+
+def typed_text(values: pd.Series) -> pd.Series:
+    """A text column of master data or the calendar typed as the model reads it: numbers (booleans as 1/0 flags)
+    when every non-blank value is one, text otherwise (blank -> missing)."""
+    arrow = text_array(values)
+    numbers = number_array(arrow)
+    blank = _blank(arrow)
+    if not np.isnan(numbers[~blank]).any():
+        return pd.Series(numbers, index=values.index)
+    flags = flag_array(arrow)
+    if flags is not None:
+        return pd.Series(flags, index=values.index)
+    text = pd.Series(arrow.to_pylist(), index=values.index, dtype=object)
+    return text.where(~blank, None)
 
 
 def parse_dates(series: pd.Series) -> np.ndarray:
@@ -270,12 +313,17 @@ def clean_batch(
     for column in [c for c in landed if c not in (*SALES_REQUIRED, *SALES_OPTIONAL)]:
         values = pc.utf8_trim_whitespace(landed[column])
         numbers = number_array(values)
-        # A numeric extra stays numeric; anything else is carried as text.
-        extras[column] = numbers if not np.isnan(numbers[~_blank(values)]).any() else categorical_array(values)
+        # A numeric extra stays numeric, a boolean one becomes a 1/0 flag; anything else is carried as text.
+        if not np.isnan(numbers[~_blank(values)]).any():
+            extras[column] = numbers
+        else:
+            flags = flag_array(values)
+            extras[column] = flags if flags is not None else categorical_array(values)
 
-    # Duplicates are judged among rows that pass every other rule, on the typed values.
+    # Duplicates are judged among rows that pass every other rule, on the typed values; a transactions export has
+    # many lines per key by design, and they are summed downstream.
     ok = reason == 0
-    if ok.any():
+    if ok.any() and settings.sales_grain != "transactions":
         typed = pd.DataFrame(
             {
                 "date": dates.view("int64"),
@@ -359,10 +407,7 @@ def clean_batch(
 
 
 def _count_reasons(quarantine: pd.DataFrame) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for reason in quarantine["reason"].astype(str):
-        counts[reason] = counts.get(reason, 0) + 1
-    return counts
+    return {str(k): int(v) for k, v in quarantine["reason"].astype(str).value_counts(sort=False).items()}
 
 
 def clean_period(
@@ -385,6 +430,21 @@ def known_ids(master: pd.DataFrame | None, key: str) -> set[str] | None:
     return set(master[key].astype(str).str.strip())
 
 
+def stored_period_rates(
+    clean: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
+) -> dict[str, CleanResult]:
+    """Each stored period's kept and quarantined rows as results the gate reads (the rows read are their sum)."""
+    out = {}
+    for key in sorted(set(clean) | set(quarantine)):
+        kept = clean.get(key)
+        bad = quarantine.get(key)
+        bad = bad if bad is not None else empty_quarantine()
+        rows_in = (len(kept) if kept is not None else 0) + len(bad)
+        counts = _count_reasons(bad) if len(bad) else {}
+        out[key] = CleanResult(kept if kept is not None else pd.DataFrame(), bad, rows_in, counts)
+    return out
+
+
 def summarize_rejections(results: dict[str, CleanResult], threshold: float) -> list[str]:
     """One line per partition over the bad-row threshold, naming the file and the rules broken."""
     lines = []
@@ -392,8 +452,16 @@ def summarize_rejections(results: dict[str, CleanResult], threshold: float) -> l
         if result.bad_row_rate > threshold:
             files = sorted(set(result.quarantine["source_file"].astype(str))) or [f"sales/{key}"]
             rules = ", ".join(f"{r} ({n})" for r, n in sorted(result.reason_counts.items(), key=lambda kv: -kv[1]))
-            lines.append(
+            line = (
                 f"{', '.join(files)}: {result.bad_rows} of {result.rows_in} rows quarantined "
                 f"({result.bad_row_rate:.1%} > {threshold:.1%}); rules broken: {rules}"
             )
+            repeats = sum(result.reason_counts.get(r, 0) for r in DUPLICATE_RULES)
+            if 2 * repeats >= result.bad_rows:
+                # Mostly repeated keys: a transaction-level export, not a broken file.
+                line += (
+                    ". Many lines share a date, store_id and item_id: if the file lists transactions, set "
+                    "BI_PIPELINE_SALES_GRAIN=transactions or aggregate it with `bi-pipeline import-csv`"
+                )
+            lines.append(line)
     return lines

@@ -7,6 +7,8 @@ from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.integration import integrate
+from bi_pipeline.privacy import preview_markdown
+from bi_pipeline.quality import stored_period_rates, summarize_rejections
 
 GROUP = "integration"
 
@@ -27,22 +29,36 @@ def integrated_sales(
     calendar: pd.DataFrame,
 ) -> dg.Output:
     """One row per series and period: sales (NaN = missing, kept apart from zero), observed flag, price, promo, store
-    and item attributes, calendar covariates. Compact dtypes (categoricals, float32)."""
+    and item attributes, calendar covariates. Compact dtypes (categoricals, float32).
+
+    The bad-row gate holds per period: while any stored period is over ``max_bad_row_rate`` the view keeps its last
+    good state (this fails, naming the files), even when later periods are good."""
     settings = pipeline.settings()
     if not clean_sales:
         raise dg.Failure("no clean_sales partitions are materialized yet: land sales files and ingest them first")
+    held = summarize_rejections(stored_period_rates(clean_sales, sales_quarantine), settings.max_bad_row_rate)
+    if held:
+        raise dg.Failure(
+            f"{len(held)} period(s) failed the bad-row gate, so the integrated view keeps its last good state: fix and "
+            "re-land each file (or remove the period on purpose with `bi-pipeline remove-period`):\n" + "\n".join(held),
+            metadata={"held_by": dg.MetadataValue.json(held[:50])},
+        )
     frequency = partition_frequency(context, pipeline)
     quarantine = pd.concat(list(sales_quarantine.values()), ignore_index=True) if sales_quarantine else None
-    frame = integrate(
-        [clean_sales[k] for k in sorted(clean_sales)],
-        frequency=frequency,
-        periods=sorted(clean_sales),
-        stores=master_or_none(stores),
-        items=master_or_none(items),
-        calendar=master_or_none(calendar),
-        quarantined=quarantine,
-        implicit_zeros=settings.implicit_zeros,
-    )
+    try:
+        frame = integrate(
+            [clean_sales[k] for k in sorted(clean_sales)],
+            frequency=frequency,
+            periods=sorted(clean_sales),
+            stores=master_or_none(stores),
+            items=master_or_none(items),
+            calendar=master_or_none(calendar),
+            quarantined=quarantine,
+            implicit_zeros=settings.implicit_zeros,
+            week_start=settings.week_start,
+        )
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from None
     series = frame.groupby(["store_id", "item_id"], observed=True).ngroups
     missing = int(frame["sales"].isna().sum())
     context.log.info(f"integrated {len(frame)} rows, {series} series, {missing} missing values")
@@ -62,6 +78,6 @@ def integrated_sales(
                 "| column | dtype |\n|---|---|\n"
                 + "\n".join(f"| {c} | {t} |" for c, t in frame.dtypes.astype(str).items())
             ),
-            "preview": dg.MetadataValue.md(frame.head(10).to_markdown(index=False)),
+            "preview": dg.MetadataValue.md(preview_markdown(frame, settings.pii_columns)),
         },
     )
