@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from bi_pipeline.config import Settings
+from bi_pipeline.docs_site import make_offline, site_dir
 from bi_pipeline.quality import (
     CleanBatch,
     period_end,
     period_start_array,
 )
 
-VALIDATION_COLUMNS = ("date", "store_id", "item_id", "sales", "price", "period_offset", "row_key")
+VALIDATION_COLUMNS = ("date", "store_id", "item_id", "sales", "price", "period_offset", "key_repeat")
 
 # No usage statistics leave the machine.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -39,6 +41,10 @@ class ExpectationOutcome:
     unexpected_count: int
     unexpected_percent: float
 
+    @property
+    def label(self) -> str:
+        return f"{self.expectation}({self.column})"
+
 
 @dataclass
 class SuiteOutcome:
@@ -46,10 +52,16 @@ class SuiteOutcome:
     success: bool
     rows: int
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
+    # This validation's Data Docs page: its path, and its path inside the site (for the served URL).
     data_docs: str | None = None
+    docs_page: str | None = None
 
     def failed(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
+
+    def unexpected(self) -> dict[str, int]:
+        """``expectation(column)`` -> unexpected count, for the expectations that found any."""
+        return {o.label: o.unexpected_count for o in self.outcomes if o.unexpected_count}
 
     def as_records(self) -> list[dict[str, Any]]:
         return [o.__dict__ for o in self.outcomes]
@@ -79,8 +91,8 @@ def validation_frame(
 
     GX's pandas engine is fast on float64/int64 columns and slow on pair and compound expectations (about 1 s per
     million rows each here), so the period rule becomes ``period_offset`` (0 inside the period, days before it
-    negative, days after it positive), the key rule one number per (date, store_id, item_id), and the known-id
-    rules a per-row flag ``store_in_master`` / ``item_in_master`` (null where the id itself is missing).
+    negative, days after it positive), the key rule ``key_repeat`` (see ``key_repeats``), and the known-id rules a
+    per-row flag ``store_in_master`` / ``item_in_master`` (null where the id itself is missing).
     """
     start = period_start_array(period, frequency)
     end = period_end(start, frequency)
@@ -89,12 +101,6 @@ def validation_frame(
     after = (day - end).astype("timedelta64[D]").astype("float64") + 1
     offset = np.where(before < 0, before, np.where(after > 0, after, 0.0))
     offset[np.isnat(day)] = np.nan
-    codes = store.codes.astype(np.int64) * max(len(item.categories), 1) + item.codes
-    key = (
-        day.view("int64").astype("float64") * float(max(len(store.categories), 1) * max(len(item.categories), 1))
-        + codes
-    )
-    key[np.isnat(day) | (store.codes < 0) | (item.codes < 0)] = np.nan
     frame = pd.DataFrame(
         {
             "date": dates.astype("datetime64[ns]"),
@@ -103,13 +109,45 @@ def validation_frame(
             "sales": np.asarray(sales, dtype="float64"),
             "price": np.asarray(price, dtype="float64"),
             "period_offset": offset,
-            "row_key": key,
+            "key_repeat": key_repeats(period, day, store.codes, item.codes),
         }
     )
     for column, values, known in (("store_in_master", store, known_stores), ("item_in_master", item, known_items)):
         if known is not None:
             frame[column] = _membership(values, known)
     return frame
+
+
+def key_repeats(period: np.ndarray, day: np.ndarray, store_codes: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
+    """1 where an earlier row has the same (period, date, store_id, item_id), 0 for a key's first row.
+
+    Expecting 0 makes GX's unexpected count the number of duplicate rows (its uniqueness expectation counts every
+    member of a duplicate group). The period is part of the key because the rules judge duplicates per file: a row
+    dated into another period is that rule's defect, not a duplicate of that period's row. NaN where a key part is
+    missing (the not-null expectations count those). One hash pass over a combined integer key.
+    """
+    out = np.full(len(day), np.nan)
+    valid = ~np.isnat(day) & (np.asarray(store_codes) >= 0) & (np.asarray(item_codes) >= 0)
+    rows = np.flatnonzero(valid)
+    if not len(rows):
+        return out
+    parts = [
+        period.astype("datetime64[D]").view("int64")[rows],
+        day.view("int64")[rows],
+        np.asarray(store_codes, dtype=np.int64)[rows],
+        np.asarray(item_codes, dtype=np.int64)[rows],
+    ]
+    parts = [p - p.min() for p in parts]
+    sizes = [int(p.max()) + 1 for p in parts]
+    if float(np.prod(np.array(sizes, dtype=np.float64))) < 2.0**62:
+        key = parts[0]
+        for part, size in zip(parts[1:], sizes[1:], strict=True):
+            key = key * size + part
+        repeated = pd.Series(key).duplicated(keep="first")
+    else:  # too many distinct values for one int64 key: hash the four columns
+        repeated = pd.DataFrame(dict(enumerate(parts))).duplicated(keep="first")
+    out[rows] = repeated.to_numpy(dtype="float64")
+    return out
 
 
 def _membership(values: pd.Categorical, known: set[str]) -> pd.arrays.BooleanArray:
@@ -131,7 +169,18 @@ def batch_validation_frames(
     landed = validation_frame(
         batch.period, batch.dates, store, item, batch.sales, batch.price, frequency, known_stores, known_items
     )
-    return landed, landed[batch.kept].reset_index(drop=True)
+    kept = landed[batch.kept].reset_index(drop=True)
+    # Repeats among the kept rows alone: a corrected key keeps its last line, a repeat on the landed rows.
+    day = batch.dates.astype("datetime64[D]")
+    # Written into the existing float column: a new column would split the frame's blocks, and GX's many boolean
+    # selections would then consolidate them again each time (a third of the validation's time at 1M rows).
+    kept.loc[:, "key_repeat"] = key_repeats(
+        batch.period[batch.kept],
+        day[batch.kept],
+        kept["store_id"].cat.codes.to_numpy(),
+        kept["item_id"].cat.codes.to_numpy(),
+    )
+    return landed, kept
 
 
 def sales_suite_spec(
@@ -150,12 +199,16 @@ def sales_suite_spec(
         ("ExpectColumnValuesToNotBeNull", {"column": "item_id"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "sales"}),
         ("ExpectColumnValuesToBeBetween", {"column": "period_offset", "min_value": 0, "max_value": 0}),
-        ("ExpectColumnValuesToBeUnique", {"column": "row_key"}),
+    ]
+    # Transactions grain: many lines per key are legitimate (summed later), so no key rule.
+    if settings.sales_grain == "rows":
+        spec.append(("ExpectColumnValuesToBeBetween", {"column": "key_repeat", "min_value": 0, "max_value": 0}))
+    spec.append(
         (
             "ExpectColumnValuesToBeBetween",
             {"column": "price", "min_value": settings.price_min, "max_value": settings.price_max},
-        ),
-    ]
+        )
+    )
     if not settings.allow_returns:
         spec.append(("ExpectColumnValuesToBeBetween", {"column": "sales", "min_value": 0}))
     if known_stores:
@@ -167,8 +220,49 @@ def sales_suite_spec(
 
 def validate_sales(validator: Validator, name: str, frame: pd.DataFrame, settings: Settings) -> SuiteOutcome:
     """The sales suite on a frame from ``validation_frame`` (its known-id columns say which id rules apply)."""
-    spec = sales_suite_spec(settings, "store_in_master" in frame.columns, "item_in_master" in frame.columns)
-    return validator.run(name, frame, spec)
+    return validator.run(name, frame, sales_spec_for(frame, settings))
+
+
+def sales_spec_for(frame: pd.DataFrame, settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    return sales_suite_spec(settings, "store_in_master" in frame.columns, "item_in_master" in frame.columns)
+
+
+def _snake(class_name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+def unexpected_rows(
+    frame: pd.DataFrame, spec: list[tuple[str, dict[str, Any]]], labels: set[str] | None = None
+) -> dict[str, np.ndarray]:
+    """``expectation(column)`` -> the rows it finds unexpected, for the column-map expectations of a suite.
+
+    GX gives counts; this says which rows (to name the files they came from). Only the kinds the sales suite uses;
+    table-level expectations have no rows. ``labels`` limits the work to the expectations that failed.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for cls_name, kwargs in spec:
+        column = kwargs.get("column")
+        label = f"{_snake(cls_name)}({column})"
+        if column is None or column not in frame.columns or (labels is not None and label not in labels):
+            continue
+        values = frame[column]
+        present = values.notna().to_numpy()
+        if cls_name == "ExpectColumnValuesToNotBeNull":
+            masks[label] = ~present
+        elif cls_name == "ExpectColumnValuesToBeBetween":
+            numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+            low, high = kwargs.get("min_value"), kwargs.get("max_value")
+            outside = np.zeros(len(frame), dtype=bool)
+            if low is not None:
+                outside |= numbers < low
+            if high is not None:
+                outside |= numbers > high
+            masks[label] = present & outside
+        elif cls_name == "ExpectColumnValuesToBeInSet":
+            masks[label] = present & ~values.isin(kwargs["value_set"]).to_numpy(dtype=bool, na_value=False)
+        elif cls_name == "ExpectColumnValuesToBeUnique":
+            masks[label] = present & values.duplicated(keep=False).to_numpy()
+    return masks
 
 
 def master_suite_spec(key: str) -> list[tuple[str, dict[str, Any]]]:
@@ -212,7 +306,7 @@ class Validator:
         return self._context
 
     def docs_index(self) -> Path:
-        return self.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        return site_dir(self.gx_dir) / "index.html"
 
     def run(self, name: str, frame: pd.DataFrame, spec: list[tuple[str, dict[str, Any]]]) -> SuiteOutcome:
         # The file context is not safe for concurrent writers: one validation at a time, across threads and the
@@ -222,7 +316,23 @@ class Validator:
             fcntl.flock(lock, fcntl.LOCK_EX)
             checkpoint = self._checkpoint(name, spec)
             result = checkpoint.run(batch_parameters={"dataframe": frame})
-        return self._outcome(name, frame, result)
+            page = self._docs_page(name, result) if self.data_docs else None
+        return self._outcome(name, frame, result, page)
+
+    def _docs_page(self, name: str, result) -> Path | None:
+        """This validation's page, after making the pages GX just wrote readable offline (see ``docs_site``)."""
+        from urllib.parse import unquote, urlparse
+
+        site = site_dir(self.gx_dir)
+        identifier = next(iter(result.run_results))
+        page = None
+        for entry in self.context.get_docs_sites_urls(resource_identifier=identifier, site_name="local_site"):
+            url = entry.get("site_url") or ""
+            if url.startswith("file://"):
+                page = Path(unquote(urlparse(url).path))
+        suite_page = site / "expectations" / f"{name}.html"
+        make_offline(site, [p for p in (site / "index.html", page, suite_page) if p is not None])
+        return page if page is not None and page.exists() else None
 
     def _checkpoint(self, name: str, spec: list[tuple[str, dict[str, Any]]]):
         import great_expectations as gx
@@ -260,7 +370,7 @@ class Validator:
         self._checkpoints[cache_key] = checkpoint
         return checkpoint
 
-    def _outcome(self, name: str, frame: pd.DataFrame, result) -> SuiteOutcome:
+    def _outcome(self, name: str, frame: pd.DataFrame, result, page: Path | None = None) -> SuiteOutcome:
         run_result = next(iter(result.run_results.values()))
         outcomes = []
         for r in run_result.results:
@@ -280,7 +390,13 @@ class Validator:
                     unexpected_percent=float(r.result.get("unexpected_percent") or 0.0),
                 )
             )
-        docs = str(self.docs_index()) if self.data_docs and self.docs_index().exists() else None
+        index = self.docs_index()
+        docs = page if page is not None else index if self.data_docs and index.exists() else None
         return SuiteOutcome(
-            suite=name, success=bool(result.success), rows=len(frame), outcomes=outcomes, data_docs=docs
+            suite=name,
+            success=bool(result.success),
+            rows=len(frame),
+            outcomes=outcomes,
+            data_docs=str(docs) if docs is not None else None,
+            docs_page=docs.relative_to(site_dir(self.gx_dir)).as_posix() if docs is not None else None,
         )

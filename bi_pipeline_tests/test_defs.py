@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -30,7 +31,7 @@ def resources(settings: Settings) -> dict:
 
 
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, raise_on_error: bool = True):
-    keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0).ready)
+    keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0, assume_complete=True).ready)
     instance.add_dynamic_partitions(
         sales_periods.name, [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
     )
@@ -51,9 +52,10 @@ def checks(result) -> dict[str, dg.AssetCheckEvaluation]:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> tuple[Settings, dict]:
     root = tmp_path_factory.mktemp("chain")
-    # Small files (24 rows): one injected defect is 4% of a file, so the threshold sits above that.
+    # Small files (24 rows): one injected defect is 4% of a file, so the threshold sits above that. 40 periods hold
+    # the 30 row defects one per file, so some files have none.
     settings = Settings(home=root / "home", landing=root / "landing", settle_seconds=0, max_bad_row_rate=0.15)
-    report = generate(settings.landing, GenerationSpec(stores=3, items=8, periods=30, frequency="W", defects=2, seed=3))
+    report = generate(settings.landing, GenerationSpec(stores=3, items=8, periods=40, frequency="W", defects=3, seed=3))
     return settings, report.to_dict()
 
 
@@ -62,7 +64,7 @@ def test_whole_chain_quarantines_exactly_the_injected_defects(generated):
     with dg.instance_for_test() as instance:
         result = materialize_all(settings, instance)
         assert result.success
-        # One run for all 30 periods (single-run backfill).
+        # One run for all 40 periods (single-run backfill).
         assert len(instance.get_runs()) == 1
 
         quarantine = pd.concat(result.output_for_node("clean_sales", "sales_quarantine").values())
@@ -79,22 +81,55 @@ def test_whole_chain_quarantines_exactly_the_injected_defects(generated):
         assert evaluations["bad_row_rate"].passed
         assert evaluations["stores_expectations"].passed
         raw_check = evaluations["landed_rows_expectations"]
-        assert not raw_check.passed  # the landed data has the injected defects
-        # GX's count of each defect in the landed rows agrees with the quarantine.
+        # Every defect GX finds on the landed rows was quarantined with a reason: a passing run.
+        assert raw_check.passed
+        assert raw_check.severity == dg.AssetCheckSeverity.WARN
+        # GX's count of each defect in the landed rows is exactly what was injected. Missing keys rotate over date,
+        # store_id and item_id (one each for 3 instances); an unparseable date is a null date too.
         unexpected = {
             (r["expectation"], r["column"]): r["unexpected_count"] for r in raw_check.metadata["results"].value
         }
-        assert unexpected[("expect_column_values_to_be_in_set", "store_in_master")] == expected["unknown_store"]
-        assert unexpected[("expect_column_values_to_be_in_set", "item_in_master")] == expected["unknown_item"]
-        assert unexpected[("expect_column_values_to_be_between", "price")] == expected["price_out_of_range"]
-        assert unexpected[("expect_column_values_to_be_between", "sales")] == expected["sales_negative"]
-        assert unexpected[("expect_column_values_to_be_between", "period_offset")] == expected["date_outside_period"]
-        assert unexpected[("expect_column_values_to_not_be_null", "sales")] == expected["sales_not_numeric"]
+        injected = {
+            ("expect_column_values_to_not_be_null", "date"): 1 + expected["unparseable_date"],
+            ("expect_column_values_to_not_be_null", "store_id"): 1,
+            ("expect_column_values_to_not_be_null", "item_id"): 1,
+            ("expect_column_values_to_not_be_null", "sales"): expected["sales_not_numeric"],
+            ("expect_column_values_to_be_between", "period_offset"): expected["date_outside_period"],
+            ("expect_column_values_to_be_between", "key_repeat"): expected["duplicate_exact"]
+            + expected["duplicate_conflict"],
+            ("expect_column_values_to_be_between", "price"): expected["price_out_of_range"],
+            ("expect_column_values_to_be_between", "sales"): expected["sales_negative"],
+            ("expect_column_values_to_be_in_set", "store_in_master"): expected["unknown_store"],
+            ("expect_column_values_to_be_in_set", "item_in_master"): expected["unknown_item"],
+        }
+        assert {k: v for k, v in unexpected.items() if v} == injected
+        assert unexpected[("expect_column_values_to_be_between", "key_repeat")] == 6
+        assert raw_check.metadata["unexpected_by_expectation"].value == {
+            f"{e}({c})": n for (e, c), n in injected.items()
+        }
+        assert raw_check.metadata["by_reason"].value == expected
+        assert raw_check.metadata["kept_unexpected"].value == {}
+        # The files named are exactly those with injected defects (malformed lines included).
+        defect_files = {f"sales/{f}" for files in report["defect_files"].values() for f in files}
+        assert len(defect_files) == 31
+        assert set(raw_check.metadata["defect_files"].value) == defect_files
+        assert set(re.findall(r"sales/\d{4}-\d{2}-\d{2}\.csv", raw_check.description)) == defect_files
+        assert raw_check.description.startswith(
+            f"every defect GX found on the {report['rows_written'] - expected['malformed_row']} landed rows "
+            "was quarantined with a reason\n"
+        )
+        assert "expect_column_values_to_be_between(key_repeat): 6" in raw_check.description
+        assert f"files with defects (31): {', '.join(sorted(defect_files))}" in raw_check.description
         clean_check = evaluations["clean_sales_expectations"]
         assert all(r["success"] and r["unexpected_count"] == 0 for r in clean_check.metadata["results"].value)
+        # The Data Docs link opens from the UI: the page served by `bi-pipeline docs`, and its path on disk.
         docs = raw_check.metadata["data_docs"].value
-        assert docs.startswith("file://") and Path(docs.removeprefix("file://")).exists()
-        assert str(settings.home) in docs
+        page = Path(raw_check.metadata["data_docs_path"].value)
+        assert page.is_file() and page.is_relative_to(settings.home)
+        site = settings.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+        assert docs == f"http://127.0.0.1:{settings.docs_port}/{page.relative_to(site).as_posix()}"
+        assert docs.startswith(f"http://127.0.0.1:{settings.docs_port}/validations/landed_sales/")
+        assert not re.search(r"(src|href)=[\"']https?://", page.read_text())
 
         integrated = result.output_for_node("integrated_sales")
         assert {
@@ -171,5 +206,10 @@ def test_big_runs_count_landed_defects_with_the_rules_and_still_gate_with_gx(tmp
         assert landed.metadata["validated_by"].value == "rules"
         assert landed.metadata["by_reason"].value == {k: v for k, v in report.expected_quarantine.items() if v}
         assert "counted by the rules, not GX" in landed.description
+        # Everything was quarantined with a reason: it passes, and names the files with defects.
+        assert landed.passed
+        defect_files = {f"sales/{f}" for files in report.defect_files.values() for f in files}
+        assert set(landed.metadata["defect_files"].value) == defect_files
+        assert set(re.findall(r"sales/\d{4}-\d{2}-\d{2}\.csv", landed.description)) == defect_files
         assert evaluations["clean_sales_expectations"].passed
         assert evaluations["clean_sales_expectations"].metadata["rows"].value == report.valid_rows

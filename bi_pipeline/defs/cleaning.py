@@ -1,16 +1,42 @@
 """Validated cleaning: rule-checked rows go on, the rest to ``sales_quarantine`` with a reason; GX gates the result."""
 
+from collections.abc import Iterable
+
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from bi_pipeline.contract import empty_quarantine, split_raw
-from bi_pipeline.defs.checks import gx_check_result, master_or_none, rules_check_result
+from bi_pipeline.defs.checks import master_or_none, sales_check_results
 from bi_pipeline.defs.collection import BACKFILL_POLICY, partition_frequency, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
-from bi_pipeline.expectations import Validator, batch_validation_frames, validate_sales
-from bi_pipeline.quality import clean_batch, known_ids, summarize_rejections
+from bi_pipeline.expectations import Validator, batch_validation_frames
+from bi_pipeline.privacy import preview_markdown, truncate
+from bi_pipeline.quality import REASONS, CleanResult, clean_batch, known_ids, summarize_rejections
+from bi_pipeline.state import update_manifest
 
 GROUP = "cleaning"
+SAMPLE_ROWS = 20
+SAMPLE_COLUMNS = ["source_file", "source_row", "reason", "detail"]
+
+
+def quarantine_sample(quarantine: pd.DataFrame, pii_columns: Iterable[str], rows: int = SAMPLE_ROWS) -> str:
+    """The first quarantined rows for the metadata, PII columns masked. ``detail`` is a rule's own text or, for a
+    line that could not be read, text from the line itself: that is truncated."""
+    if not len(quarantine):
+        return "nothing quarantined"
+    sample = quarantine.head(rows)[SAMPLE_COLUMNS].copy()
+    sample["detail"] = [
+        str(detail) if str(detail) == REASONS.get(str(reason)) else truncate(detail)
+        for reason, detail in zip(sample["reason"].astype(object), sample["detail"].astype(object), strict=True)
+    ]
+    return preview_markdown(sample, pii_columns, rows)
+
+
+def kept_source_files(results: dict[str, CleanResult]) -> np.ndarray:
+    """Each kept row's source file, in the order of the kept validation frame (periods in run order)."""
+    parts = [np.asarray(r.clean["source_file"], dtype=object) for r in results.values()]
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
 
 
 @dg.multi_asset(
@@ -89,37 +115,30 @@ def clean_sales(
         metadata={
             "rows": bad,
             "by_reason": dg.MetadataValue.json(dict(sorted(reason_totals.items()))),
-            "sample": dg.MetadataValue.md(
-                sample.head(20)[["source_file", "source_row", "reason", "detail"]].to_markdown(index=False)
-                if len(sample)
-                else "nothing quarantined"
-            ),
+            "sample": dg.MetadataValue.md(quarantine_sample(sample, settings.pii_columns)),
         },
     )
 
     landed, kept = batch_validation_frames(cleaned, frequency, known_stores, known_items)
     del cleaned
-    validator = Validator(settings.gx_dir)
-    files = ", ".join(f"sales/{k}" for k in list(results)[:5]) + (" ..." if len(results) > 5 else "")
-    # Before the rules: GX's count of each defect in the rows as landed (a warning, the quarantine holds them).
-    if len(landed) <= settings.gx_landed_max_rows:
-        landed_result = gx_check_result(
-            "landed_rows_expectations",
-            validate_sales(validator, "landed_sales", landed, settings),
-            files,
-            severity=dg.AssetCheckSeverity.WARN,
-            asset_key=dg.AssetKey("clean_sales"),
-        )
-    else:
-        landed_result = rules_check_result(
-            "landed_rows_expectations", reason_totals, len(landed), settings.gx_landed_max_rows
-        )
+    landed_result, gate_result = sales_check_results(
+        Validator(settings.gx_dir), landed, kept, lambda: kept_source_files(results), sample, settings
+    )
+    del landed, kept, sample
     yield landed_result
-    # After the rules: the gate. Every expectation must hold on what goes downstream.
-    outcome = validate_sales(validator, "clean_sales", kept, settings)
-    yield gx_check_result("clean_sales_expectations", outcome, files, asset_key=dg.AssetKey("clean_sales"))
+    yield gate_result
 
     rejected = summarize_rejections(results, settings.max_bad_row_rate)
+    # Seen is not ingested: only a period that passed the gate counts as ingested from its file's content (a fresh
+    # landing-zone sensor starts from this record).
+    update_manifest(
+        settings.manifest_path,
+        {
+            raw_sales[k].attrs.get("source_file", ""): raw_sales[k].attrs.get("source_sha256", "")
+            for k, r in results.items()
+            if r.bad_row_rate <= settings.max_bad_row_rate
+        },
+    )
     rates = {k: round(r.bad_row_rate, 4) for k, r in results.items()}
     worst = max(rates.items(), key=lambda kv: kv[1]) if rates else ("", 0.0)
     yield dg.AssetCheckResult(
