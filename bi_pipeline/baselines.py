@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,30 @@ def statistical_forecast(
     return out, {"seasonal_naive": dict(timing), "auto_ets": dict(timing)}
 
 
+# A saved LightGBM: each booster in LightGBM's own text format and ``lightgbm.json`` (the recipe that rebuilds the
+# mlforecast pipeline around them). Nothing in it is unpickled; directories without a format were pickled mlforecast
+# objects and are refused.
+LIGHTGBM_FORMAT = 2
+LIGHTGBM_META = "lightgbm.json"
+# What MLForecast.predict(new_df=…) reads from the fitted series besides its recipe: the column names and fit options
+# (the series' values and the robust scaler's statistics are fitted again on ``new_df``).
+FITTED_SERIES_STATE = (
+    "id_col",
+    "time_col",
+    "target_col",
+    "static_features",
+    "keep_last_n",
+    "weight_col",
+    "max_horizon",
+    "_horizons",
+    "as_numpy",
+)
+
+
+class UnsafeModelFormat(ValueError):
+    """A saved model whose loading would unpickle it (a version saved before LightGBM's text format): not loaded."""
+
+
 @dataclass
 class LightGBMModel:
     """A fitted recursive LightGBM (mlforecast) and what it needs to forecast again from newer history: the same
@@ -113,26 +137,67 @@ class LightGBMModel:
     freq: str  # pandas offset alias
     covariates: list[str]
     fit_seconds: float = 0.0
+    recipe: dict = field(default_factory=dict)  # plain values that configure the MLForecast (see _mlforecast)
 
     def save(self, path: Path) -> None:
+        if not self.recipe:
+            raise ValueError("a LightGBM model without its recipe cannot be saved: fit it with fit_lightgbm")
+        path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.forecaster.save(path / "mlforecast")
-        (path / "lightgbm.json").write_text(
-            json.dumps({"frequency": self.frequency, "freq": self.freq, "covariates": self.covariates})
-        )
+        names = list(self.forecaster.models_)
+        for number, name in enumerate(names):
+            model = self.forecaster.models_[name]
+            getattr(model, "booster_", model).save_model(str(path / f"model_{number}.txt"))
+        ts = self.forecaster.ts
+        meta = {
+            "format": LIGHTGBM_FORMAT,
+            "frequency": self.frequency,
+            "freq": self.freq,
+            "covariates": self.covariates,
+            "fit_seconds": self.fit_seconds,
+            "recipe": self.recipe,
+            "models": names,
+            "features": list(ts.features_order_),
+            "fitted": {name: getattr(ts, name) for name in FITTED_SERIES_STATE},
+        }
+        (path / LIGHTGBM_META).write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> LightGBMModel:
-        from mlforecast import MLForecast
+        import lightgbm as lgb
 
-        meta = json.loads((path / "lightgbm.json").read_text())
-        return cls(MLForecast.load(path / "mlforecast"), meta["frequency"], meta["freq"], meta["covariates"])
+        path = Path(path)
+        meta_file = path / LIGHTGBM_META
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        if (path / "mlforecast").exists() or "format" not in meta:
+            raise UnsafeModelFormat(
+                f"the LightGBM model in {path} was saved in an unsafe format (pickled mlforecast objects) and is not "
+                "loaded: retrain the model"
+            )
+        if meta["format"] != LIGHTGBM_FORMAT:
+            raise ValueError(f"the LightGBM model in {path} has format {meta['format']!r}, not {LIGHTGBM_FORMAT}")
+        boosters = {}
+        for number, name in enumerate(meta["models"]):
+            booster = lgb.Booster(model_file=str(path / f"model_{number}.txt"))
+            if booster.feature_name() != meta["features"]:
+                raise ValueError(f"the LightGBM model {name!r} in {path} was trained on other features than it lists")
+            boosters[name] = booster
+        forecaster = _mlforecast(meta["recipe"], boosters)
+        _attach_fitted(forecaster, boosters, meta["fitted"])
+        return cls(
+            forecaster,
+            meta["frequency"],
+            meta["freq"],
+            list(meta["covariates"]),
+            float(meta.get("fit_seconds", 0.0)),
+            meta["recipe"],
+        )
 
 
 class CalendarEffect:
     """An mlforecast date feature: one column of the transformer's calendar effects (the Easter windows and their
     change against a season before, features.effects_and_changes), so LightGBM knows where Easter falls as the
-    transformer does. A module-level class, so that the fitted model pickles with it."""
+    transformer does. Rebuilt from (frequency, column) when a saved model is loaded."""
 
     def __init__(self, frequency: str, column: int) -> None:
         self.frequency, self.column = frequency, column
@@ -147,6 +212,39 @@ class CalendarEffect:
 
 def calendar_effect_features(frequency: str) -> list[CalendarEffect]:
     return [CalendarEffect(frequency, j) for j in range(2 * len(effect_names(frequency, LIGHTGBM_EFFECTS)))]
+
+
+def _mlforecast(recipe: dict, models: dict):
+    """The mlforecast pipeline a recipe describes (plain values only, so a saved model rebuilds it from JSON)."""
+    from mlforecast import MLForecast
+    from mlforecast.lag_transforms import RollingMean
+    from mlforecast.target_transforms import LocalRobustScaler
+
+    windows = recipe["rolling_mean_windows"]
+    return MLForecast(
+        models=models,
+        # Each series scaled by its own median and MAD: one global model for series of very different sizes
+        # (measured on Walmart: MASE 0.691 unscaled, 0.640 standard-scaled, 0.612 robust-scaled).
+        target_transforms=[LocalRobustScaler(scale=recipe["robust_scale"])],
+        freq=recipe["freq"],
+        lags=[int(lag) for lag in recipe["lags"]],
+        lag_transforms={1: [RollingMean(window_size=int(w)) for w in windows]} if windows else None,
+        date_features=[
+            *recipe["date_features"],
+            *(CalendarEffect(frequency, int(column)) for frequency, column in recipe["calendar_effects"]),
+        ],
+    )
+
+
+def _attach_fitted(forecaster, boosters: dict, fitted: dict) -> None:
+    """Makes a rebuilt MLForecast forecast with saved boosters. mlforecast has no public call for this (its own
+    ``load`` unpickles): ``predict(new_df=…)`` reads the fitted models from ``models_`` and, from the fitted series,
+    only the attributes of FITTED_SERIES_STATE (it fits the series and the target scaler on ``new_df`` again), and
+    ``_cs_df`` is None without conformal intervals."""
+    forecaster.models_ = boosters
+    forecaster._cs_df = None
+    for name in FITTED_SERIES_STATE:
+        setattr(forecaster.ts, name, fitted[name])
 
 
 def _lightgbm_frame(history: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
@@ -168,9 +266,6 @@ def fit_lightgbm(
 ) -> LightGBMModel:
     """Recursive LightGBM with lag/rolling/calendar features, a point model and quantile-loss models."""
     import lightgbm as lgb
-    from mlforecast import MLForecast
-    from mlforecast.lag_transforms import RollingMean
-    from mlforecast.target_transforms import LocalRobustScaler
 
     covariates = [c for c in (covariates or []) if c in history.columns]
     data = _lightgbm_frame(history, covariates)
@@ -197,20 +292,19 @@ def fit_lightgbm(
         }
     )
     freq = pandas_freq(history, frequency)
-    model = MLForecast(
-        models=models,
-        # Each series scaled by its own median and MAD: one global model for series of very different sizes
-        # (measured on Walmart: MASE 0.691 unscaled, 0.640 standard-scaled, 0.612 robust-scaled).
-        target_transforms=[LocalRobustScaler(scale="mad")],
-        freq=freq,
-        lags=lags,
-        lag_transforms={1: [RollingMean(window_size=w) for w in windows]} if windows else None,
-        date_features=(["month", "week"] if frequency in ("D", "W") else ["month"])
-        + calendar_effect_features(frequency),
-    )
+    recipe = {
+        "freq": freq,
+        "lags": lags,
+        "rolling_mean_windows": windows,
+        "date_features": ["month", "week"] if frequency in ("D", "W") else ["month"],
+        "calendar_effects": [[f.frequency, f.column] for f in calendar_effect_features(frequency)],
+        "robust_scale": "mad",
+        "static_features": ["store"],
+    }
+    model = _mlforecast(recipe, models)
     started = time.perf_counter()
-    model.fit(data, static_features=["store"])
-    return LightGBMModel(model, frequency, freq, covariates, time.perf_counter() - started)
+    model.fit(data, static_features=recipe["static_features"])
+    return LightGBMModel(model, frequency, freq, covariates, time.perf_counter() - started, recipe)
 
 
 def predict_lightgbm(

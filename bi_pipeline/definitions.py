@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from bi_pipeline.config import ForecastSettings, Settings
 from bi_pipeline.defs.accuracy import forecast_accuracy
-from bi_pipeline.defs.automation import automation_sensor, build_schedules, retrain_sensor
+from bi_pipeline.defs.automation import automation_sensor, build_schedules, forecast_sensor, retrain_sensor
 from bi_pipeline.defs.cleaning import clean_sales
 from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
 from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
 from bi_pipeline.defs.integration import integrated_sales
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, ParquetIOManager, PipelineResource
+
+MLFLOW_URI_ENV = "BI_PIPELINE_MLFLOW_URI"
 
 INGEST_SELECTION = dg.AssetSelection.assets(stores, items, calendar, raw_sales, clean_sales)
 
@@ -52,13 +56,16 @@ def build_defs(settings: Settings | None = None, forecast: ForecastSettings | No
             *(features, forecaster, forecasts, backtest, forecast_accuracy),
         ],
         jobs=[ingest_job, integrate_job, train_job, forecast_job, pipeline_job],
-        sensors=[landing_zone_sensor, retrain_sensor, automation_sensor],
+        sensors=[landing_zone_sensor, retrain_sensor, forecast_sensor, automation_sensor],
         schedules=build_schedules(forecast),
         resources={
             "pipeline": PipelineResource.from_settings(settings),
             "forecasting": ForecastingResource.from_settings(settings, forecast),
             "mlflow_tracking": MLflowResource(
-                tracking_uri=forecast.mlflow_tracking_uri or settings.mlflow_uri,
+                # A URI from the environment can hold a password: Dagster gets the variable's name, never its value.
+                tracking_uri=dg.EnvVar(MLFLOW_URI_ENV)
+                if os.environ.get(MLFLOW_URI_ENV) and forecast.mlflow_tracking_uri == os.environ[MLFLOW_URI_ENV]
+                else forecast.mlflow_tracking_uri or settings.mlflow_uri,
                 artifact_location=str(settings.mlflow_artifacts),
             ),
             "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),

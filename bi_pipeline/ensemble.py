@@ -5,8 +5,9 @@ the medians (chosen on MASE), the spread weight blends each model's distances fr
 A model whose medians help need not have intervals that help: on aus_retail LightGBM's intervals are far too wide,
 and averaging them in made the blend's WQL worse than the transformer's alone. The grids include 1.0, so when
 LightGBM does not help on validation the candidate is the transformer alone. A registered version is one directory:
-the transformer's ``save_pretrained`` files, and for an ensemble ``ensemble.json`` (the weights) and ``lightgbm/``
-(the fitted mlforecast model, which forecasts again from newer history with the same trees).
+the transformer's ``save_pretrained`` files (safetensors), and for an ensemble ``ensemble.json`` (the weights) and
+``lightgbm/`` (the boosters in LightGBM's text format and the JSON recipe of the mlforecast pipeline around them, which
+forecasts again from newer history with the same trees). Loading unpickles nothing.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Forecaster:
     @classmethod
     def load(cls, path: Path) -> Forecaster:
         path = Path(path)
-        transformer = BIForecaster.from_pretrained(path)
+        # Safetensors only: a pickled ``pytorch_model.bin`` put beside it is never read.
+        transformer = BIForecaster.from_pretrained(path, use_safetensors=True)
         meta_file = path / ENSEMBLE_FILE
         if not meta_file.exists():
             return cls(transformer)

@@ -10,18 +10,23 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.baselines import attach_actuals, fit_lightgbm, predict_lightgbm
+from bi_pipeline.baselines import attach_actuals, fit_lightgbm, predict_lightgbm, statistical_forecast
 from bi_pipeline.ensemble import Forecaster, ensemble_forecast
 from bi_pipeline.evaluation import SERIES, score
 from bi_pipeline.features import FeatureSpec, Panel, build_panel, fit_spec, seasonal_profile_lag
 from bi_pipeline.models import BIForecaster
+from bi_pipeline.privacy import redact_uri
 from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
+
+if TYPE_CHECKING:
+    from bi_pipeline.tracking import Tracker
 
 DEFAULT_HORIZON = {"D": 28, "W": 13, "M": 12}
 
@@ -142,6 +147,8 @@ class Candidate:
     lightgbm_seconds: float
     validation: pd.DataFrame  # the transformer's forecasts of its validation periods
     spread_weight: float = 1.0  # the transformer's share of the distances from the median, fitted on validation
+    # Seasonal naive's metrics on the same holdout: the floor a candidate must beat to be promoted (Tracker.decide).
+    seasonal_naive: dict[str, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -172,15 +179,19 @@ def make_candidate(
 ) -> Candidate:
     """LightGBM fitted on the same training periods, blended with the transformer at the weights that are best on
     the validation periods: the ensemble when either weight is below 1, else the transformer alone (always, when
-    ``ensemble`` is off)."""
+    ``ensemble`` is off). Seasonal naive is scored on the same holdout too: the promotion floor."""
     cutoff_date = panel.dates[cutoff]
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
     transformer = forecast(trained.model, panel, cutoff)
     validation = trained.validation_periods
     own = validation_forecast(trained, panel, cutoff)
+    naive = statistical_forecast(train, horizon, frequency, season_length)[0]["seasonal_naive"]
+    floor = score(attach_actuals(naive, test), train, season_length)
     if not ensemble:
         scores = {"transformer": score(attach_actuals(transformer, test), train, season_length)}
-        return Candidate(Forecaster(trained.model), {"transformer": transformer}, scores, 1.0, 0.0, own)
+        return Candidate(
+            Forecaster(trained.model), {"transformer": transformer}, scores, 1.0, 0.0, own, seasonal_naive=floor
+        )
     started = time.perf_counter()
     lightgbm = fit_lightgbm(train, horizon, frequency, covariates)
     lgb_holdout = predict_lightgbm(lightgbm, train, horizon, future=test, fitted=True)
@@ -194,7 +205,22 @@ def make_candidate(
         model = Forecaster(trained.model, lightgbm, weight, spread_weight)
     else:
         model = Forecaster(trained.model)
-    return Candidate(model, holdout, scores, weight, seconds, own, spread_weight)
+    return Candidate(model, holdout, scores, weight, seconds, own, spread_weight, floor)
+
+
+def load_champion(tracker: Tracker, version: str, warn: Callable[[str], None]) -> Forecaster | None:
+    """The champion's model, or None when it cannot be read: whatever the error (a corrupt or tampered file, a
+    version saved in a format no longer loaded, a download failing), ``warn`` gets the version and the error and the
+    training goes on, the challenger judged against seasonal naive alone."""
+    try:
+        return Forecaster.load(tracker.model_dir(version))
+    except Exception as exc:  # any failure to read it means the same: there is no champion to compare with
+        # An MLflow error can name the tracking or artifact store URI: never with its credentials.
+        warn(
+            f"champion v{version} could not be loaded ({type(exc).__name__}: {redact_uri(str(exc))}); the challenger "
+            "is judged against seasonal naive alone"
+        )
+        return None
 
 
 def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:

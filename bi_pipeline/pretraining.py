@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,12 +207,20 @@ def synthetic_checkpoint(
                 }
             )
 
-    # Written aside and moved into place, so an interrupted pretraining is never taken for a finished one.
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    pretrain(corpus, horizon, partial, pre_config, progress=report)
-    shutil.rmtree(path, ignore_errors=True)
-    partial.rename(path)
+    # Written aside under a name of its own and moved into place, so an interrupted pretraining is never taken for a
+    # finished one and two processes pretraining at once never write into the same directory.
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        pretrain(corpus, horizon, partial, pre_config, progress=report)
+        if not (path / MANIFEST).exists():
+            shutil.rmtree(path, ignore_errors=True)  # an interrupted copy without its manifest
+            try:
+                partial.rename(path)
+            except OSError:
+                if not (path / MANIFEST).exists():  # not another process's finished copy: a real failure
+                    raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return path
 
 

@@ -1,10 +1,12 @@
 """MLflow tracking and the model registry (no Dagster).
 
 Each training is an MLflow run: parameters, a metric per epoch, the holdout ("backtest") metrics, data lineage (period
-range and a hash of the training data), and the model as a pyfunc wrapping the ``save_pretrained`` directory. The run's
-model is registered as ``bi_pipeline_forecaster``; the new version gets the alias ``challenger`` and becomes
-``champion`` only when it beats the current champion on the same holdout. The champion it replaces keeps the alias
-``previous_champion`` for rollback. Every decision is written to the version's tags and the run.
+range and a hash of the training data), and the model as a pyfunc wrapping the ``save_pretrained`` directory, logged
+as code (:mod:`bi_pipeline.forecaster_model`): nothing in it is pickled. The run's model is registered as
+``bi_pipeline_forecaster``; the new version gets the alias ``challenger`` and becomes ``champion`` only when its
+holdout score is finite, beats seasonal naive's on the same holdout (the floor) and beats the current champion's there.
+The champion it replaces keeps the alias ``previous_champion`` for rollback. Every decision is written to the
+version's tags and the run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -25,19 +26,35 @@ EXPERIMENT = "bi_pipeline"
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
-class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
-    """``mlflow.pyfunc.load_model(uri).predict(history)``: quantile forecasts after the last date of ``history`` (an
-    integrated-sales frame: store_id, item_id, date, sales and the covariates the model was trained with)."""
+# The pyfunc is logged as code (models-from-code): MLflow stores this file, not a pickled PythonModel.
+MODEL_CODE = Path(__file__).with_name("forecaster_model.py")
+# What loading and running the model imports, pinned to the installed versions in its requirements.
+MODEL_PACKAGES = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "lightgbm",
+    "mlforecast",
+    "statsforecast",
+)
 
-    def load_context(self, context) -> None:
-        from bi_pipeline.ensemble import Forecaster
 
-        self.model = Forecaster.load(context.artifacts["model"])
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements, pinned. Given explicitly: inferring them, MLflow imports the model in a
+    subprocess, about 15 s per training here."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from bi_pipeline.forecasting import forecast_latest
-
-        return forecast_latest(self.model, model_input)
+    pinned = []
+    for name in MODEL_PACKAGES:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
 
 
 @dataclass
@@ -49,6 +66,7 @@ class Decision:
     champion_version: str | None
     champion_score: float | None
     metric: str
+    floor_score: float | None = None  # seasonal naive's score on the same holdout
 
 
 class Tracker:
@@ -94,9 +112,10 @@ class Tracker:
             mlflow.log_dict(lineage, "lineage.json")
             info = mlflow.pyfunc.log_model(
                 name="forecaster",
-                python_model=ForecasterPyfunc(),
+                python_model=str(MODEL_CODE),
                 artifacts={"model": str(model_dir)},
                 registered_model_name=MODEL_NAME,
+                pip_requirements=model_requirements(),
             )
             version = str(info.registered_model_version)
         self.client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
@@ -140,29 +159,44 @@ class Tracker:
         version: str,
         challenger_score: float,
         champion_score: float | None,
+        floor_score: float,
         metric: str = "MASE",
         margin: float = 0.0,
         vetoes: list[str] | None = None,
     ) -> Decision:
-        """Promote ``version`` to champion when there is none, or when its score (lower is better) beats the
-        champion's on the same holdout by at least ``margin`` (relative) and nothing vetoes it (a store or item group
-        regressing, forgetting: :func:`bi_pipeline.continual.promotion_gate`). Logged on the version and its run."""
+        """Promote ``version`` to champion when its score (lower is better) is finite, strictly beats the floor
+        (``floor_score``: seasonal naive's score on the same holdout) and, when there is a champion that could be
+        scored on that holdout, beats the champion's score by at least ``margin`` (relative) with nothing vetoing it
+        (a store or item group regressing, forgetting: :func:`bi_pipeline.continual.promotion_gate`). With no champion,
+        or one that could not be scored, the floor alone decides. Logged on the version and its run."""
         champion = self.alias_version(CHAMPION)
-        if champion is None:
-            promoted, reason = True, "no champion yet"
-        elif champion_score is None or not _finite(champion_score):
-            promoted, reason = True, f"champion v{champion} could not be scored on this holdout"
+        scored = champion is not None and champion_score is not None and _finite(champion_score)
+        beats_floor = _finite(challenger_score) and _finite(floor_score) and challenger_score < floor_score
+        floor_text = f"seasonal naive's {floor_score:.4f}" if _finite(floor_score) else "seasonal naive (not scored)"
+        if not _finite(challenger_score):
+            promoted, reason = False, f"{metric} {challenger_score} is not finite: never promoted"
+        elif not scored:
+            situation = "no champion yet"
+            if champion is not None:
+                situation = f"champion v{champion} could not be scored on this holdout"
+            promoted = beats_floor
+            verdict = "beats" if beats_floor else "does not beat"
+            reason = f"{situation}; {metric} {challenger_score:.4f} {verdict} {floor_text}"
         elif challenger_score <= champion_score * (1.0 - margin) and challenger_score < champion_score:
-            promoted = not vetoes
             reason = f"{metric} {challenger_score:.4f} beats champion v{champion}'s {champion_score:.4f}"
-            if vetoes:
-                reason += " but is vetoed: " + "; ".join(vetoes)
+            if not beats_floor:
+                promoted = False
+                reason += f" but not {floor_text}"
+            else:
+                promoted = not vetoes
+                if vetoes:
+                    reason += " but is vetoed: " + "; ".join(vetoes)
         else:
             promoted = False
             reason = f"{metric} {challenger_score:.4f} does not beat champion v{champion}'s {champion_score:.4f}"
             if margin:
                 reason += f" by the {margin:.1%} margin"
-        decision = Decision(promoted, reason, version, challenger_score, champion, champion_score, metric)
+        decision = Decision(promoted, reason, version, challenger_score, champion, champion_score, metric, floor_score)
         if promoted:
             if champion is not None and champion != version:
                 self.client.set_registered_model_alias(MODEL_NAME, PREVIOUS, champion)
@@ -172,8 +206,10 @@ class Tracker:
         run_id = self.run_of(version)
         self.client.set_tag(run_id, "decision", "promoted" if promoted else "kept")
         self.client.set_tag(run_id, "decision_reason", reason)
-        if champion_score is not None and _finite(champion_score):
+        if scored:
             self.client.log_metric(run_id, f"champion_holdout_{metric}", float(champion_score))
+        if _finite(floor_score):
+            self.client.log_metric(run_id, f"seasonal_naive_holdout_{metric}", float(floor_score))
         return decision
 
 

@@ -5,7 +5,8 @@
   on every series' contexts before fine-tuning;
 - fine-tuning with the pinball loss over the quantiles, AdamW, gradient clipping, early stopping on the validation
   loss (validation targets are never training targets, see :func:`bi_pipeline.features.split_windows`);
-- a checkpoint after every epoch; a run restarted with the same checkpoint directory resumes where it stopped;
+- a checkpoint after every epoch; a run restarted with the same checkpoint directory resumes where it stopped (the
+  checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain values, never arbitrary objects);
 - progress reported through a callback (the Dagster log, or a bar in the CLI).
 """
 
@@ -20,6 +21,7 @@ import os
 import random
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -696,14 +698,14 @@ def train_forecaster(
     }
     resumed = None
     pretrain_seconds = 0.0
-    if state_path is not None and state_path.exists():
-        saved = torch.load(state_path, map_location=device, weights_only=False)
+    saved = _load_state(state_path, device, progress) if state_path is not None and state_path.exists() else None
+    if saved is not None:
         if saved.get("fingerprint") == fingerprint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             initial_state = saved["initial_state"]
             state = {k: saved.get(k, v) for k, v in state.items()}
-            torch.set_rng_state(saved["torch_rng"])
+            torch.set_rng_state(saved["torch_rng"].cpu())  # map_location moved it too; the generator is on the CPU
             resumed = state["epoch"]
             if progress:
                 progress({"stage": "resume", "phase": state["phase"], "epoch": resumed})
@@ -721,7 +723,7 @@ def train_forecaster(
                     "optimizer": optimizer.state_dict(),
                     "initial_state": initial_state,
                     "torch_rng": torch.get_rng_state(),
-                    **state,
+                    **_plain(state),
                 },
             )
 
@@ -834,12 +836,49 @@ def train_forecaster(
     )
 
 
+def _plain(value):
+    """``value`` with numpy scalars and arrays as Python numbers and tensors, so the checkpoint loads with
+    ``weights_only=True`` (which refuses every class it does not know)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
+def _load_state(path: Path, device: torch.device, progress: Progress | None) -> dict | None:
+    """The checkpoint's state, read with ``weights_only=True``: tensors and plain containers only, so a file that
+    holds anything else (a crafted pickle that would run code, or a checkpoint from an older version) is refused
+    without running any of it. A refused or unreadable checkpoint is not resumed from: the training starts fresh,
+    reports it (stage ``resume_skipped``, with the file and the error) and overwrites it with its own."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(saved, dict):
+            raise ValueError(f"a checkpoint holds a dict, not {type(saved).__name__}")
+        return saved
+    except Exception as exc:  # whatever is wrong with the file, it is not resumed from
+        if progress:
+            progress({"stage": "resume_skipped", "checkpoint": str(path), "error": f"{type(exc).__name__}: {exc}"})
+        return None
+
+
 def _save_state(path: Path, state: dict) -> None:
-    """Written to a temporary file and renamed: a crash mid-write leaves the previous checkpoint intact."""
+    """Written to a temporary file of its own (two writers never share one), synced to disk and renamed: a crash
+    mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def clear_checkpoints(checkpoint_dir: Path) -> None:

@@ -60,7 +60,7 @@ def test_lightgbm_forecasts_every_series_and_horizon():
     assert metrics["MASE"] < 2.0  # learns trend and seasonality well enough to be sane
 
 
-def test_lightgbm_knows_where_easter_falls_and_pickles_with_it(tmp_path):
+def test_lightgbm_knows_where_easter_falls_and_is_saved_and_loaded_with_it(tmp_path):
     # Easter Sunday 2024 was 31 March: of its week (24–31 March) the Friday week from 22 March holds 5 days and the
     # week from 29 March 3, with all of Good Friday to Easter Monday; 364 days before (Easter 9 April 2023) none.
     history = weekly_history(weeks=70)
@@ -73,6 +73,11 @@ def test_lightgbm_knows_where_easter_falls_and_pickles_with_it(tmp_path):
     np.testing.assert_allclose(effects["easter_holidays_change"](weeks), [0, 1])
     model.save(tmp_path / "lgb")
     loaded = LightGBMModel.load(tmp_path / "lgb")
+    # Rebuilt from (frequency, column), not unpickled.
+    rebuilt = {f.__name__: f for f in loaded.forecaster.ts.date_features if callable(f)}
+    assert sorted(rebuilt) == sorted(names)
+    assert (rebuilt["easter_week"].frequency, rebuilt["easter_week"].column) == ("W", effects["easter_week"].column)
+    np.testing.assert_allclose(rebuilt["easter_week"](weeks), [5 / 8, 3 / 8])
     pd.testing.assert_frame_equal(predict_lightgbm(model, history, 6), predict_lightgbm(loaded, history, 6))
 
 

@@ -22,7 +22,7 @@ TINY = ForecastSettings(horizon=6, members=1, epochs=2, max_windows_per_epoch=25
 
 
 def run_all(settings: Settings, instance: dg.DagsterInstance, forecast: ForecastSettings = TINY):
-    keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0).ready)
+    keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0, assume_complete=True).ready)
     new = [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
     instance.add_dynamic_partitions(sales_periods.name, new)
     defs = build_defs(settings, forecast)
@@ -66,6 +66,16 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         trained = result.asset_materializations_for_node("forecaster")[0].metadata
         assert trained["model_version"].value == "1" and trained["decision"].value == "promoted"
         assert trained["model_kind"].value == kind
+        # No champion yet: promoted for beating seasonal naive on the same holdout (the floor).
+        floor = trained["seasonal_naive_holdout_MASE"].value
+        assert trained["decision_reason"].value == (
+            f"no champion yet; MASE {run.data.metrics['holdout_MASE']:.4f} beats seasonal naive's {floor:.4f}"
+        )
+        assert run.data.metrics["holdout_MASE"] < floor
+        assert tracker.client.get_run(run.info.run_id).data.metrics["seasonal_naive_holdout_MASE"] == floor
+        # The run's checkpoint folder and model directory are removed once the version is registered.
+        assert not any((landed.home / "models").iterdir())
+        assert not (landed.checkpoint_dir / "forecaster" / result.run_id).exists()
 
         forecasts = pd.read_parquet(landed.asset_dir / "forecasts.parquet")
         integrated = pd.read_parquet(landed.asset_dir / "integrated_sales.parquet")
@@ -80,6 +90,7 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         table = pd.read_parquet(landed.asset_dir / "backtest.parquet")
         assert table["model"].tolist() == ["transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"]
         assert table.loc[table["model"] == "seasonal_naive", "skill"].iloc[0] == 1.0
+        assert table.loc[table["model"] == "seasonal_naive", "MASE"].iloc[0] == pytest.approx(floor)
         assert table[["MASE", "WAPE", "WQL"]].notna().all().all()
         # The backtest shows the very parts that competed for champion.
         for part in parts:
@@ -118,40 +129,143 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         np.testing.assert_allclose(out["q0.5"].to_numpy(), expected["q0.5"].to_numpy(), rtol=1e-5)
 
 
-def test_champion_is_kept_against_a_worse_challenger_and_rolled_forward_with_a_better_one(tmp_path):
+def tiny_model_dir(path):
     from bi_pipeline.models import BIForecaster, BIForecasterConfig
 
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
-    model = BIForecaster(
-        BIForecasterConfig(
-            context_length=8,
-            patch_length=2,
-            horizon=2,
-            d_model=8,
-            ffn_dim=8,
-            num_attention_heads=1,
-            num_hidden_layers=1,
-            num_members=1,
-        )
+    config = BIForecasterConfig(
+        context_length=8,
+        patch_length=2,
+        horizon=2,
+        d_model=8,
+        ffn_dim=8,
+        num_attention_heads=1,
+        num_hidden_layers=1,
+        num_members=1,
     )
-    model.save_pretrained(tmp_path / "m")
+    BIForecaster(config).save_pretrained(path)
+    return path
+
+
+def test_champion_is_kept_against_a_worse_challenger_and_rolled_forward_with_a_better_one(tmp_path):
+    from bi_pipeline.models import BIForecaster
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
+    tiny_model_dir(tmp_path / "m")
 
     def log(score: float) -> str:
         _, version = tracker.log_training(tmp_path / "m", {"p": 1}, [], {"MASE": score}, {"data_hash": "x"})
         return version
 
     first = log(0.8)
-    assert tracker.decide(first, 0.8, None).promoted
+    assert tracker.decide(first, 0.8, None, floor_score=1.0).promoted
     worse = log(0.9)
-    decision = tracker.decide(worse, 0.9, 0.8)
+    decision = tracker.decide(worse, 0.9, 0.8, floor_score=1.0)
     assert not decision.promoted and "does not beat" in decision.reason
     assert tracker.alias_version(CHAMPION) == first and tracker.alias_version(CHALLENGER) == worse
     assert tracker.client.get_model_version(MODEL_NAME, worse).tags["decision"] == "kept"
     assert tracker.client.get_run(tracker.run_of(worse)).data.metrics["champion_holdout_MASE"] == 0.8
     # Within the margin is not enough.
-    assert not tracker.decide(log(0.79), 0.79, 0.8, margin=0.05).promoted
+    assert not tracker.decide(log(0.79), 0.79, 0.8, floor_score=1.0, margin=0.05).promoted
     better = log(0.7)
-    assert tracker.decide(better, 0.7, 0.8, margin=0.05).promoted
+    assert tracker.decide(better, 0.7, 0.8, floor_score=1.0, margin=0.05).promoted
     assert tracker.alias_version(CHAMPION) == better and tracker.alias_version(PREVIOUS) == first
     # The champion's files can be fetched and loaded again (rollback and serving read this).
     assert BIForecaster.from_pretrained(tracker.model_dir(first)).config.horizon == 2
+
+
+def test_no_challenger_is_promoted_unless_finite_and_better_than_seasonal_naive(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
+    tiny_model_dir(tmp_path / "m")
+    first = tracker.log_training(tmp_path / "m", {}, [], {"MASE": 0.71}, {})[1]
+
+    def kept(version: str, *args, **kwargs) -> str:
+        decision = tracker.decide(version, *args, **kwargs)
+        assert not decision.promoted
+        assert tracker.client.get_model_version(MODEL_NAME, version).tags["decision"] == "kept"
+        return decision.reason
+
+    # No champion yet: the floor alone decides, and nothing that is not finite passes it.
+    assert kept(first, float("nan"), None, floor_score=1.0) == "MASE nan is not finite: never promoted"
+    assert kept(first, float("inf"), None, floor_score=1.0) == "MASE inf is not finite: never promoted"
+    assert kept(first, 0.95, None, floor_score=0.9) == (
+        "no champion yet; MASE 0.9500 does not beat seasonal naive's 0.9000"
+    )
+    assert kept(first, 0.9, None, floor_score=0.9).endswith("does not beat seasonal naive's 0.9000")  # strictly lower
+    assert kept(first, 0.5, None, floor_score=float("nan")) == (
+        "no champion yet; MASE 0.5000 does not beat seasonal naive (not scored)"
+    )
+    assert tracker.alias_version(CHAMPION) is None
+    decision = tracker.decide(first, 0.71, None, floor_score=1.0)
+    assert decision.promoted and decision.reason == "no champion yet; MASE 0.7100 beats seasonal naive's 1.0000"
+    assert decision.floor_score == 1.0 and tracker.alias_version(CHAMPION) == first
+    assert tracker.client.get_run(tracker.run_of(first)).data.metrics["seasonal_naive_holdout_MASE"] == 1.0
+
+    # With a champion: a challenger that beats it is still kept when it does not beat seasonal naive.
+    second = tracker.log_training(tmp_path / "m", {}, [], {"MASE": 0.6}, {})[1]
+    assert kept(second, float("nan"), 0.71, floor_score=1.0) == "MASE nan is not finite: never promoted"
+    assert kept(second, 0.6, 0.71, floor_score=0.5) == (
+        f"MASE 0.6000 beats champion v{first}'s 0.7100 but not seasonal naive's 0.5000"
+    )
+    assert kept(second, 0.8, 0.71, floor_score=1.0) == f"MASE 0.8000 does not beat champion v{first}'s 0.7100"
+    # A champion that could not be scored: the challenger is judged against the floor alone.
+    assert kept(second, 1.1, None, floor_score=1.0) == (
+        f"champion v{first} could not be scored on this holdout; MASE 1.1000 does not beat seasonal naive's 1.0000"
+    )
+    assert tracker.alias_version(CHAMPION) == first
+    assert tracker.decide(second, 0.6, 0.71, floor_score=1.0).promoted
+    assert tracker.alias_version(CHAMPION) == second and tracker.alias_version(PREVIOUS) == first
+
+
+def test_a_corrupt_champion_is_reported_and_the_challenger_judged_against_the_floor(tmp_path):
+    from bi_pipeline.forecasting import load_champion
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
+    tiny_model_dir(tmp_path / "m")
+    first = tracker.log_training(tmp_path / "m", {}, [], {"MASE": 0.8}, {})[1]
+    assert tracker.decide(first, 0.8, None, floor_score=1.0).promoted
+    (stored,) = (tmp_path / "artifacts").rglob("model.safetensors")
+    stored.write_bytes(b"\x00" * 64)  # the champion's weights, corrupted in the artifact store
+    second = tracker.log_training(tmp_path / "m", {}, [], {"MASE": 0.7}, {})[1]
+
+    warnings: list[str] = []
+    assert load_champion(tracker, first, warnings.append) is None
+    (warning,) = warnings
+    assert warning.startswith(f"champion v{first} could not be loaded (")
+    assert warning.endswith("); the challenger is judged against seasonal naive alone")
+    decision = tracker.decide(second, 0.7, None, floor_score=1.0)
+    assert decision.promoted and decision.reason == (
+        f"champion v{first} could not be scored on this holdout; MASE 0.7000 beats seasonal naive's 1.0000"
+    )
+    assert tracker.alias_version(CHAMPION) == second and tracker.alias_version(PREVIOUS) == first
+
+
+def test_the_tracking_uri_in_the_forecaster_metadata_holds_no_credentials():
+    from bi_pipeline.defs.forecasting import mlflow_metadata
+
+    uri = "postgresql://bi:s3cret@db.internal:5432/mlflow?sslmode=require&password=hunter2"
+    metadata = mlflow_metadata(uri, "bi_pipeline", "abc123", "3")
+    assert metadata["mlflow_tracking_uri"] == "postgresql://***@db.internal:5432/mlflow?sslmode=require&password=***"
+    assert metadata["mlflow_run_id"] == "abc123"
+    rendered = " ".join(str(getattr(v, "value", v)) for v in metadata.values())
+    assert "s3cret" not in rendered and "hunter2" not in rendered and "bi:" not in rendered
+    assert "`mlflow ui --backend-store-uri postgresql://***@db.internal:5432/mlflow" in metadata["mlflow_ui"].value
+
+
+def test_a_tracking_uri_from_the_environment_reaches_dagster_as_the_variable_name(settings, monkeypatch):
+    monkeypatch.setenv("BI_PIPELINE_MLFLOW_URI", "postgresql://bi:s3cret@db/mlflow")
+    resource = build_defs(settings, ForecastSettings.from_env()).resources["mlflow_tracking"]
+    assert isinstance(resource.tracking_uri, dg.EnvVar) and resource.tracking_uri == "BI_PIPELINE_MLFLOW_URI"
+    assert "s3cret" not in repr(resource)
+    monkeypatch.delenv("BI_PIPELINE_MLFLOW_URI")
+    resource = build_defs(settings, ForecastSettings.from_env()).resources["mlflow_tracking"]
+    assert not isinstance(resource.tracking_uri, dg.EnvVar) and resource.tracking_uri == settings.mlflow_uri
+
+
+def test_a_retried_run_keeps_its_root_runs_checkpoint_folder(tmp_path):
+    from bi_pipeline.defs.forecasting import run_checkpoints
+
+    first = dg.DagsterRun(job_name="train_job", run_id="first")
+    retry = dg.DagsterRun(job_name="train_job", run_id="retry", root_run_id="first", parent_run_id="first")
+    other = dg.DagsterRun(job_name="train_job", run_id="other")
+    assert run_checkpoints(tmp_path, first) == run_checkpoints(tmp_path, retry) == tmp_path / "forecaster" / "first"
+    assert run_checkpoints(tmp_path, other) == tmp_path / "forecaster" / "other"

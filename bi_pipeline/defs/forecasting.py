@@ -2,8 +2,8 @@
 backtest that compares the forecaster with strong baselines on the same holdout."""
 
 import json
+import math
 import shutil
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -27,6 +27,7 @@ from bi_pipeline.features import (
     panel_frame,
     panel_from_frame,
     seasonal_profile_lag,
+    unused_columns,
     validation_length,
 )
 from bi_pipeline.forecasting import (
@@ -35,9 +36,11 @@ from bi_pipeline.forecasting import (
     future_covariates,
     holdout_forecast,
     lineage_of,
+    load_champion,
     make_candidate,
 )
 from bi_pipeline.plots import figure, png_base64
+from bi_pipeline.privacy import redact_uri
 from bi_pipeline.tracking import CHAMPION
 from bi_pipeline.training import clear_checkpoints, train_forecaster
 
@@ -79,6 +82,9 @@ def features(
     train = integrated_sales[integrated_sales["date"] <= cutoff_date]
     lag = seasonal_profile_lag(forecasting.seasonal_profile, frequency, horizon, train)
     spec = fit_spec(train, frequency, profile_lag=lag, calendar_effects=forecasting.calendar_effects)
+    unused = unused_columns(train, spec)
+    if unused:
+        context.log.info("columns the model does not read: " + "; ".join(f"{c}: {why}" for c, why in unused.items()))
     panel = build_panel(integrated_sales, spec, reference_end=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
     history_len = int(np.median(cutoff + 1 - panel.first))
@@ -103,6 +109,10 @@ def features(
             "rows_by_split": json.dumps({k: int(v) for k, v in counts.items()}),
             "future_features": ", ".join(spec.future_names),
             "static_features": ", ".join([*spec.static_categorical, *spec.static_numeric]) or "none",
+            # Every column the model leaves out, and why: nothing is left out silently.
+            "columns_not_used": dg.MetadataValue.md(
+                "\n".join(f"- `{c}`: {why}" for c, why in unused.items()) or "none: every column is an input"
+            ),
             "preview": dg.MetadataValue.md(frame.head(8).to_markdown(index=False)),
         },
     )
@@ -130,9 +140,11 @@ def forecaster(
 ) -> dg.Output:
     """Trains the transformer (PatchTST backbone, quantile head with covariates) on the training split, early-stopped
     on validation — from scratch, or incrementally from the champion — scores it on the holdout, logs it to MLflow
-    and registers it as ``challenger``; it becomes ``champion`` only if it beats the current champion on the same
-    holdout by the margin and no store or item group (nor an older window) regresses past the tolerance. The value
-    is the holdout and validation forecasts (the backtest asset compares them with the baselines)."""
+    and registers it as ``challenger``; it becomes ``champion`` only if its holdout MASE is finite and beats seasonal
+    naive's on the same holdout (the floor, which alone decides when there is no champion or it cannot be read), and
+    beats the current champion's by the margin with no store or item group (nor an older window) regressing past the
+    tolerance. The value is the holdout and validation forecasts (the backtest asset compares them with the
+    baselines)."""
     if config.mode not in ("full", "incremental"):
         raise dg.Failure(f"training mode {config.mode!r}: use full or incremental")
     settings = pipeline.settings()
@@ -144,7 +156,7 @@ def forecaster(
     cutoff = int(panel.dates.get_loc(cutoff_date))
     train_config = forecasting.train_config()
     train_config.validation_periods = validation
-    checkpoints = Path(forecasting.checkpoint_dir) / "forecaster"
+    checkpoints = run_checkpoints(Path(forecasting.checkpoint_dir), context.run)
 
     def report(record: dict) -> None:
         stage = record.get("stage")
@@ -162,6 +174,10 @@ def forecaster(
             )
         elif stage == "resume":
             context.log.info(f"resuming from the checkpoint after epoch {record['epoch']} ({checkpoints})")
+        elif stage == "resume_skipped":
+            context.log.warning(
+                f"checkpoint {record['checkpoint']} not resumed from, training from scratch: {record['error']}"
+            )
         elif stage == "calibrate":
             context.log.info(
                 f"calibrated on validation: level ×{record['level_scale']}, median swing ×{record['shape_scale']}, "
@@ -183,13 +199,8 @@ def forecaster(
     history = integrated_sales
     tracker = mlflow_tracking.tracker()
     champion_version = tracker.alias_version(CHAMPION)
-    champion = None
-    if champion_version:
-        try:
-            champion = Forecaster.load(tracker.model_dir(champion_version))
-        except (ValueError, KeyError, OSError) as exc:
-            # An unreadable champion is not a reason to stop training: it cannot be warm-started from or compared.
-            context.log.warning(f"champion v{champion_version} could not be loaded: {exc}")
+    # An unreadable champion is not a reason to stop training: it cannot be warm-started from or compared with.
+    champion = load_champion(tracker, champion_version, context.log.warning) if champion_version else None
     mode = config.mode
     result = None
     if mode == "incremental":
@@ -228,7 +239,8 @@ def forecaster(
         result, panel, cutoff, history, frequency, horizon, season, covariates, ensemble=forecasting.ensemble
     )
     scores = candidate.own_scores
-    for name, values in candidate.scores.items():
+    floor = float(candidate.seasonal_naive.get("MASE", math.nan))
+    for name, values in {**candidate.scores, "seasonal_naive": candidate.seasonal_naive}.items():
         context.log.info(f"holdout {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     if forecasting.ensemble:
         context.log.info(
@@ -236,8 +248,6 @@ def forecaster(
             "validation periods)"
         )
 
-    model_dir = settings.home / "models" / time.strftime("%Y%m%dT%H%M%S")
-    candidate.model.save(model_dir)
     lineage = {**lineage_of(history, cutoff_date, horizon), "dagster_run_id": context.run_id}
     params = {
         **train_config.to_dict(),
@@ -268,28 +278,37 @@ def forecaster(
         "future_features": ",".join(panel.spec.future_names),
         "lightgbm_covariates": ",".join(covariates) if candidate.kind == "ensemble" else "",
     }
-    run_id, version = tracker.log_training(
-        model_dir,
-        params,
-        result.history,
-        scores,
-        lineage,
-        run_name=context.run_id,
-        components=candidate.scores,
-        version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight, "mode": mode},
-    )
+    model_dir = settings.home / "models" / context.run_id  # one per run: two trainings never write the same one
+    try:
+        candidate.model.save(model_dir)
+        run_id, version = tracker.log_training(
+            model_dir,
+            params,
+            result.history,
+            scores,
+            lineage,
+            run_name=context.run_id,
+            components=candidate.scores,
+            version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight, "mode": mode},
+        )
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
     champion_scores, gate = None, None
     if champion is not None:
         try:
             champion_scores, gate = _compare_with_champion(
                 candidate, champion, history, season, horizon, forecasting.group_tolerance
             )
-        except (ValueError, KeyError, OSError) as exc:
-            context.log.warning(f"champion v{champion_version} could not be scored on this holdout: {exc}")
+        except Exception as exc:  # whatever fails, the challenger is judged against seasonal naive alone
+            context.log.warning(
+                f"champion v{champion_version} could not be scored on this holdout "
+                f"({type(exc).__name__}: {redact_uri(str(exc))})"
+            )
     decision = tracker.decide(
         version,
         scores["MASE"],
         champion_scores["MASE"] if champion_scores else None,
+        floor_score=floor,
         margin=forecasting.promotion_margin,
         vetoes=gate.vetoes if gate else None,
     )
@@ -305,6 +324,7 @@ def forecaster(
                 "champion_version": champion_version,
                 "champion_holdout": champion_scores,
                 "challenger_holdout": scores,
+                "seasonal_naive_holdout": candidate.seasonal_naive,
                 "margin": forecasting.promotion_margin,
                 "group_tolerance": forecasting.group_tolerance,
                 "vetoes": gate.vetoes,
@@ -320,7 +340,6 @@ def forecaster(
         f"{'promoted to champion' if decision.promoted else 'kept as challenger'} — {decision.reason}"
     )
     clear_checkpoints(checkpoints)
-    shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
     value = pd.concat(
         [
             *(frame.assign(kind="holdout", model=name) for name, frame in candidate.holdout.items()),
@@ -343,13 +362,9 @@ def forecaster(
             "champion_version": tracker.alias_version(CHAMPION),
             "decision": "promoted" if decision.promoted else "kept",
             "decision_reason": decision.reason,
-            "mlflow_run_id": run_id,
-            "mlflow_tracking_uri": mlflow_tracking.tracking_uri,
-            "mlflow_ui": dg.MetadataValue.md(
-                f"`mlflow ui --backend-store-uri {mlflow_tracking.tracking_uri}` → experiment "
-                f"`{mlflow_tracking.experiment}`, run `{run_id}`, model `bi_pipeline_forecaster` v{version}"
-            ),
+            **mlflow_metadata(mlflow_tracking.tracking_uri, mlflow_tracking.experiment, run_id, version),
             **{f"holdout_{k}": float(v) for k, v in scores.items()},
+            "seasonal_naive_holdout_MASE": floor,
             **({f"champion_holdout_{k}": float(v) for k, v in champion_scores.items()} if champion_scores else {}),
             **(
                 {
@@ -373,6 +388,25 @@ def forecaster(
             "epochs": _md_table(epochs.drop(columns=[c for c in ("best",) if c in epochs]), 4),
         },
     )
+
+
+def run_checkpoints(checkpoint_dir: Path, run: dg.DagsterRun) -> Path:
+    """The training checkpoints of a run: a folder per run, so concurrent trainings never share one, keyed by the
+    root run, so a retry of a failed run (a new run with the same root) resumes from its last epoch."""
+    return checkpoint_dir / "forecaster" / (run.root_run_id or run.run_id)
+
+
+def mlflow_metadata(tracking_uri: str, experiment: str, run_id: str, version: str) -> dict:
+    """Where a training is in MLflow, for the asset's metadata: the tracking URI without its credentials."""
+    uri = redact_uri(tracking_uri)
+    return {
+        "mlflow_run_id": run_id,
+        "mlflow_tracking_uri": uri,
+        "mlflow_ui": dg.MetadataValue.md(
+            f"`mlflow ui --backend-store-uri {uri}` → experiment `{experiment}`, run `{run_id}`, "
+            f"model `bi_pipeline_forecaster` v{version}"
+        ),
+    }
 
 
 def _compare_with_champion(
