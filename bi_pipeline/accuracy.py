@@ -7,14 +7,15 @@ publishing the same forecast again overwrites its own file and nothing else.
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bi_pipeline.baselines import attach_actuals
-from bi_pipeline.evaluation import SERIES, score
+from bi_pipeline.evaluation import SERIES, mase, mase_scales, score
+from bi_pipeline.state import atomic_write
 
 COLUMNS = ["model_version", "cutoff", "published_periods", "scored_periods", "series", "MASE", "WAPE", "WQL"]
 
@@ -28,12 +29,8 @@ def archive_forecasts(archive: Path, forecasts: pd.DataFrame) -> Path:
     cutoffs, versions = forecasts["cutoff"].unique(), forecasts["model_version"].unique()
     if len(cutoffs) != 1 or len(versions) != 1:
         raise ValueError(f"a publication has one cutoff and one model version, not {len(cutoffs)} and {len(versions)}")
-    archive.mkdir(parents=True, exist_ok=True)
     path = archive_path(archive, cutoffs[0], str(versions[0]))
-    tmp = path.with_suffix(".tmp")
-    forecasts.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: forecasts.to_parquet(tmp, index=False))
 
 
 def load_archive(archive: Path) -> pd.DataFrame:
@@ -70,3 +67,50 @@ def live_accuracy(archive: pd.DataFrame, history: pd.DataFrame, season_length: i
         if column not in out:
             out[column] = np.nan
     return out.sort_values(["cutoff", "model_version"]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class LiveEvidence:
+    """How a model version's published forecasts did on the periods whose actuals have landed since.
+
+    ``mase`` is the mean over scored periods of each period's MASE (every publication of the version that forecast
+    the period, each scaled by the history up to its own cutoff); ``se`` its standard error across periods, so a
+    few noisy periods cannot pass for a degradation."""
+
+    version: str
+    periods: int
+    mase: float
+    se: float
+
+    def lower_bound(self, z: float = 2.0) -> float:
+        """The live MASE the evidence supports at least (mean minus ``z`` standard errors)."""
+        return self.mase - z * self.se
+
+    def describe(self) -> str:
+        return f"live MASE {self.mase:.3f} ± {2 * self.se:.3f} over {self.periods} scored period(s) of v{self.version}"
+
+
+def live_evidence(archive: pd.DataFrame, history: pd.DataFrame, season_length: int, version: str):
+    """The ``LiveEvidence`` of one version's publications, or None while none of its periods has actuals."""
+    if archive.empty:
+        return None
+    published = archive[archive["model_version"].astype(str) == str(version)]
+    history = history.astype({"store_id": str, "item_id": str})
+    per_period: dict[pd.Timestamp, list[float]] = {}
+    for cutoff, publication in published.groupby("cutoff", sort=True):
+        cutoff = pd.Timestamp(cutoff)
+        scored = attach_actuals(
+            publication.drop(columns=["cutoff", "model_version"]), history[history["date"] > cutoff]
+        ).dropna(subset=["sales"])
+        if scored.empty:
+            continue
+        scales = mase_scales(history[history["date"] <= cutoff], season_length)
+        for day, rows in scored.groupby("date", sort=True):
+            value = mase(rows, scales)
+            if np.isfinite(value):
+                per_period.setdefault(pd.Timestamp(day), []).append(value)
+    if not per_period:
+        return None
+    values = np.array([np.mean(v) for v in per_period.values()])
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("inf")
+    return LiveEvidence(str(version), len(values), float(values.mean()), se)

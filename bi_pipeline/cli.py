@@ -1,7 +1,10 @@
 """`bi-pipeline`: what users do outside the Dagster UI.
 
 bi-pipeline demo                      generate demo data and run every stage end to end
-bi-pipeline run                       run every stage on what is in the landing zone
+bi-pipeline run [--complete]          run every stage on what is in the landing zone
+bi-pipeline remove-period YYYY-MM-DD --reason TEXT   remove an ingested period on purpose (recorded)
+bi-pipeline state rebuild             rebuild the state files under $BI_PIPELINE_HOME/state
+bi-pipeline docs                      serve the GX Data Docs on http://127.0.0.1:$BI_PIPELINE_DOCS_PORT
 bi-pipeline generate --landing DIR    write a synthetic retail business into a landing zone
 bi-pipeline import-csv FILE --to DIR --date COL --store COL [--item COL] --sales COL [...]
 bi-pipeline backtest --data DIR --horizon H [--season-length M] [--windows W] [--out FILE.json]
@@ -95,6 +98,8 @@ def _print_summary(summary, settings: Settings) -> None:
     print(f"run {summary.run_id}: {'succeeded' if summary.success else 'FAILED'} over {summary.partitions} period(s)")
     for message in summary.rejected_files:
         print(f"  not ingested: {message}")
+    for message in summary.pending_files:
+        print(f"  waiting (not complete yet): {message}")
     for name in ("raw_sales", "clean_sales", "sales_quarantine", "integrated_sales"):
         meta = summary.materialized.get(name)
         if meta:
@@ -125,9 +130,10 @@ def _print_summary(summary, settings: Settings) -> None:
     compared = summary.materialized.get("backtest")
     if compared:
         print("  backtest on the holdout:\n" + "\n".join("    " + line for line in compared["comparison"].splitlines()))
-    docs = settings.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    if docs.exists():
-        print(f"  GX Data Docs: file://{docs}")
+    from bi_pipeline.docs_site import docs_url, site_dir
+
+    if (site_dir(settings.gx_dir) / "index.html").exists():
+        print(f"  GX Data Docs: {docs_url(settings)} (serve them with `bi-pipeline docs`)")
     print(f"  assets stored under {settings.asset_dir}")
     print(
         "\nOpen the Dagster UI on this instance with `make ui` (dagster dev -w workspace.yaml), then http://127.0.0.1:3000"
@@ -138,9 +144,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bi_pipeline.defs.runner import run_pipeline
 
     settings = Settings.from_env()
-    summary = run_pipeline(settings)
+    summary = run_pipeline(settings, assume_complete=args.complete)
     _print_summary(summary, settings)
     return 0 if summary.success else 1
+
+
+def cmd_remove_period(args: argparse.Namespace) -> int:
+    from bi_pipeline.defs.runner import remove_period
+
+    result = remove_period(Settings.from_env(), args.period, args.reason, rebuild=not args.no_rebuild)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from bi_pipeline.docs_site import DocsNotBuilt, serve_docs, site_url
+
+    settings = Settings.from_env()
+    port = args.port or settings.docs_port
+    ready = f"GX Data Docs on {site_url(port)} (Ctrl+C stops)"
+    try:
+        serve_docs(settings.gx_dir, port, on_ready=lambda _: print(ready, flush=True))
+    except DocsNotBuilt as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from bi_pipeline.defs.runner import rebuild_state
+
+    print(json.dumps(rebuild_state(Settings.from_env()), indent=2))
+    return 0
 
 
 DEMO_TRAINING = {"BI_PIPELINE_MEMBERS": "2", "BI_PIPELINE_EPOCHS": "15", "BI_PIPELINE_MAX_WINDOWS_PER_EPOCH": "4096"}
@@ -164,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, value in DEMO_TRAINING.items():
         os.environ.setdefault(name, value)
     print("demo training budget: " + ", ".join(f"{k}={os.environ[k]}" for k in DEMO_TRAINING))
-    summary = run_pipeline(settings)
+    # The generator wrote every file completely just now: no need to wait for a second scan.
+    summary = run_pipeline(settings, assume_complete=True)
     _print_summary(summary, settings)
     found = summary.materialized.get("sales_quarantine", {}).get("by_reason", {})
     expected = {k: v for k, v in report.expected_quarantine.items() if v}
@@ -224,7 +262,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from bi_pipeline.backtest import load_history, run_backtest, table
 
     landing = Path(args.data).resolve()
-    history, frequency, covariates = load_history(landing)
+    history, frequency, covariates = load_history(landing, report=lambda text: print(text, file=sys.stderr))
     print(
         f"{landing}: {history.groupby(['store_id', 'item_id'], observed=True).ngroups} series, frequency {frequency}",
         file=sys.stderr,
@@ -388,7 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run every stage on the files in the landing zone")
+    run.add_argument(
+        "--complete",
+        action="store_true",
+        help="take the files as complete (a scripted drop that wrote them all): no second scan, no end-of-file check",
+    )
     run.set_defaults(func=cmd_run)
+
+    remove = sub.add_parser("remove-period", help="remove an ingested period on purpose; recorded with who and why")
+    remove.add_argument("period", help="the period's date, YYYY-MM-DD")
+    remove.add_argument("--reason", required=True, help="why (recorded in $BI_PIPELINE_HOME/state/removals.jsonl)")
+    remove.add_argument("--no-rebuild", action="store_true", help="do not rebuild the integrated view now")
+    remove.set_defaults(func=cmd_remove_period)
+
+    docs = sub.add_parser("docs", help="serve the GX Data Docs on 127.0.0.1 (the checks' data_docs links)")
+    docs.add_argument("--port", type=int, help="default: BI_PIPELINE_DOCS_PORT (3001)")
+    docs.set_defaults(func=cmd_docs)
+
+    state = sub.add_parser("state", help="the state files under $BI_PIPELINE_HOME/state")
+    state.add_argument("action", choices=("rebuild",), help="rebuild: ingested.json from the stored raw_sales")
+    state.set_defaults(func=cmd_state)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on this home's instance")
     ui.add_argument("--port", type=int, default=3000)
@@ -573,9 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    from bi_pipeline.state import StateError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, StateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

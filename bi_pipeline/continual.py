@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bi_pipeline.accuracy import LiveEvidence
 from bi_pipeline.baselines import attach_actuals
 from bi_pipeline.evaluation import SERIES, mase, mase_scales
 from bi_pipeline.features import (
@@ -343,14 +344,16 @@ def retrain_decision(
     champion: str | None,
     new_periods: int,
     after_periods: int,
-    live_mase: float | None = None,
-    live_version: str | None = None,
+    live: LiveEvidence | None = None,
     champion_mase: float | None = None,
     threshold: float = 0.25,
+    min_periods: int = 4,
 ) -> RetrainRequest | None:
     """What the retrain sensor asks for: a first full training when there is no champion; an incremental one when
-    ``after_periods`` periods have landed since the champion's data, or when the champion's own live MASE is worse
-    than its backtest MASE by more than ``threshold``; otherwise nothing."""
+    ``after_periods`` periods have landed since the champion's data, or when the champion's own live accuracy is
+    worse than its backtest MASE by more than ``threshold`` on the evidence: at least ``min_periods`` scored periods,
+    and worse even at two standard errors below the live mean (one good or bad week is noise, not a trend);
+    otherwise nothing."""
     if champion is None:
         return RetrainRequest("full", "no_champion", "no champion yet: first training")
     if new_periods >= after_periods:
@@ -359,17 +362,14 @@ def retrain_decision(
             "new_periods",
             f"{new_periods} new period(s) since champion v{champion}'s data (threshold {after_periods})",
         )
-    if (
-        live_mase is not None
-        and champion_mase
-        and live_version == champion
-        and live_mase > champion_mase * (1.0 + threshold)
-        and new_periods > 0
-    ):
+    if live is None or not champion_mase or live.version != champion or new_periods == 0:
+        return None
+    limit = champion_mase * (1.0 + threshold)
+    if live.periods >= min_periods and live.lower_bound() > limit:
         return RetrainRequest(
             "incremental",
             "accuracy",
-            f"live MASE {live_mase:.3f} of champion v{champion} is worse than its backtest {champion_mase:.3f} by "
-            f"more than {threshold:.0%}",
+            f"{live.describe()} is worse than its backtest MASE {champion_mase:.3f} by more than {threshold:.0%} "
+            f"(at least {live.lower_bound():.3f} > {limit:.3f})",
         )
     return None

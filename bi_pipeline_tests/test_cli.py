@@ -34,7 +34,7 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert code == 0, out
     assert "quarantine matches the injected defects: True" in out
     assert "integrated_sales" in out and "check clean_sales:clean_sales_expectations" in out
-    assert "forecaster        model v1 promoted (no champion yet)" in out
+    assert "forecaster        model v1 promoted (no champion yet; MASE " in out
     # 2 of the 12 series were discontinued before the last period: 10 are forecast.
     assert "10 series x 4 periods" in out and "backtest on the holdout" in out and "| ensemble" in out
     # The run is in the persistent instance under the home, where `make ui` will show it.
@@ -114,7 +114,14 @@ def test_bench_ingest_reports_every_stage(tmp_path):
 
 def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     landing = tmp_path / "landing"
-    assert main(["generate", "--landing", str(landing), "--stores", "2", "--items", "5", "--periods", "70"]) == 0
+    generate = ["generate", "--landing", str(landing), "--stores", "2", "--items", "5", "--periods", "70"]
+    assert main(generate) == 0
+    capsys.readouterr()
+    # Ten rows a file: one injected defect is 10% of its period, over the 5% gate, so the backtest stops, as the
+    # assets do, naming the files.
+    assert main(["backtest", "--data", str(landing), "--horizon", "4"]) == 2
+    assert "over the bad-row gate (BI_PIPELINE_MAX_BAD_ROW_RATE=0.05)" in capsys.readouterr().err
+    assert main([*generate, "--defects", "0"]) == 0
     capsys.readouterr()
     out = tmp_path / "backtest.json"
     code = main(

@@ -5,6 +5,7 @@ rests on (retrain decisions, live accuracy, the schedules)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bi_pipeline.accuracy import archive_forecasts, live_accuracy, load_archive
+from bi_pipeline.accuracy import LiveEvidence, archive_forecasts, live_accuracy, live_evidence, load_archive
 from bi_pipeline.config import ForecastSettings, Settings
 from bi_pipeline.continual import retrain_decision
 from bi_pipeline.definitions import build_defs
@@ -33,12 +34,43 @@ def test_retrain_decisions():
     request = retrain_decision("3", 4, 4)
     assert (request.mode, request.trigger) == ("incremental", "new_periods")
     assert "4 new period(s) since champion v3" in request.reason
-    # Live accuracy of the champion itself past the threshold, once there is a new period to learn.
-    degraded = retrain_decision("3", 1, 4, live_mase=1.3, live_version="3", champion_mase=1.0, threshold=0.25)
-    assert degraded.trigger == "accuracy" and "1.300" in degraded.reason
-    assert retrain_decision("3", 1, 4, live_mase=1.2, live_version="3", champion_mase=1.0, threshold=0.25) is None
+    # Live accuracy of the champion itself past the threshold on enough scored periods, once there is a new period to
+    # learn: worse even two standard errors below its mean.
+    degraded = retrain_decision("3", 1, 4, LiveEvidence("3", 6, 1.5, 0.05), champion_mase=1.0, threshold=0.25)
+    assert degraded.trigger == "accuracy"
+    assert degraded.reason == (
+        "live MASE 1.500 ± 0.100 over 6 scored period(s) of v3 is worse than its backtest MASE 1.000 by more than "
+        "25% (at least 1.400 > 1.250)"
+    )
+    # One scored period, however bad, is not enough evidence; nor is a bad mean within its noise.
+    assert retrain_decision("3", 1, 4, LiveEvidence("3", 1, 1.357, math.inf), champion_mase=0.704) is None
+    assert retrain_decision("3", 1, 4, LiveEvidence("3", 3, 2.0, 0.1), champion_mase=1.0, min_periods=4) is None
+    assert retrain_decision("3", 1, 4, LiveEvidence("3", 6, 1.4, 0.1), champion_mase=1.0, threshold=0.25) is None
     # An older version's live accuracy says nothing about the current champion.
-    assert retrain_decision("3", 1, 4, live_mase=2.0, live_version="2", champion_mase=1.0) is None
+    assert retrain_decision("3", 1, 4, LiveEvidence("2", 9, 3.0, 0.01), champion_mase=1.0) is None
+
+
+def test_live_evidence_counts_scored_periods_and_their_noise():
+    dates = pd.date_range("2024-01-01", periods=8, freq="W-MON")
+    sales = [10.0, 12, 14, 16, 18, 20, 22, 24]
+    history = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": sales}).iloc[:7]  # 8th: not yet
+
+    def publication(cutoff_index: int, version: str, values: list[float]) -> pd.DataFrame:
+        out = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates[cutoff_index + 1 : cutoff_index + 3]})
+        out["mean"] = values
+        for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            out[f"q{q}"] = np.asarray(values) + (q - 0.5) * 4
+        return out.assign(cutoff=dates[cutoff_index], model_version=version)
+
+    archive = pd.concat(
+        [publication(3, "2", [18.0, 21.0]), publication(5, "2", [22.0, 26.0]), publication(4, "1", [0.0, 0.0])]
+    )
+    evidence = live_evidence(archive, history, season_length=1, version="2")
+    # Scored periods of v2: 2024-01-29 (|18-18|/2 = 0), 2024-02-05 (|21-20|/2 = 0.5), 2024-02-12 (|22-22|/2 = 0).
+    assert (evidence.version, evidence.periods) == ("2", 3)
+    assert evidence.mase == pytest.approx(0.5 / 3)
+    assert evidence.se == pytest.approx(np.std([0.0, 0.5, 0.0], ddof=1) / np.sqrt(3))
+    assert live_evidence(archive, history.iloc[:4], season_length=1, version="2") is None
 
 
 def test_live_accuracy_scores_each_publication_on_the_actuals_that_landed(tmp_path):
@@ -139,19 +171,23 @@ class Simulation:
         return result
 
     def tick_landing(self, cursor: str | None = "keep", succeed: bool = True) -> list[dg.RunRequest]:
-        context = dg.build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursor if cursor == "keep" else cursor,
-            resources={"pipeline": self.resources["pipeline"]},
-            definitions=self.defs,
-        )
-        data = landing_zone_sensor(context)
-        for request in data.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        self.cursor = data.cursor
-        fresh = [r for r in data.run_requests or [] if r.run_key not in self.launched]
-        for request in fresh:
-            self.launch("ingest_job", request, succeed=succeed)
+        """Two ticks of the landing sensor (a file is taken once two scans agree on it); each request launched."""
+        fresh = []
+        for _ in range(2):
+            context = dg.build_sensor_context(
+                instance=self.instance,
+                cursor=self.cursor if cursor == "keep" else cursor,
+                resources={"pipeline": self.resources["pipeline"]},
+                definitions=self.defs,
+            )
+            cursor = "keep"
+            data = landing_zone_sensor(context)
+            for request in data.dynamic_partitions_requests or []:
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            self.cursor = data.cursor
+            for request in [r for r in data.run_requests or [] if r.run_key not in self.launched]:
+                self.launch("ingest_job", request, succeed=succeed)
+                fresh.append(request)
         return fresh
 
     def tick_automation(self) -> list[str]:

@@ -1,9 +1,10 @@
 """Live accuracy: the published forecasts against the actuals that landed after them, over time."""
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
-from bi_pipeline.accuracy import live_accuracy, load_archive
+from bi_pipeline.accuracy import live_accuracy, live_evidence, load_archive
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.forecasting import forecasts
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
@@ -46,7 +47,8 @@ def forecast_accuracy(
     settings = pipeline.settings()
     frequency = partition_frequency(context, pipeline)
     season = season_length_for(frequency, int(integrated_sales["date"].nunique()), forecasting.season_length)
-    table = live_accuracy(load_archive(settings.home / "forecast_archive"), integrated_sales, season)
+    archive = load_archive(settings.home / "forecast_archive")
+    table = live_accuracy(archive, integrated_sales, season)
     scored = table[table["scored_periods"] > 0]
     tracker = mlflow_tracking.tracker()
     champion = tracker.alias_version(CHAMPION)
@@ -59,6 +61,15 @@ def forecast_accuracy(
     }
     if champion_mase is not None:
         metadata["champion_backtest_MASE"] = float(champion_mase)
+    evidence = live_evidence(archive, integrated_sales, season, champion) if champion else None
+    if evidence is not None:
+        # What the retrain sensor judges degradation on: every scored period of the champion's publications.
+        metadata.update(
+            live_version=evidence.version,
+            live_periods=evidence.periods,
+            live_MASE=evidence.mase,
+            live_MASE_se=evidence.se if np.isfinite(evidence.se) else -1.0,
+        )
     if len(scored):
         latest = scored.iloc[-1]
         metadata.update(

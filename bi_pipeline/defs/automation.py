@@ -1,10 +1,13 @@
 """Automation: declarative conditions for the data stages, the retrain sensor, the forecast refresh and the full
 retrain schedules. Every request is idempotent (a run key per champion and data state) and says why in its tags."""
 
+import math
+
 import dagster as dg
 import pandas as pd
 from dagster import DagsterRunStatus
 
+from bi_pipeline.accuracy import LiveEvidence
 from bi_pipeline.config import ForecastSettings
 from bi_pipeline.continual import retrain_decision
 from bi_pipeline.defs.collection import sales_periods
@@ -45,6 +48,15 @@ def _latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def _live_evidence(accuracy: dict) -> LiveEvidence | None:
+    """The champion's live accuracy as ``forecast_accuracy`` recorded it (None before any period was scored)."""
+    if "live_periods" not in accuracy:
+        return None
+    se = float(accuracy["live_MASE_se"])
+    periods, mase = int(accuracy["live_periods"]), float(accuracy["live_MASE"])
+    return LiveEvidence(str(accuracy["live_version"]), periods, mase, se if se >= 0 else math.inf)
+
+
 def new_periods_since(instance: dg.DagsterInstance, last_period: str, integrated_until: str) -> int:
     """Periods of ``sales_periods`` after ``last_period`` (the champion's data end) that the integrated view already
     holds: a period still on its way through cleaning does not count until the training could read it."""
@@ -75,25 +87,64 @@ def retrain_sensor(
         lineage = tracker.lineage(champion)
         new_periods = new_periods_since(context.instance, lineage["last_period"], str(integrated["last_date"]))
         champion_mase = tracker.holdout_metrics(champion).get("MASE")
-    accuracy = _latest_metadata(context.instance, "forecast_accuracy")
+    live = _live_evidence(_latest_metadata(context.instance, "forecast_accuracy"))
     request = retrain_decision(
         champion,
         new_periods,
         forecasting.retrain_after_periods,
-        accuracy.get("latest_MASE"),
-        accuracy.get("latest_model_version"),
+        live,
         champion_mase,
         forecasting.degradation_threshold,
+        forecasting.degradation_min_periods,
     )
     if request is None:
+        evidence = (
+            f"{live.describe()} (judged from {forecasting.degradation_min_periods})"
+            if live is not None and live.version == champion
+            else "no scored period yet"
+        )
         return dg.SkipReason(
             f"champion v{champion}: {new_periods} new period(s) (retrain after {forecasting.retrain_after_periods}),"
-            " live accuracy within the threshold"
+            f" live accuracy within the threshold: {evidence}"
         )
     context.log.info(f"requesting a {request.mode} training: {request.reason}")
     # One request per champion, data end and trigger: ticks after a restart or a pause ask for it only once.
     run_key = f"{request.mode}:{request.trigger}:v{champion}:{integrated.get('last_date')}"
     return training_request(request.mode, request.reason, request.trigger, run_key)
+
+
+def forecast_request(instance: dg.DagsterInstance, mlflow_tracking: MLflowResource) -> dg.RunRequest | dg.SkipReason:
+    """Forecasts from the champion when a period has landed since the last publication or the champion changed; one
+    run key per champion and data end, so the sensor and the schedule never publish the same thing twice."""
+    integrated = _latest_metadata(instance, "integrated_sales")
+    if not integrated:
+        return dg.SkipReason("no integrated view yet")
+    champion = mlflow_tracking.tracker().alias_version(CHAMPION)
+    if champion is None:
+        return dg.SkipReason("no champion model yet")
+    published = _latest_metadata(instance, "forecasts")
+    last = str(integrated.get("last_date"))
+    if published.get("model_version") == champion and published.get("cutoff") == last:
+        return dg.SkipReason(f"forecasts from v{champion} after {last} are current")
+    return dg.RunRequest(
+        run_key=f"forecasts:v{champion}:{last}",
+        tags={REASON_TAG: f"new data up to {last} or new champion v{champion}"},
+    )
+
+
+@dg.sensor(
+    name="forecast_sensor",
+    description="Publishes forecasts from the champion as soon as a landed period reaches the integrated view (the "
+    "daily forecast_refresh_schedule is the fallback).",
+    job_name="forecast_job",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def forecast_sensor(context: dg.SensorEvaluationContext, mlflow_tracking: MLflowResource):
+    if training_in_flight(context.instance):
+        # The training run publishes forecasts from the champion it leaves behind.
+        return dg.SkipReason("a training is queued or running")
+    return forecast_request(context.instance, mlflow_tracking)
 
 
 def build_schedules(forecast: ForecastSettings) -> list[dg.ScheduleDefinition]:
@@ -102,23 +153,11 @@ def build_schedules(forecast: ForecastSettings) -> list[dg.ScheduleDefinition]:
         cron_schedule=forecast.forecast_cron,
         job_name="forecast_job",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Publishes forecasts from the champion when a period has landed since the last publication.",
+        description="Publishes forecasts from the champion when a period has landed since the last publication "
+        "(the fallback of forecast_sensor).",
     )
     def forecast_refresh_schedule(context: dg.ScheduleEvaluationContext, mlflow_tracking: MLflowResource):
-        integrated = _latest_metadata(context.instance, "integrated_sales")
-        if not integrated:
-            return dg.SkipReason("no integrated view yet")
-        champion = mlflow_tracking.tracker().alias_version(CHAMPION)
-        if champion is None:
-            return dg.SkipReason("no champion model yet")
-        published = _latest_metadata(context.instance, "forecasts")
-        last = str(integrated.get("last_date"))
-        if published.get("model_version") == champion and published.get("cutoff") == last:
-            return dg.SkipReason(f"forecasts from v{champion} after {last} are current")
-        return dg.RunRequest(
-            run_key=f"forecasts:v{champion}:{last}",
-            tags={REASON_TAG: f"new data up to {last} or new champion v{champion}"},
-        )
+        return forecast_request(context.instance, mlflow_tracking)
 
     @dg.schedule(
         name="full_retrain_schedule",
