@@ -21,7 +21,7 @@ from bi_pipeline.accuracy import LiveEvidence, archive_forecasts, live_accuracy,
 from bi_pipeline.config import ForecastSettings, Settings
 from bi_pipeline.continual import retrain_decision
 from bi_pipeline.definitions import build_defs
-from bi_pipeline.defs.automation import TRAINING_TAG, TRIGGER_TAG, retrain_sensor
+from bi_pipeline.defs.automation import TRAINING_TAG, TRIGGER_TAG, forecast_sensor, retrain_sensor
 from bi_pipeline.defs.collection import landing_zone_sensor, sales_periods
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.generate import GenerationSpec, generate
@@ -214,6 +214,10 @@ class Simulation:
         context = dg.build_sensor_context(instance=self.instance, resources=self.resources, definitions=self.defs)
         return retrain_sensor(context)
 
+    def tick_forecast(self):
+        context = dg.build_sensor_context(instance=self.instance, resources=self.resources, definitions=self.defs)
+        return forecast_sensor(context)
+
     def tick_schedule(self, name: str, when: datetime):
         schedule = self.defs.resolve_schedule_def(name)
         context = dg.build_schedule_context(
@@ -287,8 +291,11 @@ def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_
         accuracy = instance.get_latest_materialization_event(dg.AssetKey("forecast_accuracy")).asset_materialization
         assert accuracy.metadata["latest_scored_periods"].value == 1
         assert accuracy.metadata["latest_model_version"].value == "2"
-        (refresh,) = sim.tick_schedule("forecast_refresh_schedule", monday).run_requests
+        # The landed period is published at once by the forecast sensor; the daily schedule would ask for the same.
+        refresh = sim.tick_forecast()
+        assert refresh.run_key == sim.tick_schedule("forecast_refresh_schedule", monday).run_requests[0].run_key
         sim.launch("forecast_job", refresh)
+        assert sim.tick_forecast().skip_message.endswith("are current")
         assert sim.tick_schedule("forecast_refresh_schedule", monday).skip_message.endswith("are current")
         assert len(load_archive(settings.home / "forecast_archive")) == 2 * 6 * 4  # two publications, 6 series x 4
         assert sim.tick_retrain().skip_message.startswith("champion v2: 1 new period(s)")
