@@ -110,7 +110,9 @@ def bench_ingest(
         clean += time.perf_counter() - t
         # As clean_sales does: GX on the kept rows always (the gate), on the landed rows up to the configured size.
         t = time.perf_counter()
-        landed, kept = batch_validation_frames(cleaned, freq, known_stores, known_items)
+        landed, kept = batch_validation_frames(
+            cleaned, freq, known_stores, known_items, settings.gx_landed_max_rows
+        )
         if len(landed) <= settings.gx_landed_max_rows:
             validate_sales(validator, "landed_sales", landed, settings)
             gx_rows["raw"] += len(landed)

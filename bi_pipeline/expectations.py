@@ -86,8 +86,10 @@ def validation_frame(
     frequency: str,
     known_stores: set[str] | None = None,
     known_items: set[str] | None = None,
+    key_repeat: bool = True,
 ) -> pd.DataFrame:
-    """The sales rules as columns GX checks in one cheap pass each.
+    """The sales rules as columns GX checks in one cheap pass each (``key_repeat`` False leaves that column NaN, for
+    a frame GX will not validate).
 
     GX's pandas engine is fast on float64/int64 columns and slow on pair and compound expectations (about 1 s per
     million rows each here), so the period rule becomes ``period_offset`` (0 inside the period, days before it
@@ -109,7 +111,7 @@ def validation_frame(
             "sales": np.asarray(sales, dtype="float64"),
             "price": np.asarray(price, dtype="float64"),
             "period_offset": offset,
-            "key_repeat": key_repeats(period, day, store.codes, item.codes),
+            "key_repeat": key_repeats(period, day, store.codes, item.codes) if key_repeat else np.nan,
         }
     )
     for column, values, known in (("store_in_master", store, known_stores), ("item_in_master", item, known_items)):
@@ -159,15 +161,21 @@ def _membership(values: pd.Categorical, known: set[str]) -> pd.arrays.BooleanArr
 
 
 def batch_validation_frames(
-    batch: CleanBatch, frequency: str, known_stores: set[str] | None = None, known_items: set[str] | None = None
+    batch: CleanBatch,
+    frequency: str,
+    known_stores: set[str] | None = None,
+    known_items: set[str] | None = None,
+    landed_max_rows: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(every landed row, the kept rows) typed for GX, from the values the rules already parsed."""
+    """(every landed row, the kept rows) typed for GX, from the values the rules already parsed. Over
+    ``landed_max_rows`` the landed rows are not validated by GX, so their repeat count is not worked out."""
     store, item = batch.store, batch.item
     # A blank id is a missing key: null for GX.
     store = store.remove_categories([""]) if "" in store.categories else store
     item = item.remove_categories([""]) if "" in item.categories else item
+    repeats = landed_max_rows is None or len(batch.period) <= landed_max_rows
     landed = validation_frame(
-        batch.period, batch.dates, store, item, batch.sales, batch.price, frequency, known_stores, known_items
+        batch.period, batch.dates, store, item, batch.sales, batch.price, frequency, known_stores, known_items, repeats
     )
     kept = landed[batch.kept].reset_index(drop=True)
     # Repeats among the kept rows alone: a corrected key keeps its last line, a repeat on the landed rows.
