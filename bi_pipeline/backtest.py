@@ -15,11 +15,8 @@ import pandas as pd
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, statistical_forecast
 from bi_pipeline.config import Settings
 from bi_pipeline.ensemble import ensemble_forecast
-from bi_pipeline.evaluation import score, season_length_for
+from bi_pipeline.evaluation import METRICS, MODELS, score, season_length_for
 from bi_pipeline.ingest import ingest_landing
-
-METRICS = ("MASE", "WAPE", "WQL", "coverage_80", "bias")
-MODELS = ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble")
 
 
 def load_history(

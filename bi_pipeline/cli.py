@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from bi_pipeline.backtest import MODELS
 from bi_pipeline.config import FREQUENCIES, Settings
-from bi_pipeline.evaluation import LOSS_WEIGHTINGS
+from bi_pipeline.evaluation import LOSS_WEIGHTINGS, MODELS
 from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
 
 
@@ -108,7 +107,8 @@ def _print_summary(summary, settings: Settings) -> None:
             print(f"  {name:<17} {meta.get('rows', '?')} rows{series}{extra}")
     for name, check in sorted(summary.checks.items()):
         verdict = "passed" if check["passed"] else ("FAILED" if check.get("severity") == "ERROR" else "warning")
-        print(f"  check {name:<45} {verdict}: {check['description']}")
+        description = str(check["description"]).replace("\n", "\n" + " " * 8)
+        print(f"  check {name:<45} {verdict}: {description}")
     if summary.error:
         print(f"  error: {summary.error}")
     trained = summary.materialized.get("forecaster")
@@ -158,13 +158,12 @@ def cmd_remove_period(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from bi_pipeline.docs_site import DocsNotBuilt, serve_docs, site_url
+    from bi_pipeline.docs_site import DocsNotBuilt, serve_docs
 
     settings = Settings.from_env()
     port = args.port or settings.docs_port
-    ready = f"GX Data Docs on {site_url(port)} (Ctrl+C stops)"
     try:
-        serve_docs(settings.gx_dir, port, on_ready=lambda _: print(ready, flush=True))
+        serve_docs(settings.gx_dir, port)
     except DocsNotBuilt as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

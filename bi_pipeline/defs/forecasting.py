@@ -12,14 +12,13 @@ import pandas as pd
 from pydantic import Field
 
 from bi_pipeline.accuracy import archive_forecasts
-from bi_pipeline.backtest import METRICS
 from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, statistical_forecast
 from bi_pipeline.continual import group_mase, promotion_gate, series_groups, update_forecaster
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.ensemble import Forecaster, ensemble_forecast
-from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column, score, season_length_for
+from bi_pipeline.evaluation import METRICS, QUANTILES, SERIES, quantile_column, score, season_length_for
 from bi_pipeline.features import (
     FeatureSpec,
     build_panel,
