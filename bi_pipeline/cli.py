@@ -26,6 +26,7 @@ from pathlib import Path
 from bi_pipeline.config import FREQUENCIES, Settings
 from bi_pipeline.evaluation import LOSS_WEIGHTINGS, MODELS
 from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
+from bi_pipeline.state import ensure_private_dir
 
 
 def _progress(label: str):
@@ -86,6 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from bi_pipeline.generate import generate
 
     settings = Settings.from_env()
+    if not args.landing:
+        ensure_private_dir(settings.home)
     landing = Path(args.landing).resolve() if args.landing else settings.landing
     report = generate(landing, _spec(args), progress=_progress("generate"))
     print(json.dumps(report.to_dict(), indent=2))
@@ -189,6 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.fresh and settings.home.exists():
         shutil.rmtree(settings.home)
+    ensure_private_dir(settings.home)
     print(f"home: {settings.home}\nlanding zone: {settings.landing}")
     report = generate(settings.landing, _spec(args), progress=_progress("generate"))
     print(
