@@ -452,7 +452,10 @@ def forecasts(
     tracker = mlflow_tracking.tracker()
     version = tracker.alias_version(CHAMPION)
     if version is None:
-        raise dg.Failure("no champion model yet: materialize `forecaster` first")
+        raise dg.Failure(
+            "no champion model yet: materialize `forecaster` first. A training becomes champion only when its holdout "
+            "MASE is finite and beats seasonal naive's; the forecaster's `decision_reason` says why one was not"
+        )
     model = Forecaster.load(tracker.model_dir(version))
     history = integrated_sales
     future = future_covariates(master_or_none(calendar), history, model.horizon, pandas_freq(history, model.frequency))
