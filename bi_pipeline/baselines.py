@@ -22,7 +22,7 @@ import pandas as pd
 from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column
 from bi_pipeline.features import calendar_names, effect_names, effects_and_changes
 
-# LightGBM's calendar effects: the transformer's default (README, Calendar effects).
+# LightGBM's calendar effects: the transformer's default (docs/model.md, "Calendar effects").
 LIGHTGBM_EFFECTS = "easter"
 
 # Central interval levels whose bounds are the quantiles 0.1..0.4 and 0.6..0.9.
@@ -274,7 +274,7 @@ def fit_lightgbm(
         lags = [1, 2, 3, 4, 8, 13, 26, 52]
     elif frequency == "M":
         # The reference protocol's lags with the monthly seasonal ones (6, 12, 24, 36) added: on aus_retail MASE
-        # 1.048 against 1.120 with 1, 2, 3, 6, 12, and 1.140 against 1.246 on the window before (README).
+        # 1.048 against 1.120 with 1, 2, 3, 6, 12, and 1.140 against 1.246 on the window before (docs/accuracy.md).
         lags = [1, 2, 3, 4, 6, 8, 12, 13, 24, 26, 36, 52]
     else:
         lags = [1, 2, 3, 7, 14, 28]

@@ -59,7 +59,7 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the data half of the pipeline needs to know; every field has an env var (see README)."""
+    """What the data half of the pipeline needs to know; every field has an env var (docs/configuration.md)."""
 
     home: Path
     landing: Path
@@ -83,7 +83,7 @@ class Settings:
     sales_grain: str = "rows"
     # Weekly periods start on this weekday (mon..sun); None: the commonest weekday of the landed file dates.
     week_start: str | None = None
-    # Limits checked before a sales file is read; a file over one is rejected by name (README, "Limits").
+    # Limits checked before a sales file is read; a file over one is rejected by name (docs/landing-zone.md, "Limits").
     max_file_bytes: int = 1 << 30
     max_rows: int = 10_000_000
     max_columns: int = 500
@@ -185,7 +185,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class ForecastSettings:
-    """What the model half of the pipeline needs to know; every field has an env var (see README)."""
+    """What the model half of the pipeline needs to know; every field has an env var (docs/configuration.md)."""
 
     # Periods to forecast; None: 28 daily, 13 weekly, 12 monthly.
     horizon: int | None = None
@@ -198,23 +198,26 @@ class ForecastSettings:
     # How much each window counts in the training loss: equal (suits MASE) or by volume (level, sqrt_level: WQL).
     loss_weighting: str = "equal"
     # Share of training windows mixed with another series over the same dates, and whether the forecasts' level is
-    # calibrated on the validation periods (README: measured on Walmart and aus_retail).
+    # calibrated on the validation periods (docs/accuracy.md: measured on Walmart and aus_retail).
     mixup: float = 0.5
     calibrate_level: bool = True
     # Decay per step of the moving average of the weights that validation reads and training keeps (0: raw weights).
     weight_average: float = 0.99
     # With more training windows than an epoch takes, recent ones are drawn more often: one this many years older
-    # than the latest is half as likely (0: all alike; README: aus_retail).
+    # than the latest is half as likely (0: all alike; docs/accuracy.md: aus_retail).
     recency_halflife: float = 10.0
     # Validation periods (early stopping, calibrations): this many horizons, at most a fifth of the history.
     validation_horizons: float = 2.0
-    # Whether the median path's swing around its mean is calibrated on the validation periods (README: aus_retail).
+    # Whether the median path's swing around its mean is calibrated on the validation periods
+    # (docs/accuracy.md: aus_retail).
     calibrate_shape: bool = False
-    # Whether the quantile spread factor also follows each forecast's own interval width (README: aus_retail).
+    # Whether the quantile spread factor also follows each forecast's own interval width
+    # (docs/accuracy.md: aus_retail).
     calibrate_spread_power: bool = True
-    # Each series' long-history seasonal profile as a known-future input (README: aus_retail).
+    # Each series' long-history seasonal profile as a known-future input (docs/accuracy.md: aus_retail).
     seasonal_profile: str = "off"
-    # Calendar effects among the inputs: easter, all (also monthly trading days), off (README: Walmart, aus_retail).
+    # Calendar effects among the inputs: easter, all (also monthly trading days), off
+    # (docs/accuracy.md: Walmart, aus_retail).
     calendar_effects: str = "easter"
     # Each series' quantile spread follows the model's own errors on its latest forecasts, this many (0: off).
     error_spread_windows: int = 5

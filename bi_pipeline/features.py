@@ -265,7 +265,8 @@ def fit_spec(
     """Encodings fitted on ``history`` (the training range): which covariates and attributes, and their scales.
 
     By default only flag-like covariates (holidays, events: values 0/1) are used: continuous ones such as CPI,
-    temperature or fuel price are not really known in advance, and on Walmart they made forecasts worse (README).
+    temperature or fuel price are not really known in advance, and on Walmart they made forecasts worse
+    (docs/accuracy.md).
     ``continuous_covariates`` takes them too."""
     covariates = _numeric_covariates(history, covariates)
     if not continuous_covariates:
@@ -352,8 +353,8 @@ def unused_columns(history: pd.DataFrame, spec: FeatureSpec) -> dict[str, str]:
 
 PROFILE_SETTINGS = ("auto", "on", "off")
 # "auto" turns the profile on when the median series has this many seasons of history beyond the lag: with one or
-# two earlier seasons the profile only repeats what the context already shows (Walmart, README), with decades of them
-# it carries what the context cannot (aus_retail).
+# two earlier seasons the profile only repeats what the context already shows (Walmart, docs/accuracy.md), with
+# decades of them it carries what the context cannot (aus_retail).
 PROFILE_MIN_SEASONS = 3
 
 
@@ -551,7 +552,8 @@ def make_windows(
 def validation_length(horizon: int, history_len: int, horizons: float = 2.0) -> int:
     """Periods held out before the cutoff for early stopping and the calibrations: ``horizons`` horizons, at most a
     fifth of the (median) history, at least one. Two horizons give the validation origins a whole horizon of their
-    own targets to be scored on; a short history keeps four fifths for training (README: aus_retail, Walmart)."""
+    own targets to be scored on; a short history keeps four fifths for training (docs/accuracy.md: aus_retail,
+    Walmart)."""
     return max(1, min(int(round(horizons * horizon)), history_len // 5))
 
 

@@ -1,6 +1,6 @@
 """The integrated view: one row per series and period, joined with stores, items, calendar, price and promotion.
 
-Rules (README, "Integrated view"):
+Rules (docs/landing-zone.md, "The integrated view"):
 - a series is (store_id, item_id); it is active from its first to its last landed row; no row exists outside that span;
 - inside the span the index is regular (every period of the frequency); a period with no row is *missing* (sales NaN,
   ``observed`` False), or a zero when the landing zone declares implicit zeros (``BI_PIPELINE_IMPLICIT_ZEROS``) and the

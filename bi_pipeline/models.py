@@ -4,7 +4,7 @@ covariates and the static attributes (no Dagster).
 Packaged as a ``PreTrainedModel`` (``save_pretrained``/``from_pretrained``, safetensors). The config carries the
 feature encodings (:class:`bi_pipeline.features.FeatureSpec`), so a saved directory is everything needed to forecast.
 
-Design choices, each measured (README, ablations):
+Design choices, each measured (docs/accuracy.md):
 - channel-independent patches of one series, per-window scaling by the context's mean absolute value: the model
   sees shapes, never absolute levels, which lets it share what it learns across stores and items of any size;
 - LayerNorm, not BatchNorm, so the weights can be fine-tuned again on new data (continual training);

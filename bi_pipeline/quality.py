@@ -4,7 +4,7 @@ The rules run vectorised in pandas (they decide which rows are kept); the same r
 Expectations suites in ``bi_pipeline.expectations`` and validated on the rows before and after cleaning, so the
 GX report and the quarantine agree.
 
-Duplicate rule (documented in README): among rows that pass every other rule, exact copies of a row (same key and
+Duplicate rule (docs/landing-zone.md): among rows that pass every other rule, exact copies of a row (same key and
 same values) keep the first occurrence; rows that share (date, store_id, item_id) but disagree on a value keep the
 last occurrence in the file (a later line corrects an earlier one) and quarantine the earlier ones. A landing zone
 that declares the transactions grain (``BI_PIPELINE_SALES_GRAIN=transactions``) has many lines per key by design:

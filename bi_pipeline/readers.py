@@ -54,7 +54,7 @@ _CSV_FLUSH_ROWS = 200_000
 
 @dataclass(frozen=True)
 class Limits:
-    """What a landed file may hold before it is rejected by name (README, "Limits"; BI_PIPELINE_MAX_*)."""
+    """What a landed file may hold before it is rejected by name (docs/landing-zone.md, "Limits"; BI_PIPELINE_MAX_*)."""
 
     max_file_bytes: int = 1 << 30
     max_rows: int = 10_000_000

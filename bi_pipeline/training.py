@@ -55,7 +55,7 @@ Progress = Callable[[dict], None]
 
 @dataclass
 class TrainConfig:
-    """Everything that shapes a training run; defaults are the measured product defaults (README)."""
+    """Everything that shapes a training run; defaults are the measured product defaults (docs/accuracy.md)."""
 
     context_length: int | None = None  # None: by frequency (56 daily, 52 weekly, 48 monthly)
     patch_length: int | None = None
@@ -71,14 +71,14 @@ class TrainConfig:
     learning_rate: float = 1e-3
     # With a decay per step, early stopping and the model kept read an exponential moving average of the weights over
     # the fitting phase's steps (a refit phase keeps its raw weights); 0: the raw weights. With recency sampling it
-    # made aus_retail better on both seeds and the earlier window (README).
+    # made aus_retail better on both seeds and the earlier window (docs/accuracy.md).
     weight_average: float = 0.99
     lr_decay: float = 0.95  # per epoch: later epochs take smaller steps, so the result depends less on the last batch
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     max_windows_per_epoch: int = 8192
     # With more windows than an epoch takes, draw recent ones more often: a window this many years older than the
-    # latest is half as likely to be drawn; 0: every window alike. Measured on aus_retail (README); Walmart's
+    # latest is half as likely to be drawn; 0: every window alike. Measured on aus_retail (docs/accuracy.md); Walmart's
     # 3,420 windows fit in one epoch, so it is unaffected.
     recency_halflife: float = 10.0
     pretrain_epochs: int = 0
@@ -90,7 +90,7 @@ class TrainConfig:
     loss_weighting: str = "equal"  # see bi_pipeline.models.window_weights
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
     # Fit a factor on the median path's swing around its mean (models.reshape). Off by default: it helped one Walmart
-    # seed and hurt the other (README).
+    # seed and hurt the other (docs/accuracy.md).
     calibrate_shape: bool = False
     calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width
     # Let each series' spread follow the model's own past errors on it (see past_error_ratio), from this many of its
@@ -634,8 +634,9 @@ def train_forecaster(
 
     Phase 1 trains on targets before the validation periods and stops early on the validation loss; the forecasts'
     level (with ``calibrate_level``) and then the quantile spread are calibrated on the validation windows. With
-    ``refit`` (off by default: measured worse, README), phase 2 trains the same recipe again from its initial weights
-    on every window up to the cutoff for the epochs phase 1 found best, so the most recent periods are learnt too.
+    ``refit`` (off by default: measured worse, docs/accuracy.md), phase 2 trains the same recipe again from its initial
+    weights on every window up to the cutoff for the epochs phase 1 found best, so the most recent periods are learnt
+    too.
     """
     config = config or TrainConfig()
     if config.init_from == "synthetic" and initial_model is None:
@@ -934,7 +935,7 @@ def past_error_ratio(model: BIForecaster, panel: Panel, origin: int, series: np.
 
     What a per-series model such as ETS reads from its own residuals, and a global model trained on scaled windows
     cannot know: how predictable this particular series has been. On aus_retail the model's intervals for the large,
-    smooth state series were twice as wide as their errors warranted (README)."""
+    smooth state series were twice as wide as their errors warranted (docs/accuracy.md)."""
     median = list(model.config.quantiles).index(0.5)
     error, width = np.zeros(len(series)), np.zeros(len(series))
     for rows, quantiles, actual, usable in _past_forecasts(model, panel, origin, series, windows, model.config.horizon):

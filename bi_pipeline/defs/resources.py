@@ -14,7 +14,8 @@ from bi_pipeline.state import atomic_write
 
 
 class PipelineResource(dg.ConfigurableResource):
-    """Where the landing zone is and how strict the cleaning is. Defaults come from the environment (README)."""
+    """Where the landing zone is and how strict the cleaning is. Defaults come from the environment
+    (docs/configuration.md)."""
 
     home: str
     landing: str
@@ -127,7 +128,7 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class ForecastingResource(dg.ConfigurableResource):
-    """How the forecaster is trained and promoted; defaults from the environment (README)."""
+    """How the forecaster is trained and promoted; defaults from the environment (docs/configuration.md)."""
 
     horizon: int | None = Field(default=None, description="periods to forecast; unset: 28 daily, 13 weekly, 12 monthly")
     season_length: int | None = Field(default=None, description="MASE season; unset: 7 daily, 52 weekly, 12 monthly")
