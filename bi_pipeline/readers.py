@@ -475,6 +475,22 @@ def _read_parquet(handle, rel: str, period: str, limits: Limits) -> RawRead:
     return RawRead(_text_frame(table, rel, row_lines), empty_quarantine(), rel, digest.hexdigest())
 
 
+@contextlib.contextmanager
+def _open_within_limit(path: Path, rel: str, limits: Limits) -> Iterator[tuple]:
+    """(binary handle, size) of a regular file no larger than the byte limit; errors name ``rel``."""
+    try:
+        fd = open_regular(path)
+    except ContractError as exc:
+        raise ContractError(rel, exc.rule, exc.message) from None
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limits.max_file_bytes:
+            raise ContractError(
+                rel, "file_too_large", f"{size} bytes > {limits.max_file_bytes} (BI_PIPELINE_MAX_FILE_BYTES)"
+            )
+        yield handle, size
+
+
 # --- entry points ------------------------------------------------------------------------------------------------
 
 
@@ -486,16 +502,7 @@ def read_sales_file(path: Path, landing: Path, period: str | None = None, limits
         raise ContractError(rel, "path_escape", "the file resolves outside the landing zone")
     key, suffix = split_sales_name(path.name)
     period = period or key
-    try:
-        fd = open_regular(path)
-    except ContractError as exc:
-        raise ContractError(rel, exc.rule, exc.message) from None
-    with os.fdopen(fd, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > limits.max_file_bytes:
-            raise ContractError(
-                rel, "file_too_large", f"{size} bytes > {limits.max_file_bytes} (BI_PIPELINE_MAX_FILE_BYTES)"
-            )
+    with _open_within_limit(path, rel, limits) as (handle, size):
         if suffix == ".parquet":
             return _read_parquet(handle, rel, period, limits)
         return _read_csv(handle, size, rel, period, limits)
@@ -540,16 +547,7 @@ def read_master(landing: Path, name: str, limits: Limits | None = None) -> pd.Da
         return None
     if not _inside(path, landing):
         raise ContractError(filename, "path_escape", "the file resolves outside the landing zone")
-    try:
-        fd = open_regular(path)
-    except ContractError as exc:
-        raise ContractError(filename, exc.rule, exc.message) from None
-    with os.fdopen(fd, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > limits.max_file_bytes:
-            raise ContractError(
-                filename, "file_too_large", f"{size} bytes > {limits.max_file_bytes} (BI_PIPELINE_MAX_FILE_BYTES)"
-            )
+    with _open_within_limit(path, filename, limits) as (handle, _):
         data = handle.read()
     if data.startswith(_BOM):
         data = data[len(_BOM) :]

@@ -50,20 +50,26 @@ def test_retrain_decisions():
     assert retrain_decision("3", 1, 4, LiveEvidence("2", 9, 3.0, 0.01), champion_mase=1.0) is None
 
 
+def weekly_publication(dates: pd.DatetimeIndex, cutoff_index: int, version: str, values: list[float]) -> pd.DataFrame:
+    """A published forecast of one series for the two periods after a cutoff: median ``values``, a band of ±1.6."""
+    out = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates[cutoff_index + 1 : cutoff_index + 3]})
+    out["mean"] = values
+    for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        out[f"q{q}"] = np.asarray(values) + (q - 0.5) * 4
+    return out.assign(cutoff=dates[cutoff_index], model_version=version)
+
+
 def test_live_evidence_counts_scored_periods_and_their_noise():
     dates = pd.date_range("2024-01-01", periods=8, freq="W-MON")
     sales = [10.0, 12, 14, 16, 18, 20, 22, 24]
     history = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": sales}).iloc[:7]  # 8th: not yet
 
-    def publication(cutoff_index: int, version: str, values: list[float]) -> pd.DataFrame:
-        out = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates[cutoff_index + 1 : cutoff_index + 3]})
-        out["mean"] = values
-        for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-            out[f"q{q}"] = np.asarray(values) + (q - 0.5) * 4
-        return out.assign(cutoff=dates[cutoff_index], model_version=version)
-
     archive = pd.concat(
-        [publication(3, "2", [18.0, 21.0]), publication(5, "2", [22.0, 26.0]), publication(4, "1", [0.0, 0.0])]
+        [
+            weekly_publication(dates, 3, "2", [18.0, 21.0]),
+            weekly_publication(dates, 5, "2", [22.0, 26.0]),
+            weekly_publication(dates, 4, "1", [0.0, 0.0]),
+        ]
     )
     evidence = live_evidence(archive, history, season_length=1, version="2")
     # Scored periods of v2: 2024-01-29 (|18-18|/2 = 0), 2024-02-05 (|21-20|/2 = 0.5), 2024-02-12 (|22-22|/2 = 0).
@@ -78,18 +84,11 @@ def test_live_accuracy_scores_each_publication_on_the_actuals_that_landed(tmp_pa
     history = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": [10.0, 12, 14, 16, 18, 20]})
     history = history.iloc[:5]  # the 6th period has not landed yet
 
-    def publication(cutoff_index: int, version: str, values: list[float]) -> pd.DataFrame:
-        out = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates[cutoff_index + 1 : cutoff_index + 3]})
-        out["mean"] = values
-        for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-            out[f"q{q}"] = np.asarray(values) + (q - 0.5) * 4
-        return out.assign(cutoff=dates[cutoff_index], model_version=version)
-
     archive = tmp_path / "archive"
-    archive_forecasts(archive, publication(2, "1", [17.0, 18.0]))
-    path = archive_forecasts(archive, publication(3, "2", [18.0, 21.0]))
+    archive_forecasts(archive, weekly_publication(dates, 2, "1", [17.0, 18.0]))
+    path = archive_forecasts(archive, weekly_publication(dates, 3, "2", [18.0, 21.0]))
     assert path.name == "cutoff=2024-01-22__v2.parquet"
-    archive_forecasts(archive, publication(3, "2", [18.0, 21.0]))  # published again: the same file
+    archive_forecasts(archive, weekly_publication(dates, 3, "2", [18.0, 21.0]))  # published again: the same file
     table = live_accuracy(load_archive(archive), history, season_length=1)
     assert table["model_version"].tolist() == ["1", "2"]
     assert table["scored_periods"].tolist() == [2, 1]
@@ -97,7 +96,8 @@ def test_live_accuracy_scores_each_publication_on_the_actuals_that_landed(tmp_pa
     assert table["MASE"].tolist() == pytest.approx([0.25, 0.0])
     assert table["WAPE"].iloc[0] == pytest.approx(1 / 34)
     with pytest.raises(ValueError, match="one cutoff and one model version"):
-        archive_forecasts(archive, pd.concat([publication(2, "1", [1.0, 2.0]), publication(3, "1", [1.0, 2.0])]))
+        both = [weekly_publication(dates, 2, "1", [1.0, 2.0]), weekly_publication(dates, 3, "1", [1.0, 2.0])]
+        archive_forecasts(archive, pd.concat(both))
 
 
 FORECAST = ForecastSettings(
