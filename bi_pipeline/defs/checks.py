@@ -117,6 +117,18 @@ def failing_files(
     return sorted({str(f) for f in np.asarray(files())[rows]})
 
 
+def _missed(kept: SuiteOutcome, quarantine: QuarantineSummary, kept_defect_files: list[str]) -> str | None:
+    """What the rules let through (the kept rows' failed expectations, quarantined rows without a reason, and where),
+    or None when every defect was set aside with a reason."""
+    parts = [f"{o.label}: {o.unexpected_count} kept" for o in kept.failed()]
+    if quarantine.unexplained:
+        parts.append(f"{quarantine.unexplained} quarantined rows without a reason")
+    if not parts:
+        return None
+    where = f" (in {name_files(kept_defect_files)})" if kept_defect_files else ""
+    return "; ".join(parts) + where
+
+
 def landed_check_result(
     landed: SuiteOutcome,
     kept: SuiteOutcome,
@@ -129,18 +141,12 @@ def landed_check_result(
     aside with a reason (the kept rows meet every expectation), and fails (a warning) only on a defect the rules
     kept. The description and metadata give GX's count per expectation, the quarantine's count per reason and the
     files that had defects."""
-    missed = kept.failed()
-    passed = not missed and not quarantine.unexplained
+    missed = _missed(kept, quarantine, kept_defect_files)
+    passed = missed is None
     found = landed.unexpected()
     lines = []
     if not passed:
-        parts = [f"{o.label}: {o.unexpected_count} kept" for o in missed]
-        if quarantine.unexplained:
-            parts.append(f"{quarantine.unexplained} quarantined rows without a reason")
-        where = f" (in {name_files(kept_defect_files)})" if kept_defect_files else ""
-        lines.append(
-            "GX found defects on the landed rows that the rules did not quarantine: " + "; ".join(parts) + where
-        )
+        lines.append(f"GX found defects on the landed rows that the rules did not quarantine: {missed}")
     elif found or quarantine.rows:
         lines.append(f"every defect GX found on the {landed.rows} landed rows was quarantined with a reason")
     else:
@@ -183,18 +189,14 @@ def rules_check_result(
 ) -> dg.AssetCheckResult:
     """The landed-rows check of a run too big for a second GX pass: the rules' own count of each defect. It passes,
     as the GX version does, when the kept rows meet every expectation and every quarantined row has a reason."""
-    missed = kept.failed()
-    passed = not missed and not quarantine.unexplained
+    missed = _missed(kept, quarantine, kept_defect_files)
+    passed = missed is None
     lines = [
         f"{rows} landed rows > BI_PIPELINE_GX_LANDED_MAX_ROWS={limit}: counted by the rules, not GX; "
         + (_reasons(quarantine.by_reason) or "nothing quarantined")
     ]
     if not passed:
-        parts = [f"{o.label}: {o.unexpected_count} kept" for o in missed]
-        if quarantine.unexplained:
-            parts.append(f"{quarantine.unexplained} quarantined rows without a reason")
-        where = f" (in {name_files(kept_defect_files)})" if kept_defect_files else ""
-        lines.append("defects the rules did not quarantine: " + "; ".join(parts) + where)
+        lines.append(f"defects the rules did not quarantine: {missed}")
     if quarantine.files:
         lines.append(f"files with defects ({len(quarantine.files)}): {name_files(quarantine.files)}")
     return dg.AssetCheckResult(
