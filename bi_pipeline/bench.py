@@ -207,10 +207,14 @@ def bench_forecaster(
     device, its precision (bf16 autocast on CUDA) and peak memory."""
     import torch
 
-    from bi_pipeline.backtest import load_history
-    from bi_pipeline.features import build_panel, fit_spec
+    from bi_pipeline.forecasting.backtest import load_history
+    from bi_pipeline.forecasting.configuration import TrainConfig
+    from bi_pipeline.forecasting.device import choose_device
+    from bi_pipeline.forecasting.features import fit_spec
+    from bi_pipeline.forecasting.panel import build_panel
+    from bi_pipeline.forecasting.trainer import train_forecaster
+    from bi_pipeline.forecasting.transformer import forecast
     from bi_pipeline.generate import GenerationSpec, generate
-    from bi_pipeline.training import TrainConfig, choose_device, forecast, train_forecaster
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bi_pipeline_bench_fc_"))
     stores, items = split_series(series)

@@ -16,40 +16,32 @@ bi-pipeline bench continual --data DIR --start-periods S --step 1 --out FILE.jso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from bi_pipeline.config import FREQUENCIES, Settings
-from bi_pipeline.evaluation import LOSS_WEIGHTINGS, MODELS
-from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
+from bi_pipeline.config import FREQUENCIES, ForecastSettings, Settings, TrainingSettings, add_flags, from_args, from_env
+from bi_pipeline.forecasting.interface import DEFAULT_HORIZON, MODELS
 from bi_pipeline.state import ensure_private_dir
 
 
 def _progress(label: str):
-    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% in logs (no extra dependency)."""
-    started = time.perf_counter()
-    tty = sys.stderr.isatty()
-    last_decile = -1
+    """A tqdm progress bar on stderr, as ``update(done, total)``: redrawn in place on a terminal, sparse in logs."""
+    from tqdm import tqdm
+
+    bar = None
 
     def update(done: int, total: int) -> None:
-        nonlocal last_decile
-        width = 30
-        filled = int(width * done / max(total, 1))
-        elapsed = time.perf_counter() - started
-        line = f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s"
-        if tty:
-            sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
-        else:
-            decile = 10 * done // max(total, 1)
-            if decile == last_decile:
-                return
-            last_decile = decile
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
 
     return update
 
@@ -182,7 +174,9 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_TRAINING = {"BI_PIPELINE_MEMBERS": "2", "BI_PIPELINE_EPOCHS": "15", "BI_PIPELINE_MAX_WINDOWS_PER_EPOCH": "4096"}
+# The demo trains a smaller ensemble for fewer epochs than the product default, so it finishes in minutes; a
+# BI_PIPELINE_ variable set for one of these still wins.
+DEMO_TRAINING = {"members": 2, "epochs": 15, "max_windows_per_epoch": 4096}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -200,12 +194,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"({report.series} series x {report.periods} periods, {report.frequency}); injected defects: "
         + ", ".join(f"{k}={v}" for k, v in sorted(report.expected_quarantine.items()) if v)
     )
-    # The demo trains a smaller ensemble for fewer epochs than the product default, so it finishes in minutes.
-    for name, value in DEMO_TRAINING.items():
-        os.environ.setdefault(name, value)
-    print("demo training budget: " + ", ".join(f"{k}={os.environ[k]}" for k in DEMO_TRAINING))
+    defaults = {k: v for k, v in DEMO_TRAINING.items() if not os.environ.get(f"BI_PIPELINE_{k.upper()}")}
+    training = from_env(TrainingSettings, **defaults)
+    print("demo training budget: " + ", ".join(f"{k}={getattr(training, k)}" for k in DEMO_TRAINING))
     # The generator wrote every file completely just now: no need to wait for a second scan.
-    summary = run_pipeline(settings, assume_complete=True)
+    summary = run_pipeline(settings, assume_complete=True, training=training)
     _print_summary(summary, settings)
     found = summary.materialized.get("sales_quarantine", {}).get("by_reason", {})
     expected = {k: v for k, v in report.expected_quarantine.items() if v}
@@ -261,8 +254,27 @@ def _write_json(result: dict, out: str | None) -> None:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _recipe(pairs: list[str]) -> dict:
+    """``--recipe NAME=VALUE`` pairs as TrainConfig recipe values (ablations), typed as the recipe declares them."""
+    from bi_pipeline.forecasting.configuration import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    recipe = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if name not in fields or name in {f.name for f in dataclasses.fields(TrainingSettings)}:
+            recipe_names = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainingSettings)})
+            raise SystemExit(f"--recipe {pair}: not a recipe field; choose from {', '.join(recipe_names)}")
+        default = fields[name].default
+        kind = type(default) if default is not None else int
+        recipe[name] = text.lower() in {"1", "true", "yes", "on"} if kind is bool else kind(text)
+    return recipe
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from bi_pipeline.backtest import load_history, run_backtest, table
+    from bi_pipeline.forecasting.backtest import load_history, run_backtest, table
+    from bi_pipeline.forecasting.configuration import TrainConfig
+    from bi_pipeline.synthetic import resolve_init_from
 
     landing = Path(args.data).resolve()
     history, frequency, covariates = load_history(landing, report=lambda text: print(text, file=sys.stderr))
@@ -270,53 +282,50 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         f"{landing}: {history.groupby(['store_id', 'item_id'], observed=True).ngroups} series, frequency {frequency}",
         file=sys.stderr,
     )
-    from bi_pipeline.training import TrainConfig
-
-    config = TrainConfig(
-        num_members=args.members,
-        epochs=args.epochs,
-        pretrain_epochs=args.pretrain_epochs,
-        seed=args.seed,
-        init_from=args.init_from,
-        context_length=args.context_length,
-        **{
-            name: value
-            for name, value in (
-                ("loss_weighting", args.loss_weighting),
-                ("mixup", args.mixup),
-                ("calibrate_level", args.calibrate_level),
-                ("weight_average", args.weight_average),
-                ("recency_halflife", args.recency_halflife),
-                ("validation_horizons", args.validation_horizons),
-                ("calibrate_shape", args.calibrate_shape),
-                ("calibrate_spread_power", args.calibrate_spread_power),
-                ("error_spread_windows", args.error_spread_windows),
-                ("level_feedback_origins", args.level_feedback_origins),
-                ("seasonal_profile", args.seasonal_profile),
-                ("calendar_effects", args.calendar_effects),
-            )
-            if value is not None
-        },
-    )
+    # The same settings the assets read (BI_PIPELINE_*), the flags given overriding them.
+    training, forecast = from_args(TrainingSettings, args), from_args(ForecastSettings, args)
+    horizon = forecast.horizon or DEFAULT_HORIZON[frequency]
+    config = TrainConfig(**training.to_dict(), **_recipe(args.recipe))
+    config = resolve_init_from(config, frequency, horizon, progress=_pretrain_reporter())
     result = run_backtest(
         history,
         frequency,
-        args.horizon,
-        season_length=args.season_length,
+        horizon,
+        season_length=forecast.season_length,
         windows=args.windows,
         covariates=covariates,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
         models=tuple(args.models),
         train_config=config,
-        use_covariates=not args.no_covariates,
     )
     print(table(result))
     _write_json(result, args.out)
     return 0
 
 
+def _pretrain_reporter():
+    def report(record: dict) -> None:
+        if record.get("stage") == "pretrain_corpus":
+            print(
+                f"pretraining on the synthetic corpus (first use; kept in {record['checkpoint']}), epoch "
+                f"{record['epoch']}/{record['epochs']}: validation loss {record['loss']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from bi_pipeline.config import configuration_markdown
+
+    print(configuration_markdown())
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from bi_pipeline.pretraining import CorpusSpec, default_config, pretrain
+    from bi_pipeline.forecasting.pretraining import default_config, pretrain
+    from bi_pipeline.synthetic import CorpusSpec, synthetic_corpus
 
     corpus = CorpusSpec(
         frequency=args.frequency,
@@ -326,7 +335,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         periods=args.periods,
         seed=args.seed,
     )
-    config = default_config(num_members=args.members, epochs=args.epochs, seed=args.seed, device=args.device)
+    training = from_args(TrainingSettings, args, epochs=args.epochs, seed=args.seed)
+    config = default_config(
+        members=training.members, epochs=training.epochs, seed=training.seed, device=training.device
+    )
 
     def report(record: dict) -> None:
         if record.get("stage") == "train":
@@ -338,9 +350,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    manifest = pretrain(
-        corpus, args.horizon, args.out, config, progress=report, corpus_progress=_progress("synthetic corpus")
-    )
+    history = synthetic_corpus(corpus, _progress("synthetic corpus"))
+    info = {**dataclasses.asdict(corpus), "periods": corpus.length}
+    manifest = pretrain(history, corpus.frequency, args.horizon, args.out, config, progress=report, corpus=info)
     print(json.dumps(manifest, indent=2))
     print(f"checkpoint: {Path(args.out).resolve()} (use it with BI_PIPELINE_INIT_FROM or --init-from)", file=sys.stderr)
     return 0
@@ -366,11 +378,10 @@ def cmd_bench_forecaster(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_continual(args: argparse.Namespace) -> int:
-    from bi_pipeline.backtest import load_history
-    from bi_pipeline.continual import IncrementalConfig, replay_benchmark
-    from bi_pipeline.evaluation import season_length_for
-    from bi_pipeline.forecasting import DEFAULT_HORIZON
-    from bi_pipeline.training import TrainConfig
+    from bi_pipeline.forecasting.backtest import load_history
+    from bi_pipeline.forecasting.configuration import TrainConfig
+    from bi_pipeline.forecasting.continual import IncrementalConfig, replay_benchmark
+    from bi_pipeline.forecasting.metrics import season_length_for
 
     landing = Path(args.data).resolve()
     history, frequency, _ = load_history(landing)
@@ -382,7 +393,7 @@ def cmd_bench_continual(args: argparse.Namespace) -> int:
         args.start_periods,
         horizon,
         season,
-        TrainConfig(num_members=args.members, epochs=args.epochs, seed=args.seed),
+        TrainConfig(members=args.members, epochs=args.epochs, seed=args.seed),
         IncrementalConfig(
             **{
                 k: v
@@ -476,95 +487,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     backtest = sub.add_parser("backtest", help="rolling-origin backtest of the models on a landing zone")
     backtest.add_argument("--data", required=True, help="a landing zone in the contract")
-    backtest.add_argument("--horizon", type=int, required=True, help="periods held out per window")
-    backtest.add_argument("--season-length", type=int, help="default by frequency: 7 daily, 52 weekly, 12 monthly")
     backtest.add_argument("--windows", type=int, default=1)
     backtest.add_argument("--out", help="write the JSON here too")
     backtest.add_argument(
         "--models", nargs="+", default=list(MODELS), choices=MODELS, help="default: all, the ensemble included"
     )
-    backtest.add_argument("--members", type=int, default=4, help="transformer: members averaged (seeds)")
-    backtest.add_argument("--epochs", type=int, default=40, help="transformer: most epochs (early stopping)")
     backtest.add_argument(
-        "--pretrain-epochs", type=int, default=0, help="transformer: masked-patch pretraining epochs first (ablation)"
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="transformer: change a recipe value for an ablation (docs/accuracy.md), e.g. weight_average=0",
     )
-    backtest.add_argument("--no-covariates", action="store_true", help="transformer without covariates (ablation)")
-    backtest.add_argument("--seed", type=int, default=0)
-    backtest.add_argument(
-        "--context-length", type=int, help="transformer: periods of context (default 56 daily, 52 weekly, 48 monthly)"
-    )
-    backtest.add_argument(
-        "--init-from",
-        help="transformer: start from this save_pretrained directory or hub id; 'synthetic': the generator-corpus "
-        "checkpoint (pretrained once under $BI_PIPELINE_HOME/pretrained)",
-    )
-    backtest.add_argument(
-        "--loss-weighting",
-        choices=LOSS_WEIGHTINGS,
-        help="transformer: how much each window counts in the loss (default equal; level, as WQL; sqrt_level; mase)",
-    )
-    backtest.add_argument(
-        "--mixup", type=float, help="transformer: share of training windows mixed with another series (default 0.5)"
-    )
-    backtest.add_argument(
-        "--calibrate-level",
-        action=argparse.BooleanOptionalAction,
-        help="transformer: fit a factor on the forecasts' level on the validation periods (default on)",
-    )
-    backtest.add_argument(
-        "--weight-average",
-        type=float,
-        help="transformer: decay per training step of the moving average of the weights that early stopping reads "
-        "and training keeps (default 0.99; 0: the raw weights)",
-    )
-    backtest.add_argument(
-        "--recency-halflife",
-        type=float,
-        help="transformer: with more training windows than an epoch takes, draw recent ones more often; one this many "
-        "years older than the latest is half as likely (default 10; 0: all alike)",
-    )
-    backtest.add_argument(
-        "--validation-horizons",
-        type=float,
-        help="transformer: validation periods before each cutoff (early stopping, calibrations, ensemble weights), in "
-        "horizons, at most a fifth of the history (default 2)",
-    )
-    backtest.add_argument(
-        "--calibrate-shape",
-        action=argparse.BooleanOptionalAction,
-        help="transformer: fit a factor on the median path's swing around its mean on the validation periods "
-        "(default off)",
-    )
-    backtest.add_argument(
-        "--calibrate-spread-power",
-        action=argparse.BooleanOptionalAction,
-        help="transformer: let the quantile spread follow each forecast's own interval width (default on)",
-    )
-    backtest.add_argument(
-        "--seasonal-profile",
-        choices=PROFILE_SETTINGS,
-        help="transformer: each series' seasonal profile over its whole history as a known-future input (auto: on "
-        "when the series have several seasons of history; default off)",
-    )
-    backtest.add_argument(
-        "--calendar-effects",
-        choices=CALENDAR_EFFECTS,
-        help="transformer: calendar effects among its inputs: easter (the days around Easter in each period), all "
-        "(also, for monthly data, the weekdays that occur five times), off (default easter)",
-    )
-    backtest.add_argument(
-        "--level-feedback-origins",
-        type=int,
-        help="transformer: each series' level follows the model's own errors on its forecasts from this many recent "
-        "origins (default 4; 0: off)",
-    )
-    backtest.add_argument(
-        "--error-spread-windows",
-        type=int,
-        help="transformer: each series' spread follows the model's own errors on this many of its past forecasts "
-        "(default 5; 0: off)",
-    )
+    add_flags(backtest, ForecastSettings, only=("horizon", "season_length"))
+    add_flags(backtest, TrainingSettings)
     backtest.set_defaults(func=cmd_backtest)
+
+    listing = sub.add_parser("settings", help="print every setting (variable, flag, default, help) as markdown")
+    listing.set_defaults(func=cmd_settings)
 
     pre = sub.add_parser(
         "pretrain", help="pretrain the forecaster on a synthetic corpus from the generator; writes a checkpoint"
@@ -576,10 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--stores", type=int, default=20, help="stores per business")
     pre.add_argument("--items", type=int, default=60, help="items per store (summed into store and category totals)")
     pre.add_argument("--periods", type=int, help="periods per series (default 730 daily, 260 weekly, 300 monthly)")
-    pre.add_argument("--members", type=int, default=4, help="members averaged (seeds); fine-tuning keeps them")
     pre.add_argument("--epochs", type=int, default=15, help="most epochs (early stopping)")
     pre.add_argument("--seed", type=int, default=7, help="fixes the corpus and the training")
-    pre.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_flags(pre, TrainingSettings, only=("members", "device"))
     pre.set_defaults(func=cmd_pretrain)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")

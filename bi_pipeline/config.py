@@ -1,102 +1,192 @@
-"""Settings and the one home directory where every piece of state lives.
+"""Settings, each declared once, and the one home directory where every piece of state lives.
 
-Read from environment variables with defaults; the Dagster resources in ``defs/resources.py`` are built from
-these so there is one place to look.
+A setting is a field of :class:`Settings` (the data half), :class:`TrainingSettings` (how the transformer is trained)
+or :class:`ForecastSettings` (forecasting, promotion and automation), declared with :func:`setting`: name, type,
+default and a one-line help. Everything else is produced from those declarations: the environment variable
+(``BI_PIPELINE_<NAME>``) and how it is read (:func:`from_env`), the Dagster resources' config
+(``bi_pipeline/defs/resources.py``), the CLI flags (:func:`add_flags`, :func:`from_args`) and the table in
+docs/configuration.md (:func:`markdown_table`; a test fails when the docs are stale). Every entry point reads the
+environment the same way and flags override it.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
-from dataclasses import dataclass, replace
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bi_pipeline.evaluation import LOSS_WEIGHTINGS
-from bi_pipeline.features import CALENDAR_EFFECTS, PROFILE_SETTINGS
 from bi_pipeline.state import ensure_private_dir, sweep_temp_files
 
 FREQUENCIES = ("D", "W", "M")
 SALES_GRAINS = ("rows", "transactions")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+CALENDAR_EFFECTS = ("easter", "all", "off")
+PROFILE_SETTINGS = ("auto", "on", "off")
+PREFIX = "BI_PIPELINE_"
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = (os.environ.get(name) or "").strip().lower()
-    if not value:
-        return default
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{name}={os.environ[name]!r}: use 1/true/yes/on or 0/false/no/off")
+def setting(default: Any, help: str, *, choices: tuple[str, ...] = (), env: str | None = None) -> Any:
+    """A setting's one declaration: its default, a one-line help and, for a text setting, the values it takes. The
+    environment variable is ``BI_PIPELINE_<FIELD NAME>`` unless ``env`` names another."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices), "env": env})
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
+def settings_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or PREFIX + f.name.upper()
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def _base_type(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
+    """(the value's type, whether None is allowed), from the field's annotation."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], len(rest) < len(args)
+    return (tuple if typing.get_origin(hint) is tuple else hint), False
+
+
+def parse_value(cls: type, f: dataclasses.Field, text: str, source: str) -> Any:
+    """``text`` as the setting's type; a clear error names ``source`` (the variable or flag) and what it takes."""
+    kind, optional = _base_type(cls, f)
+    text = text.strip()
+    if optional and text == "":
+        return None
     try:
-        return int(value.strip().replace("_", ""))
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("use 1/true/yes/on or 0/false/no/off")
+        if kind is int:
+            return int(float(text.replace("_", ""))) if "e" in text.lower() else int(text.replace("_", ""))
+        if kind is float:
+            return float(text)
+        if kind is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if kind is Path:
+            return Path(text).expanduser()
+        value = text.lower() if f.metadata["choices"] and text.lower() in f.metadata["choices"] else text
+        if f.metadata["choices"] and value not in f.metadata["choices"]:
+            raise ValueError(f"choose one of {', '.join(f.metadata['choices'])}")
+        return value
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={value!r} is not a whole number") from exc
+        raise ValueError(f"{source}={text!r}: {exc}") from None
 
 
-def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+def from_env(cls: type, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    """The settings of ``cls`` from the environment (an unset or empty variable keeps the default), then
+    ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in settings_fields(cls):
+        raw = environ.get(env_name(f))
+        if raw is not None and (raw.strip() or _base_type(cls, f)[0] is tuple):
+            values[f.name] = parse_value(cls, f, raw, env_name(f))
+    return cls(**{**values, **overrides})
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={value!r} is not a number") from exc
+def add_flags(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
+    """A flag per setting of ``cls`` (or those named in ``only``); a flag not given leaves the environment's value."""
+    group = parser.add_argument_group(f"{cls.__name__} (each also BI_PIPELINE_<NAME>; docs/configuration.md)")
+    for f in settings_fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        kind, _ = _base_type(cls, f)
+        help_text = f.metadata["help"].replace("%", "%%")
+        if kind is bool:
+            group.add_argument(
+                flag_name(f),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag_name(f),
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=help_text,
+                type=lambda text, f=f: parse_value(cls, f, text, flag_name(f)),
+            )
+
+
+def from_args(cls: type, args: argparse.Namespace, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    """The settings of ``cls``: the environment, then the flags given on the command line, then ``overrides``."""
+    given = {f.name: getattr(args, f.name) for f in settings_fields(cls) if hasattr(args, f.name)}
+    return from_env(cls, environ, **{**given, **overrides})
+
+
+def markdown_table(cls: type) -> str:
+    """The reference table of docs/configuration.md for ``cls``: variable, flag, default and help per setting."""
+    rows = ["| variable | flag | default | what it does |", "|---|---|---|---|"]
+    for f in settings_fields(cls):
+        default = f.default
+        shown = "unset" if default is None else ",".join(default) if isinstance(default, tuple) else str(default)
+        choices = f" ({' / '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
+        rows.append(f"| `{env_name(f)}` | `{flag_name(f)}` | `{shown}` | {f.metadata['help']}{choices} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the data half of the pipeline needs to know; every field has an env var (docs/configuration.md)."""
+    """What the data half of the pipeline needs to know."""
 
-    home: Path
-    landing: Path
-    # 'D', 'W' or 'M'; None means infer from the sales file dates.
-    frequency: str | None = None
-    # Negative sales are returns: quarantined unless allowed.
-    allow_returns: bool = False
-    # A partition whose share of quarantined rows exceeds this fails its blocking check.
-    max_bad_row_rate: float = 0.05
-    price_min: float = 0.0
-    price_max: float = 100_000.0
-    # A series' missing period inside its active span is a zero only when the landing zone says so.
-    implicit_zeros: bool = False
-    # Files modified more recently than this are assumed to be still being written.
-    settle_seconds: float = 2.0
-    # GX also validates the rows as landed (a warning check) for runs up to this many rows; bigger runs (backfills)
-    # report the rules' counts there instead, since each GX suite costs about a second per million rows.
-    gx_landed_max_rows: int = 500_000
-    # What one row of a sales file is: "rows" (one row per date, store_id and item_id; another row for the same key
-    # is a duplicate and quarantined) or "transactions" (many lines per key, summed: point-of-sale exports).
-    sales_grain: str = "rows"
-    # Weekly periods start on this weekday (mon..sun); None: the commonest weekday of the landed file dates.
-    week_start: str | None = None
-    # Limits checked before a sales file is read; a file over one is rejected by name (docs/landing-zone.md, "Limits").
-    max_file_bytes: int = 1 << 30
-    max_rows: int = 10_000_000
-    max_columns: int = 500
-    max_parquet_bytes: int = 4 << 30  # uncompressed, from the file's metadata and again while reading
-    max_line_bytes: int = 1 << 20  # a longer line is quarantined as line_too_long, the rest of the file is read
-    # A file whose ingestion run failed is requested this many times in all, then left until it changes.
-    ingest_attempts: int = 3
-    # Columns whose values are masked in every metadata preview and log line.
-    pii_columns: tuple[str, ...] = ("description",)
-    # Port of `bi-pipeline docs`, which serves the GX Data Docs on 127.0.0.1 (the check metadata links there).
-    docs_port: int = 3001
+    home: Path = setting(Path(".bi_pipeline"), "the one directory that holds every piece of state")
+    landing: Path | None = setting(None, "the landing zone; unset: `$BI_PIPELINE_HOME/landing`")
+    frequency: str | None = setting(None, "D, W or M; unset: inferred from the sales file dates", choices=FREQUENCIES)
+    allow_returns: bool = setting(False, "negative sales are returns, kept; otherwise they are quarantined")
+    max_bad_row_rate: float = setting(0.05, "a period whose share of quarantined rows is higher fails its check")
+    price_min: float = setting(0.0, "lowest valid price")
+    price_max: float = setting(100_000.0, "highest valid price")
+    implicit_zeros: bool = setting(False, "a series' missing period inside its active span counts as zero sales")
+    settle_seconds: float = setting(2.0, "files modified more recently are assumed to be still being written")
+    gx_landed_max_rows: int = setting(
+        500_000, "GX validates the rows as landed for runs up to this many rows; bigger runs report the rules' counts"
+    )
+    sales_grain: str = setting(
+        "rows", "rows: one row per date, store_id and item_id; transactions: lines summed per key", choices=SALES_GRAINS
+    )
+    week_start: str | None = setting(
+        None, "weekly periods start on this weekday; unset: the commonest weekday of the files", choices=WEEKDAYS
+    )
+    max_file_bytes: int = setting(1 << 30, "a larger sales file is rejected by name before it is read")
+    max_rows: int = setting(10_000_000, "a sales file with more rows is rejected by name")
+    max_columns: int = setting(500, "a sales file with more columns is rejected by name")
+    max_parquet_bytes: int = setting(
+        4 << 30, "uncompressed size of a Parquet sales file, checked before and while reading"
+    )
+    max_line_bytes: int = setting(
+        1 << 20, "a longer line is quarantined as line_too_long; the rest of the file is read"
+    )
+    ingest_attempts: int = setting(3, "runs requested in all for a file whose ingestion failed")
+    pii_columns: tuple[str, ...] = setting(("description",), "columns masked in every metadata preview and log line")
+    docs_port: int = setting(3001, "`bi-pipeline docs` serves the GX Data Docs on 127.0.0.1 at this port")
 
     def __post_init__(self) -> None:
+        home = Path(self.home).expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        object.__setattr__(
+            self, "landing", Path(self.landing).expanduser().resolve() if self.landing else home / "landing"
+        )
+        object.__setattr__(self, "pii_columns", tuple(self.pii_columns))
         if self.frequency is not None and self.frequency not in FREQUENCIES:
             raise ValueError(f"frequency must be one of {FREQUENCIES} or unset, got {self.frequency!r}")
         if not 0.0 <= self.max_bad_row_rate <= 1.0:
@@ -110,36 +200,10 @@ class Settings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.ingest_attempts < 1:
             raise ValueError(f"ingest_attempts must be at least 1, got {self.ingest_attempts}")
-        object.__setattr__(self, "pii_columns", tuple(self.pii_columns))
 
     @classmethod
-    def from_env(cls, **overrides) -> Settings:
-        home = Path(os.environ.get("BI_PIPELINE_HOME") or ".bi_pipeline").expanduser().resolve()
-        landing_env = os.environ.get("BI_PIPELINE_LANDING")
-        landing = Path(landing_env).expanduser().resolve() if landing_env else home / "landing"
-        settings = cls(
-            home=home,
-            landing=landing,
-            frequency=(os.environ.get("BI_PIPELINE_FREQUENCY") or None),
-            allow_returns=_env_bool("BI_PIPELINE_ALLOW_RETURNS", False),
-            max_bad_row_rate=_env_float("BI_PIPELINE_MAX_BAD_ROW_RATE", 0.05),
-            price_min=_env_float("BI_PIPELINE_PRICE_MIN", 0.0),
-            price_max=_env_float("BI_PIPELINE_PRICE_MAX", 100_000.0),
-            implicit_zeros=_env_bool("BI_PIPELINE_IMPLICIT_ZEROS", False),
-            settle_seconds=_env_float("BI_PIPELINE_SETTLE_SECONDS", 2.0),
-            gx_landed_max_rows=int(_env_float("BI_PIPELINE_GX_LANDED_MAX_ROWS", 500_000)),
-            sales_grain=_env_choice("BI_PIPELINE_SALES_GRAIN", "rows", SALES_GRAINS),
-            week_start=(os.environ.get("BI_PIPELINE_WEEK_START") or "").strip().lower() or None,
-            max_file_bytes=_env_int("BI_PIPELINE_MAX_FILE_BYTES", 1 << 30),
-            max_rows=_env_int("BI_PIPELINE_MAX_ROWS", 10_000_000),
-            max_columns=_env_int("BI_PIPELINE_MAX_COLUMNS", 500),
-            max_parquet_bytes=_env_int("BI_PIPELINE_MAX_PARQUET_BYTES", 4 << 30),
-            max_line_bytes=_env_int("BI_PIPELINE_MAX_LINE_BYTES", 1 << 20),
-            ingest_attempts=_env_int("BI_PIPELINE_INGEST_ATTEMPTS", 3),
-            pii_columns=_env_list("BI_PIPELINE_PII_COLUMNS", ("description",)),
-            docs_port=_env_int("BI_PIPELINE_DOCS_PORT", 3001),
-        )
-        return replace(settings, **overrides) if overrides else settings
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        return from_env(cls, environ, **overrides)
 
     # Everything below is derived from ``home`` so state never scatters across the working tree.
     @property
@@ -183,119 +247,69 @@ class Settings:
         return self.home / "checkpoints"
 
 
+@dataclass
+class TrainingSettings:
+    """How the transformer is trained; :class:`bi_pipeline.forecasting.configuration.TrainConfig` adds the recipe."""
+
+    members: int = setting(4, "networks averaged, each from its own seed")
+    epochs: int = setting(40, "most training epochs (early stopping usually ends sooner)")
+    max_windows_per_epoch: int = setting(8192, "windows an epoch draws at most (recent ones more often)")
+    calendar_effects: str = setting(
+        "easter", "calendar effects as inputs: easter, all (also monthly trading days), off", choices=CALENDAR_EFFECTS
+    )
+    seasonal_profile: str = setting(
+        "off",
+        "each series' long-history seasonal profile as an input; helps fine-tuning from `synthetic` (docs/accuracy.md)",
+        choices=PROFILE_SETTINGS,
+    )
+    init_from: str | None = setting(
+        None, "a save_pretrained directory or hub id to fine-tune from; `synthetic`: the generator-corpus checkpoint"
+    )
+    device: str = setting("auto", "auto: CUDA with bf16 autocast when present, else every CPU core; or cpu, cuda:1, …")
+    seed: int = setting(0, "seed of the first member (member k: seed + k)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class ForecastSettings:
-    """What the model half of the pipeline needs to know; every field has an env var (docs/configuration.md)."""
+    """Forecasting, promotion and automation."""
 
-    # Periods to forecast; None: 28 daily, 13 weekly, 12 monthly.
-    horizon: int | None = None
-    # Season length for MASE; None: 7 daily, 52 weekly, 12 monthly.
-    season_length: int | None = None
-    members: int = 4
-    epochs: int = 40
-    max_windows_per_epoch: int = 8192
-    pretrain_epochs: int = 0
-    # How much each window counts in the training loss: equal (suits MASE) or by volume (level, sqrt_level: WQL).
-    loss_weighting: str = "equal"
-    # Share of training windows mixed with another series over the same dates, and whether the forecasts' level is
-    # calibrated on the validation periods (docs/accuracy.md: measured on Walmart and aus_retail).
-    mixup: float = 0.5
-    calibrate_level: bool = True
-    # Decay per step of the moving average of the weights that validation reads and training keeps (0: raw weights).
-    weight_average: float = 0.99
-    # With more training windows than an epoch takes, recent ones are drawn more often: one this many years older
-    # than the latest is half as likely (0: all alike; docs/accuracy.md: aus_retail).
-    recency_halflife: float = 10.0
-    # Validation periods (early stopping, calibrations): this many horizons, at most a fifth of the history.
-    validation_horizons: float = 2.0
-    # Whether the median path's swing around its mean is calibrated on the validation periods
-    # (docs/accuracy.md: aus_retail).
-    calibrate_shape: bool = False
-    # Whether the quantile spread factor also follows each forecast's own interval width
-    # (docs/accuracy.md: aus_retail).
-    calibrate_spread_power: bool = True
-    # Each series' long-history seasonal profile as a known-future input (docs/accuracy.md: aus_retail).
-    seasonal_profile: str = "off"
-    # Calendar effects among the inputs: easter, all (also monthly trading days), off
-    # (docs/accuracy.md: Walmart, aus_retail).
-    calendar_effects: str = "easter"
-    # Each series' quantile spread follows the model's own errors on its latest forecasts, this many (0: off).
-    error_spread_windows: int = 5
-    # Each series' level follows the model's own errors on its forecasts from this many recent origins (0: off).
-    level_feedback_origins: int = 4
-    # A save_pretrained directory or hub id to fine-tune from instead of starting fresh.
-    init_from: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    # A challenger must beat the champion's holdout MASE by at least this share to be promoted.
-    promotion_margin: float = 0.0
-    # Blend the transformer with LightGBM when the validation periods say the blend is better.
-    ensemble: bool = True
-    # A store or item group whose holdout MASE is worse than the champion's by more than this share vetoes promotion;
-    # so does an older holdout window (the forgetting check).
-    group_tolerance: float = 0.10
-    # Incremental updates: most epochs, and older windows replayed per new window.
-    incremental_epochs: int = 8
-    replay_ratio: float = 2.0
-    # The retrain sensor: an incremental training after this many new periods since the champion's data end, or
-    # when live MASE is worse than the champion's backtest MASE by more than this share.
-    retrain_after_periods: int = 4
-    degradation_threshold: float = 0.25
-    # Live accuracy counts as degraded only on at least this many scored periods of the champion's forecasts.
-    degradation_min_periods: int = 4
-    # Schedules (cron, UTC): forecasts refreshed from the champion; a full retrain from scratch.
-    forecast_cron: str = "0 6 * * *"
-    full_retrain_cron: str = "0 2 1 * *"
-    # None: sqlite:///$BI_PIPELINE_HOME/mlflow.db with artifacts under $BI_PIPELINE_HOME/mlartifacts.
-    mlflow_tracking_uri: str | None = None
+    horizon: int | None = setting(None, "periods to forecast; unset: 28 daily, 13 weekly, 12 monthly")
+    season_length: int | None = setting(None, "MASE's season; unset: 7 daily, 52 weekly, 12 monthly")
+    ensemble: bool = setting(True, "blend the transformer with LightGBM when the validation periods favour the blend")
+    promotion_margin: float = setting(0.0, "share by which a challenger's holdout MASE must beat the champion's")
+    group_tolerance: float = setting(
+        0.10, "a store or item group (or the older window) regressing by more than this share vetoes promotion"
+    )
+    incremental_epochs: int = setting(8, "an incremental update's most epochs")
+    replay_ratio: float = setting(2.0, "an incremental update's older windows replayed per new window")
+    retrain_after_periods: int = setting(4, "retrain sensor: new periods since the champion's data end")
+    degradation_threshold: float = setting(0.25, "retrain sensor: live MASE worse than the champion's by this share")
+    degradation_min_periods: int = setting(4, "retrain sensor: scored periods of live accuracy needed to count")
+    forecast_cron: str = setting("0 6 * * *", "forecasts refreshed from the champion (cron, UTC)")
+    full_retrain_cron: str = setting("0 2 1 * *", "a full retrain from scratch (cron, UTC)")
+    mlflow_tracking_uri: str | None = setting(
+        None, "MLflow tracking URI; unset: sqlite:///$BI_PIPELINE_HOME/mlflow.db", env="BI_PIPELINE_MLFLOW_URI"
+    )
 
     @classmethod
-    def from_env(cls) -> ForecastSettings:
-        def optional_int(name: str) -> int | None:
-            value = os.environ.get(name)
-            return int(_env_float(name, 0)) if value else None
-
-        return cls(
-            horizon=optional_int("BI_PIPELINE_HORIZON"),
-            season_length=optional_int("BI_PIPELINE_SEASON_LENGTH"),
-            members=int(_env_float("BI_PIPELINE_MEMBERS", 4)),
-            epochs=int(_env_float("BI_PIPELINE_EPOCHS", 40)),
-            max_windows_per_epoch=int(_env_float("BI_PIPELINE_MAX_WINDOWS_PER_EPOCH", 8192)),
-            pretrain_epochs=int(_env_float("BI_PIPELINE_PRETRAIN_EPOCHS", 0)),
-            loss_weighting=_env_choice("BI_PIPELINE_LOSS_WEIGHTING", "equal", LOSS_WEIGHTINGS),
-            mixup=_env_float("BI_PIPELINE_MIXUP", 0.5),
-            calibrate_level=_env_bool("BI_PIPELINE_CALIBRATE_LEVEL", True),
-            weight_average=_env_float("BI_PIPELINE_WEIGHT_AVERAGE", 0.99),
-            recency_halflife=_env_float("BI_PIPELINE_RECENCY_HALFLIFE", 10.0),
-            validation_horizons=_env_float("BI_PIPELINE_VALIDATION_HORIZONS", 2.0),
-            calibrate_shape=_env_bool("BI_PIPELINE_CALIBRATE_SHAPE", False),
-            calibrate_spread_power=_env_bool("BI_PIPELINE_CALIBRATE_SPREAD_POWER", True),
-            seasonal_profile=_env_choice("BI_PIPELINE_SEASONAL_PROFILE", "off", PROFILE_SETTINGS),
-            calendar_effects=_env_choice("BI_PIPELINE_CALENDAR_EFFECTS", "easter", CALENDAR_EFFECTS),
-            error_spread_windows=int(_env_float("BI_PIPELINE_ERROR_SPREAD_WINDOWS", 5)),
-            level_feedback_origins=int(_env_float("BI_PIPELINE_LEVEL_FEEDBACK_ORIGINS", 4)),
-            init_from=os.environ.get("BI_PIPELINE_INIT_FROM") or None,
-            device=os.environ.get("BI_PIPELINE_DEVICE") or "auto",
-            seed=int(_env_float("BI_PIPELINE_SEED", 0)),
-            promotion_margin=_env_float("BI_PIPELINE_PROMOTION_MARGIN", 0.0),
-            ensemble=_env_bool("BI_PIPELINE_ENSEMBLE", True),
-            group_tolerance=_env_float("BI_PIPELINE_GROUP_TOLERANCE", 0.10),
-            incremental_epochs=int(_env_float("BI_PIPELINE_INCREMENTAL_EPOCHS", 8)),
-            replay_ratio=_env_float("BI_PIPELINE_REPLAY_RATIO", 2.0),
-            retrain_after_periods=int(_env_float("BI_PIPELINE_RETRAIN_AFTER_PERIODS", 4)),
-            degradation_threshold=_env_float("BI_PIPELINE_DEGRADATION_THRESHOLD", 0.25),
-            degradation_min_periods=_env_int("BI_PIPELINE_DEGRADATION_MIN_PERIODS", 4),
-            forecast_cron=os.environ.get("BI_PIPELINE_FORECAST_CRON") or "0 6 * * *",
-            full_retrain_cron=os.environ.get("BI_PIPELINE_FULL_RETRAIN_CRON") or "0 2 1 * *",
-            mlflow_tracking_uri=os.environ.get("BI_PIPELINE_MLFLOW_URI") or None,
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ForecastSettings:
+        return from_env(cls, environ, **overrides)
 
 
-def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = (os.environ.get(name) or default).strip()
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)}")
-    return value
+SETTINGS_CLASSES = (Settings, TrainingSettings, ForecastSettings)
+BEGIN, END = "<!-- settings: generated by `bi-pipeline settings`; edit bi_pipeline/config.py -->", "<!-- settings: end -->"
+
+
+def configuration_markdown() -> str:
+    """The settings reference of docs/configuration.md, from the declarations (a test fails when the docs differ)."""
+    sections = []
+    for cls in SETTINGS_CLASSES:
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        sections.append(f"### {cls.__name__}\n\n{doc}\n\n{markdown_table(cls)}")
+    return "\n\n".join([BEGIN, *sections, END])
 
 
 def repo_root() -> Path:

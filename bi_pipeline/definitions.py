@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from bi_pipeline.config import ForecastSettings, Settings
+from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, from_env
 from bi_pipeline.defs.accuracy import forecast_accuracy
 from bi_pipeline.defs.automation import automation_sensor, build_schedules, forecast_sensor, retrain_sensor
 from bi_pipeline.defs.cleaning import clean_sales
@@ -47,9 +47,16 @@ pipeline_job = dg.define_asset_job(
 )
 
 
-def build_defs(settings: Settings | None = None, forecast: ForecastSettings | None = None) -> dg.Definitions:
+def build_defs(
+    settings: Settings | None = None,
+    forecast: ForecastSettings | None = None,
+    training: TrainingSettings | None = None,
+    recipe: dict | None = None,
+) -> dg.Definitions:
+    """The code location's definitions; each settings object defaults to the environment's."""
     settings = settings or Settings.from_env()
     forecast = forecast or ForecastSettings.from_env()
+    training = training or from_env(TrainingSettings)
     return dg.Definitions(
         assets=[
             *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
@@ -60,7 +67,7 @@ def build_defs(settings: Settings | None = None, forecast: ForecastSettings | No
         schedules=build_schedules(forecast),
         resources={
             "pipeline": PipelineResource.from_settings(settings),
-            "forecasting": ForecastingResource.from_settings(settings, forecast),
+            "forecasting": ForecastingResource.from_settings(settings, forecast, training, recipe),
             "mlflow_tracking": MLflowResource(
                 # A URI from the environment can hold a password: Dagster gets the variable's name, never its value.
                 tracking_uri=dg.EnvVar(MLFLOW_URI_ENV)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from bi_pipeline.features import easter_date
+from bi_pipeline.forecasting.calendar import easter_date
 from bi_pipeline.quality import DUPLICATE_RULES, ROW_RULES
 
 FREQUENCIES = ("D", "W", "M")
@@ -623,7 +623,7 @@ def simulate_totals(spec: GenerationSpec) -> tuple[np.ndarray, dict[str, np.ndar
     Returns the period dates and, per level (``"all"`` and each category name present), a (periods, stores) array of
     units sold: the same business and draws as :func:`generate` with this spec (the same random streams), so the
     totals equal the landing zone's clean rows summed. Aggregates are what a pretraining corpus needs
-    (:mod:`bi_pipeline.pretraining`): store and category totals are smoother than single items."""
+    (:mod:`bi_pipeline.forecasting.pretraining`): store and category totals are smoother than single items."""
     world_seed, noise_seed, _ = np.random.SeedSequence(spec.seed).spawn(3)
     biz = _build(spec, np.random.default_rng(world_seed))
     noise_rng = np.random.default_rng(noise_seed)

@@ -491,7 +491,7 @@ def test_everything_landed_is_accounted_for(settings):
 
 
 def test_a_true_false_holiday_column_reaches_the_model_and_unusable_columns_are_named(settings):
-    from bi_pipeline.features import fit_spec, unused_columns
+    from bi_pipeline.forecasting.features import fit_spec, unused_columns
 
     dates = pd.date_range("2024-01-01", periods=12, freq="W-MON")
     stores = [f"S{i}" for i in range(6)]

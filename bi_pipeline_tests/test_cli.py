@@ -195,7 +195,7 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         assert metrics["MASE"] > 0 and 0 <= metrics["coverage_80"] <= 1
     assert result["models"]["transformer"]["train_windows_per_second"] > 0
     assert 0.0 <= result["models"]["ensemble"]["transformer_weight"] <= 1.0
-    assert result["transformer_config"]["num_members"] == 1
+    assert result["transformer_config"]["members"] == 1
     printed = capsys.readouterr().out
     assert "transformer" in printed and "ensemble" in printed
 
@@ -221,6 +221,6 @@ def test_bench_continual_command_writes_the_replay_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["updates"] == 2 and result["horizon"] == 3 and result["season_length"] == 7
     assert result["series"] == 4 and len(result["steps"]) == 3
-    assert result["incremental_config"]["epochs"] == 1 and result["train_config"]["num_members"] == 1
+    assert result["incremental_config"]["epochs"] == 1 and result["train_config"]["members"] == 1
     assert {"time_ratio", "mase_ratio", "forgetting"} <= set(result)
     assert '"time_ratio"' in capsys.readouterr().out

@@ -29,9 +29,9 @@ def test_settings_from_environment(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("BI_PIPELINE_MAX_BAD_ROW_RATE", "lots", "is not a number"),
+        ("BI_PIPELINE_MAX_BAD_ROW_RATE", "lots", "BI_PIPELINE_MAX_BAD_ROW_RATE='lots': could not convert"),
         ("BI_PIPELINE_MAX_BAD_ROW_RATE", "2", "within"),
-        ("BI_PIPELINE_FREQUENCY", "Q", "frequency must be one of"),
+        ("BI_PIPELINE_FREQUENCY", "Q", "BI_PIPELINE_FREQUENCY='Q': choose one of D, W, M"),
     ],
 )
 def test_bad_settings_are_named(monkeypatch, name, value, message):
@@ -56,51 +56,51 @@ def test_dagster_home_gets_the_project_config_and_keeps_user_edits(tmp_path, mon
     assert config.read_text() == "storage:\n  postgres: {}\n"
 
 
-def test_loss_weighting_reaches_the_training_recipe_and_a_typo_is_named(monkeypatch, tmp_path):
-    from bi_pipeline.config import ForecastSettings
-    from bi_pipeline.defs.resources import ForecastingResource
+def test_training_settings_reach_the_recipe_from_env_resource_and_flags(monkeypatch, tmp_path):
+    import argparse
 
-    monkeypatch.setenv("BI_PIPELINE_LOSS_WEIGHTING", "sqrt_level")
-    forecast = ForecastSettings.from_env()
-    settings = Settings(home=tmp_path, landing=tmp_path / "l")
-    assert ForecastingResource.from_settings(settings, forecast).train_config().loss_weighting == "sqrt_level"
-    monkeypatch.setenv("BI_PIPELINE_LOSS_WEIGHTING", "volume")
-    with pytest.raises(ValueError, match="BI_PIPELINE_LOSS_WEIGHTING='volume': choose one of equal, level"):
-        ForecastSettings.from_env()
-
-
-def test_calibration_and_pretrained_start_reach_the_training_recipe(monkeypatch, tmp_path):
-    from bi_pipeline.config import ForecastSettings
+    from bi_pipeline.config import ForecastSettings, TrainingSettings, add_flags, from_args, from_env
     from bi_pipeline.defs.resources import ForecastingResource
 
     settings = Settings(home=tmp_path, landing=tmp_path / "l")
     default = ForecastingResource.from_settings(settings, ForecastSettings.from_env()).train_config()
-    assert (default.calibrate_spread_power, default.init_from, default.error_spread_windows) == (True, None, 5)
-    assert (default.seasonal_profile, default.level_feedback_origins, default.calendar_effects) == ("off", 4, "easter")
-    assert (default.calibrate_shape, default.weight_average, default.recency_halflife) == (False, 0.99, 10.0)
-    assert default.validation_horizons == 2.0
-    monkeypatch.setenv("BI_PIPELINE_VALIDATION_HORIZONS", "1")
-    monkeypatch.setenv("BI_PIPELINE_RECENCY_HALFLIFE", "0")
-    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_SHAPE", "on")
-    monkeypatch.setenv("BI_PIPELINE_WEIGHT_AVERAGE", "0")
+    assert (default.members, default.epochs, default.init_from, default.calendar_effects) == (4, 40, None, "easter")
+    assert (default.weight_average, default.recency_halflife, default.validation_horizons) == (0.99, 10.0, 2.0)
+    monkeypatch.setenv("BI_PIPELINE_MEMBERS", "2")
     monkeypatch.setenv("BI_PIPELINE_CALENDAR_EFFECTS", "off")
-    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_SPREAD_POWER", "0")
-    monkeypatch.setenv("BI_PIPELINE_ERROR_SPREAD_WINDOWS", "0")
-    monkeypatch.setenv("BI_PIPELINE_SEASONAL_PROFILE", "auto")
-    monkeypatch.setenv("BI_PIPELINE_LEVEL_FEEDBACK_ORIGINS", "0")
     monkeypatch.setenv("BI_PIPELINE_INIT_FROM", "synthetic")
-    config = ForecastingResource.from_settings(settings, ForecastSettings.from_env()).train_config()
-    assert (config.calibrate_spread_power, config.init_from, config.error_spread_windows) == (False, "synthetic", 0)
-    assert (config.seasonal_profile, config.level_feedback_origins, config.calendar_effects) == ("auto", 0, "off")
-    assert (config.calibrate_shape, config.weight_average, config.recency_halflife) == (True, 0.0, 0.0)
-    assert config.validation_horizons == 1.0
+    training = from_env(TrainingSettings)
+    resource = ForecastingResource.from_settings(settings, ForecastSettings.from_env(), training, {"mixup": 0.0})
+    config = resource.train_config()
+    assert (config.members, config.calendar_effects, config.init_from, config.mixup) == (2, "off", "synthetic", 0.0)
+    # A flag overrides its variable; a flag not given leaves the variable's value.
+    parser = argparse.ArgumentParser()
+    add_flags(parser, TrainingSettings)
+    args = parser.parse_args(["--members", "3", "--calendar-effects", "all"])
+    assert (from_args(TrainingSettings, args).members, from_args(TrainingSettings, args).init_from) == (3, "synthetic")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--calendar-effects", "sometimes"])
 
 
-def test_a_flag_that_is_neither_on_nor_off_is_named(monkeypatch):
-    from bi_pipeline.config import ForecastSettings
+def test_a_choice_or_flag_value_out_of_range_is_named(monkeypatch):
+    from bi_pipeline.config import ForecastSettings, TrainingSettings, from_env
 
-    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_LEVEL", "off")
-    assert ForecastSettings.from_env().calibrate_level is False
-    monkeypatch.setenv("BI_PIPELINE_CALIBRATE_LEVEL", "maybe")
-    with pytest.raises(ValueError, match="BI_PIPELINE_CALIBRATE_LEVEL='maybe': use 1/true/yes/on or 0/false/no/off"):
+    monkeypatch.setenv("BI_PIPELINE_SEASONAL_PROFILE", "volume")
+    with pytest.raises(ValueError, match="BI_PIPELINE_SEASONAL_PROFILE='volume': choose one of auto, on, off"):
+        from_env(TrainingSettings)
+    monkeypatch.setenv("BI_PIPELINE_ENSEMBLE", "off")
+    assert ForecastSettings.from_env().ensemble is False
+    monkeypatch.setenv("BI_PIPELINE_ENSEMBLE", "maybe")
+    with pytest.raises(ValueError, match="BI_PIPELINE_ENSEMBLE='maybe': use 1/true/yes/on or 0/false/no/off"):
         ForecastSettings.from_env()
+
+
+def test_the_configuration_docs_are_generated_from_the_declarations():
+    from bi_pipeline.config import SETTINGS_CLASSES, configuration_markdown, settings_fields
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert configuration_markdown() in docs, "docs/configuration.md is stale: paste `bi-pipeline settings` into it"
+    model = [f for cls in SETTINGS_CLASSES[1:] for f in settings_fields(cls)]
+    automation = {"retrain_after_periods", "degradation_threshold", "degradation_min_periods", "forecast_cron"}
+    automation |= {"full_retrain_cron", "mlflow_tracking_uri"}
+    assert len([f for f in model if f.name not in automation]) == 15

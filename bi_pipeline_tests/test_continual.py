@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bi_pipeline.continual import (
+from bi_pipeline.forecasting.continual import (
     IncrementalConfig,
     incremental_filter,
     promotion_gate,
@@ -16,8 +16,10 @@ from bi_pipeline.continual import (
     series_groups,
     update_forecaster,
 )
-from bi_pipeline.features import FeatureSpec, build_panel, fit_spec, make_windows
-from bi_pipeline.training import forecast, train_forecaster
+from bi_pipeline.forecasting.features import FeatureSpec, fit_spec
+from bi_pipeline.forecasting.panel import build_panel, make_windows
+from bi_pipeline.forecasting.trainer import train_forecaster
+from bi_pipeline.forecasting.transformer import forecast
 from bi_pipeline_tests.test_forecaster import tiny, weekly_history
 
 

@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bi_pipeline.accuracy import LiveEvidence, archive_forecasts, live_accuracy, live_evidence, load_archive
-from bi_pipeline.config import ForecastSettings, Settings
-from bi_pipeline.continual import retrain_decision
+from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.automation import TRAINING_TAG, TRIGGER_TAG, forecast_sensor, retrain_sensor
 from bi_pipeline.defs.collection import landing_zone_sensor, sales_periods
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
+from bi_pipeline.forecasting.continual import retrain_decision
+from bi_pipeline.forecasting.live import LiveEvidence, archive_forecasts, live_accuracy, live_evidence, load_archive
+from bi_pipeline.forecasting.registry import CHALLENGER, CHAMPION, MODEL_NAME, Tracker
 from bi_pipeline.generate import GenerationSpec, generate
-from bi_pipeline.tracking import CHALLENGER, CHAMPION, MODEL_NAME, Tracker
 
 
 def test_retrain_decisions():
@@ -102,21 +102,21 @@ def test_live_accuracy_scores_each_publication_on_the_actuals_that_landed(tmp_pa
 
 FORECAST = ForecastSettings(
     horizon=4,
-    members=1,
-    epochs=6,
-    max_windows_per_epoch=512,
     ensemble=False,  # the transformer alone, so a model trained on shuffled targets is surely worse
-    # Nor does a level calibration rescue it: with 1 member and 6 epochs on this daily data, the calibrated
-    # shuffled-target model scored MASE 0.418 against the proper model's 0.422 (the sim tests the automation).
-    mixup=0.0,
-    calibrate_level=False,
-    # One horizon of validation keeps the few daily periods for training: with two (8 of about 56), the proper model
-    # scored MASE 0.347 against the shuffled-target one's 0.337 with these 6 epochs.
-    validation_horizons=1.0,
     retrain_after_periods=2,
     incremental_epochs=4,
     group_tolerance=10.0,  # the sim checks the margin rule; the group veto has its own unit test
 )
+TRAINING = TrainingSettings(members=1, epochs=6, max_windows_per_epoch=512)
+RECIPE = {
+    # Nor does a level calibration rescue it: with 1 member and 6 epochs on this daily data, the calibrated
+    # shuffled-target model scored MASE 0.418 against the proper model's 0.422 (the sim tests the automation).
+    "mixup": 0.0,
+    "calibrate_level": False,
+    # One horizon of validation keeps the few daily periods for training: with two (8 of about 56), the proper model
+    # scored MASE 0.347 against the shuffled-target one's 0.337 with these 6 epochs.
+    "validation_horizons": 1.0,
+}
 
 
 class Simulation:
@@ -125,13 +125,13 @@ class Simulation:
 
     def __init__(self, instance: dg.DagsterInstance, settings: Settings, staging: Path) -> None:
         self.instance, self.settings, self.staging = instance, settings, staging
-        self.defs = build_defs(settings, FORECAST)
+        self.defs = build_defs(settings, FORECAST, TRAINING, RECIPE)
         self.cursor: str | None = None
         self.automation_cursor = None
         self.launched: set[str] = set()
         self.resources = {
             "pipeline": PipelineResource.from_settings(settings),
-            "forecasting": ForecastingResource.from_settings(settings, FORECAST),
+            "forecasting": ForecastingResource.from_settings(settings, FORECAST, TRAINING, RECIPE),
             "mlflow_tracking": MLflowResource(
                 tracking_uri=settings.mlflow_uri, artifact_location=str(settings.mlflow_artifacts)
             ),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bi_pipeline.evaluation import QUANTILES, mase_scales, pinball, quantile_column, score
+from bi_pipeline.forecasting.metrics import QUANTILES, mase_scales, pinball, quantile_column, score
 
 TRAIN = pd.DataFrame(
     {

@@ -10,52 +10,42 @@ import pandas as pd
 import pytest
 import torch
 
-from bi_pipeline.baselines import fit_lightgbm, predict_lightgbm
-from bi_pipeline.ensemble import COLUMNS, Forecaster, blend, fit_blend_weight, fit_spread_weight
-from bi_pipeline.evaluation import QUANTILES, quantile_column
-from bi_pipeline.features import (
+from bi_pipeline.forecasting.calendar import (
     WEEKDAYS,
-    FeatureSpec,
-    build_panel,
     calendar_effects,
     calendar_features,
     calendar_names,
     easter_date,
     effect_names,
+)
+from bi_pipeline.forecasting.calibration import SPREAD_GRID, fit_calibration
+from bi_pipeline.forecasting.candidate import forecast_latest, holdout_score, make_candidate, train_with_holdout
+from bi_pipeline.forecasting.configuration import TrainConfig, load_model, model_config
+from bi_pipeline.forecasting.ensemble import COLUMNS, Forecaster, blend, fit_blend_weight, fit_spread_weight
+from bi_pipeline.forecasting.features import (
+    FeatureSpec,
     fit_spec,
-    panel_frame,
-    panel_from_frame,
     profile_lag_for,
     seasonal_profile,
     seasonal_profile_lag,
-    split_windows,
-    validation_length,
 )
-from bi_pipeline.forecasting import forecast_latest, holdout_score, make_candidate, train_with_holdout
-from bi_pipeline.models import BIForecaster, BIForecasterConfig, pinball_loss, reshape, spread_factor, window_weights
-from bi_pipeline.training import (
-    INPUTS,
+from bi_pipeline.forecasting.feedback import (
     LEVEL_RATIO_LIMITS,
-    SPREAD_GRID,
-    TrainConfig,
-    _adjusted_forecasts,
-    _respread,
-    averaged_weights,
-    epoch_sample,
     error_spread_factor,
-    fit_calibration,
     fit_error_spread,
-    forecast,
-    gather,
-    load_model,
-    mix_windows,
-    model_config,
     past_error_ratio,
-    recency_weights,
     recent_level_ratio,
-    train_forecaster,
-    update_average,
 )
+from bi_pipeline.forecasting.feedback import adjusted_forecasts as _adjusted_forecasts
+from bi_pipeline.forecasting.feedback import respread as _respread
+from bi_pipeline.forecasting.inference import INPUTS
+from bi_pipeline.forecasting.lightgbm import fit_lightgbm, predict_lightgbm
+from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
+from bi_pipeline.forecasting.modeling import BIForecaster, BIForecasterConfig, pinball_loss, spread_factor
+from bi_pipeline.forecasting.panel import build_panel, panel_frame, panel_from_frame, split_windows, validation_length
+from bi_pipeline.forecasting.sampling import epoch_sample, gather, mix_windows, recency_weights
+from bi_pipeline.forecasting.trainer import averaged_weights, train_forecaster, update_average
+from bi_pipeline.forecasting.transformer import forecast
 
 QCOLS = [quantile_column(q) for q in QUANTILES]
 
@@ -90,7 +80,7 @@ TINY = dict(d_model=16, ffn_dim=32, num_attention_heads=2, num_hidden_layers=1, 
 
 
 def tiny(**overrides) -> TrainConfig:
-    values = {**TINY, "num_members": 1, "epochs": 4, "patience": 100, "batch_size": 64, **overrides}
+    values = {**TINY, "members": 1, "epochs": 4, "patience": 100, "batch_size": 64, **overrides}
     return TrainConfig(**values)
 
 
@@ -262,23 +252,6 @@ def test_pinball_loss_matches_hand_computation():
     assert pinball_loss(quantiles, target, torch.tensor([[False]]), levels).item() == 0.0
 
 
-def test_window_weights_follow_the_metric_they_stand_for():
-    # Two windows: levels 1 and 4 (the scale); one-step changes 0.5 and 1 in their observed contexts.
-    past = torch.tensor([[1.0, 1.5, 1.0, 0.5], [4.0, 3.0, 4.0, 5.0]])
-    observed = torch.ones_like(past, dtype=torch.bool)
-    scale = BIForecaster.scale(past, observed)
-    assert scale.flatten().tolist() == [1.0, 4.0]
-    assert window_weights("equal", scale, past, observed).flatten().tolist() == [1.0, 1.0]
-    assert window_weights("level", scale, past, observed).flatten().tolist() == pytest.approx([0.4, 1.6])
-    assert window_weights("sqrt_level", scale, past, observed).flatten().tolist() == pytest.approx([2 / 3, 4 / 3])
-    # scale / mean |change| = 1 / 0.5 and 4 / 1 → 2 and 4, normalised to mean 1.
-    assert window_weights("mase", scale, past, observed).flatten().tolist() == pytest.approx([2 / 3, 4 / 3])
-    # Unobserved values count in neither: the first window's scale becomes 3.5 / 3, its changes 0.5 and 0.5 → 7 / 3.
-    observed[0, 3] = False
-    scale = BIForecaster.scale(past, observed)
-    assert window_weights("mase", scale, past, observed).flatten().tolist() == pytest.approx([14 / 19, 24 / 19])
-    with pytest.raises(ValueError, match="loss weighting 'volume'"):
-        window_weights("volume", scale, past, observed)
 
 
 def test_mixed_windows_are_mixtures_of_scaled_series_over_the_same_dates():
@@ -337,15 +310,14 @@ def test_level_calibration_follows_a_shift_the_training_windows_never_saw():
 
 def test_a_warm_start_trains_on_raw_quantiles_and_calibrates_afresh(panel):
     champion = train_forecaster(panel, 8, 81, tiny(epochs=1)).model
-    champion.config.spread_scale, champion.config.level_scale, champion.config.shape_scale = 0.5, 1.1, 0.8
+    champion.config.spread_scale, champion.config.level_scale = 0.5, 1.1
     champion.config.spread_power, champion.config.spread_reference = 1.5, 0.3
     champion.config.error_spread_power, champion.config.error_spread_reference = 0.75, 0.4
     config = tiny(epochs=1, calibrate_level=False, calibrate_spread_power=False, error_spread_windows=0)
-    config = dataclasses.replace(config, calibrate_shape=False)
     update = train_forecaster(panel, 8, 81, config, initial_model=champion).model
     # The champion's factors fitted its own weights: the update starts from 1 and fits its spread again (its level
     # and width calibrations are off here, so they stay neutral instead of inheriting the champion's).
-    assert (update.config.level_scale, update.config.shape_scale) == (1.0, 1.0)
+    assert update.config.level_scale == 1.0
     assert update.config.spread_scale in SPREAD_GRID
     assert (update.config.spread_power, update.config.spread_reference) == (0.0, 1.0)
     assert (update.config.error_spread_power, update.config.error_spread_reference) == (0.0, 1.0)
@@ -405,28 +377,8 @@ def test_the_model_applies_the_width_calibration(panel):
     assert float(factor.min()) < 0.9 < float(factor.max())  # narrower forecasts narrow further, wider ones widen
 
 
-def test_reshape_scales_the_median_paths_swing_and_moves_every_quantile_with_it():
-    # One forecast over 2 steps, quantiles (0.1, 0.5, 0.9): the median path 1, 3 swings ±1 around its mean 2.
-    q = torch.tensor([[[0.0, 1.0, 2.0], [2.0, 3.0, 4.0]]])
-    torch.testing.assert_close(reshape(q, 0.5, 1), torch.tensor([[[0.5, 1.5, 2.5], [1.5, 2.5, 3.5]]]))
-    torch.testing.assert_close(reshape(q, 1.5, 1), torch.tensor([[[-0.5, 0.5, 1.5], [2.5, 3.5, 4.5]]]))
-    assert reshape(q, 1.0, 1) is q
 
 
-def test_shape_calibration_finds_a_swing_the_validation_periods_no_longer_show():
-    # Forecasts whose seasonal swing (±0.2 around 1) is a quarter larger than the targets' (±0.16): the shape factor
-    # that fits is 0.8, inside SHAPE_GRID; level and spread stay 1 (the intervals are centred on the targets once
-    # reshaped, with errors at their own quantile levels).
-    levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    offsets = torch.tensor([lvl - 0.5 for lvl in levels]) * 0.1
-    swing = torch.tensor([0.2, -0.2, 0.2, -0.2])
-    quantiles = (1.0 + swing[None, :, None] + offsets).expand(9, 4, 9).clone()
-    target = 1.0 + 0.8 * swing[None, :] + offsets[:, None].expand(9, 4)
-    outputs = [(quantiles, target, torch.ones(9, 4))]
-    fitted = fit_calibration(outputs, levels, level=False, spread_power=False)
-    assert fitted["shape_scale"] == pytest.approx(0.8)
-    assert (fitted["level_scale"], fitted["spread_scale"]) == (1.0, 1.0)
-    assert fit_calibration(outputs, levels, level=False, spread_power=False, shape=False)["shape_scale"] == 1.0
 
 
 def test_the_model_applies_the_shape_calibration(panel):
@@ -509,8 +461,8 @@ def test_the_error_spread_applied_at_forecast_time_is_the_one_fitted(panel, monk
     reference, scale = float(np.median(ratio)), 0.7
     # fit_error_spread stores the reference that way: its ratios' median over the common factor it folds in (grids of
     # one value each, so that it must choose them).
-    monkeypatch.setattr("bi_pipeline.training.ERROR_POWER_GRID", (0.5,))
-    monkeypatch.setattr("bi_pipeline.training.ERROR_SCALE_GRID", (scale,))
+    monkeypatch.setattr("bi_pipeline.forecasting.feedback.ERROR_POWER_GRID", (0.5,))
+    monkeypatch.setattr("bi_pipeline.forecasting.feedback.ERROR_SCALE_GRID", (scale,))
     fitted = fit_error_spread(model, panel, 81, 8, 4)
     assert fitted["spread_scale"] == pytest.approx(cfg.spread_scale * scale)
     assert fitted["error_spread_reference"] == pytest.approx(reference / scale)
@@ -576,7 +528,7 @@ def test_save_and_load_give_identical_forecasts(panel, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "recipe", [{}, {"num_members": 2, "mixup": 0.0, "calibrate_level": False}, {"weight_average": 0.9}]
+    "recipe", [{}, {"members": 2, "mixup": 0.0, "calibrate_level": False}, {"weight_average": 0.9}]
 )
 def test_a_crashed_training_resumes_from_its_checkpoint(panel, tmp_path, recipe):
     straight = train_forecaster(panel, 8, 81, tiny(epochs=4, **recipe))
@@ -619,7 +571,7 @@ def test_the_weight_average_follows_every_step_and_is_what_validation_reads(pane
 
 
 def test_recent_windows_are_drawn_more_often_when_an_epoch_takes_a_sample():
-    from bi_pipeline.features import Windows
+    from bi_pipeline.forecasting.panel import Windows
 
     assert recency_weights(Windows(np.zeros(3, "int64"), np.array([10, 20, 30]), 0, 0), 10).tolist() == [
         0.25,
@@ -654,13 +606,6 @@ def test_fine_tuning_starts_from_a_local_checkpoint_with_another_head(panel, tmp
     assert result.model.config.horizon == 4
 
 
-def test_masked_pretraining_changes_the_backbone(panel):
-    plain = train_forecaster(panel, 8, 81, tiny(epochs=1))
-    pretrained = train_forecaster(panel, 8, 81, tiny(epochs=1, pretrain_epochs=2))
-    assert pretrained.pretrain_seconds > 0
-    a = plain.model.members[0].backbone.state_dict()
-    b = pretrained.model.members[0].backbone.state_dict()
-    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_holdout_training_and_latest_forecasts_from_a_saved_model(tmp_path):
@@ -726,10 +671,6 @@ def test_ensemble_blends_medians_and_spreads_with_their_own_weights():
     assert fit_spread_weight(wide, tight, actual, 0.5) == 0.0
 
 
-def test_refit_trains_again_on_every_window_for_the_best_epoch_count(panel):
-    result = train_forecaster(panel, 8, 81, tiny(epochs=3, refit=True))
-    phases = [r["phase"] for r in result.history]
-    assert phases.count("fit") == 3 and phases.count("refit") == result.best_epoch
 
 
 def test_ensemble_candidate_saves_loads_and_forecasts_from_newer_history(tmp_path):

@@ -7,25 +7,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bi_pipeline.baselines import fit_lightgbm
-from bi_pipeline.config import ForecastSettings, Settings
+from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings
 from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import sales_periods
-from bi_pipeline.ensemble import Forecaster
-from bi_pipeline.evaluation import QUANTILES, quantile_column
-from bi_pipeline.forecasting import forecast_latest
+from bi_pipeline.forecasting.candidate import forecast_latest
+from bi_pipeline.forecasting.ensemble import Forecaster
+from bi_pipeline.forecasting.lightgbm import fit_lightgbm
+from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
+from bi_pipeline.forecasting.registry import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS, Tracker
 from bi_pipeline.generate import GenerationSpec, generate
-from bi_pipeline.tracking import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS, Tracker
 
-TINY = ForecastSettings(horizon=6, members=1, epochs=2, max_windows_per_epoch=256)
+TINY = ForecastSettings(horizon=6)
+TINY_TRAINING = TrainingSettings(members=1, epochs=2, max_windows_per_epoch=256)
 
 
 def run_all(settings: Settings, instance: dg.DagsterInstance, forecast: ForecastSettings = TINY):
     keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0, assume_complete=True).ready)
     new = [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
     instance.add_dynamic_partitions(sales_periods.name, new)
-    defs = build_defs(settings, forecast)
+    defs = build_defs(settings, forecast, TINY_TRAINING)
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
@@ -98,7 +99,9 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
             assert mase == pytest.approx(run.data.metrics[f"{part}_holdout_MASE"])
 
         # A second training on the same data competes with the champion on the same holdout.
-        again = build_defs(landed, TINY).resolve_job_def("train_job").execute_in_process(instance=instance)
+        again = (
+            build_defs(landed, TINY, TINY_TRAINING).resolve_job_def("train_job").execute_in_process(instance=instance)
+        )
         assert again.success
         meta = again.asset_materializations_for_node("forecaster")[0].metadata
         assert meta["model_version"].value == "2"
@@ -116,7 +119,7 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         )
         tracker.client.set_registered_model_alias(MODEL_NAME, CHAMPION, v3)
         served = (
-            build_defs(landed, TINY)
+            build_defs(landed, TINY, TINY_TRAINING)
             .resolve_implicit_global_asset_job_def()
             .execute_in_process(instance=instance, asset_selection=[dg.AssetKey("forecasts")])
         )
@@ -130,7 +133,7 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
 
 
 def tiny_model_dir(path):
-    from bi_pipeline.models import BIForecaster, BIForecasterConfig
+    from bi_pipeline.forecasting.modeling import BIForecaster, BIForecasterConfig
 
     config = BIForecasterConfig(
         context_length=8,
@@ -140,14 +143,14 @@ def tiny_model_dir(path):
         ffn_dim=8,
         num_attention_heads=1,
         num_hidden_layers=1,
-        num_members=1,
+        members=1,
     )
     BIForecaster(config).save_pretrained(path)
     return path
 
 
 def test_champion_is_kept_against_a_worse_challenger_and_rolled_forward_with_a_better_one(tmp_path):
-    from bi_pipeline.models import BIForecaster
+    from bi_pipeline.forecasting.modeling import BIForecaster
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
     tiny_model_dir(tmp_path / "m")
@@ -217,7 +220,7 @@ def test_no_challenger_is_promoted_unless_finite_and_better_than_seasonal_naive(
 
 
 def test_a_corrupt_champion_is_reported_and_the_challenger_judged_against_the_floor(tmp_path):
-    from bi_pipeline.forecasting import load_champion
+    from bi_pipeline.forecasting.candidate import load_champion
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
     tiny_model_dir(tmp_path / "m")

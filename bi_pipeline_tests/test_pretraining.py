@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from bi_pipeline.cli import main
-from bi_pipeline.features import build_panel, fit_spec
+from bi_pipeline.forecasting.configuration import TrainConfig, load_model, model_config
+from bi_pipeline.forecasting.features import fit_spec
+from bi_pipeline.forecasting.modeling import BIForecaster
+from bi_pipeline.forecasting.panel import build_panel
+from bi_pipeline.forecasting.pretraining import MANIFEST, corpus_hash, default_config, pretrain
+from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.generate import GenerationSpec, generate, simulate_totals
-from bi_pipeline.models import BIForecaster
-from bi_pipeline.pretraining import MANIFEST, CorpusSpec, corpus_hash, default_config, pretrain, synthetic_corpus
-from bi_pipeline.training import TrainConfig, load_model, model_config, train_forecaster
+from bi_pipeline.synthetic import CorpusSpec, synthetic_corpus
 from bi_pipeline_tests.test_forecaster import weekly_history
 
 TINY_PRETRAIN = dict(
@@ -23,7 +26,7 @@ TINY_PRETRAIN = dict(
     ffn_dim=32,
     num_attention_heads=2,
     num_hidden_layers=1,
-    num_members=2,
+    members=2,
     context_length=24,
     epochs=2,
     max_windows_per_epoch=256,
@@ -90,7 +93,7 @@ def test_pretraining_writes_a_checkpoint_that_fine_tuning_starts_from(tmp_path):
     # members: fine-tuning keeps the checkpoint's architecture and backbones, and learns those layers afresh.
     history = weekly_history(periods=90)
     panel = build_panel(history, fit_spec(history, "W"))
-    config = TrainConfig(init_from=str(out), context_length=52, num_members=4, d_model=64)
+    config = TrainConfig(init_from=str(out), context_length=52, members=4, d_model=64)
     target = model_config(panel, 8, config)
     assert (target.context_length, target.num_members, target.d_model) == (24, 2, 16)
     # 6 yearly harmonics, 4 Easter effects (share and change), the holiday flag.

@@ -13,12 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from bi_pipeline.baselines import LightGBMModel, UnsafeModelFormat, fit_lightgbm, predict_lightgbm
-from bi_pipeline.ensemble import Forecaster
-from bi_pipeline.features import build_panel, fit_spec
-from bi_pipeline.forecasting import forecast_latest, train_with_holdout
-from bi_pipeline.tracking import MODEL_NAME, Tracker
-from bi_pipeline.training import _plain, _save_state, forecast, train_forecaster
+from bi_pipeline.forecasting.candidate import forecast_latest, train_with_holdout
+from bi_pipeline.forecasting.checkpoint import plain as _plain
+from bi_pipeline.forecasting.checkpoint import save_state as _save_state
+from bi_pipeline.forecasting.ensemble import Forecaster
+from bi_pipeline.forecasting.features import fit_spec
+from bi_pipeline.forecasting.lightgbm import LightGBMModel, UnsafeModelFormat, fit_lightgbm, predict_lightgbm
+from bi_pipeline.forecasting.panel import build_panel
+from bi_pipeline.forecasting.registry import MODEL_NAME, Tracker
+from bi_pipeline.forecasting.trainer import train_forecaster
+from bi_pipeline.forecasting.transformer import forecast
 from bi_pipeline_tests.test_forecaster import tiny, weekly_history
 
 

@@ -4,13 +4,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.accuracy import live_accuracy, live_evidence, load_archive
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.forecasting import forecasts
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
-from bi_pipeline.evaluation import season_length_for
+from bi_pipeline.forecasting.live import live_accuracy, live_evidence, load_archive
+from bi_pipeline.forecasting.metrics import season_length_for
+from bi_pipeline.forecasting.registry import CHAMPION
 from bi_pipeline.plots import figure, png_base64
-from bi_pipeline.tracking import CHAMPION
 
 GROUP = "forecasting"
 

@@ -7,12 +7,12 @@ import dagster as dg
 import pandas as pd
 from dagster import DagsterRunStatus
 
-from bi_pipeline.accuracy import LiveEvidence
 from bi_pipeline.config import ForecastSettings
-from bi_pipeline.continual import retrain_decision
 from bi_pipeline.defs.collection import sales_periods
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource
-from bi_pipeline.tracking import CHAMPION
+from bi_pipeline.forecasting.continual import retrain_decision
+from bi_pipeline.forecasting.live import LiveEvidence
+from bi_pipeline.forecasting.registry import CHAMPION
 
 TRAINING_TAG = "bi_pipeline/training"  # full | incremental; dagster.yaml queues one such run at a time
 REASON_TAG = "bi_pipeline/reason"

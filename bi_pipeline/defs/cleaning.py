@@ -10,6 +10,7 @@ from bi_pipeline.contract import empty_quarantine, split_raw
 from bi_pipeline.defs.checks import master_or_none, sales_check_results
 from bi_pipeline.defs.collection import BACKFILL_POLICY, partition_frequency, sales_periods
 from bi_pipeline.defs.resources import PipelineResource
+from bi_pipeline.defs.types import CLEAN_SALES
 from bi_pipeline.expectations import Validator, batch_validation_frames
 from bi_pipeline.privacy import preview_markdown, truncate
 from bi_pipeline.quality import REASONS, CleanResult, clean_batch, known_ids, summarize_rejections
@@ -44,6 +45,9 @@ def kept_source_files(results: dict[str, CleanResult]) -> np.ndarray:
         "clean_sales": dg.AssetOut(
             description="Typed sales rows that passed every rule (date, store_id, item_id, sales, price, promo).",
             kinds={"pandas", "parquet"},
+            # Checked on every run (a wrong frame fails, naming the column); the UI shows the core columns.
+            dagster_type=CLEAN_SALES.dagster_type,
+            metadata=CLEAN_SALES.definition_metadata(),
         ),
         "sales_quarantine": dg.AssetOut(
             description="Rows set aside, as landed, with reason code, rule text and source file/row.",
@@ -102,10 +106,16 @@ def clean_sales(
             reason_totals[reason] = reason_totals.get(reason, 0) + count
     rows_in = sum(r.rows_in for r in results.values())
     bad = sum(r.bad_rows for r in results.values())
+    clean = {k: r.clean for k, r in results.items()}
     yield dg.Output(
-        {k: r.clean for k, r in results.items()},
+        clean,
         output_name="clean_sales",
-        metadata={"rows": rows_in - bad, "partitions": len(results), "frequency": frequency},
+        metadata={
+            "rows": rows_in - bad,
+            "partitions": len(results),
+            "frequency": frequency,
+            **CLEAN_SALES.observed_metadata(clean),
+        },
     )
     quarantine = {k: r.quarantine for k, r in results.items()}
     sample = pd.concat(list(quarantine.values()), ignore_index=True) if quarantine else empty_quarantine()

@@ -1,9 +1,8 @@
 """Forecasting: features → forecaster (trained, tracked in MLflow, promoted only when better) → forecasts, and the
-backtest that compares the forecaster with strong baselines on the same holdout."""
+backtest that compares the forecaster with strong baselines on the same holdout. Each asset is wiring around a use
+case of :mod:`bi_pipeline.forecasting.usecases`."""
 
 import json
-import math
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -11,37 +10,29 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from bi_pipeline.accuracy import archive_forecasts
-from bi_pipeline.baselines import attach_actuals, lightgbm_forecast, pandas_freq, statistical_forecast
-from bi_pipeline.continual import group_mase, promotion_gate, series_groups, update_forecaster
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
+from bi_pipeline.defs.progress import training_reporter
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
-from bi_pipeline.ensemble import Forecaster, ensemble_forecast
-from bi_pipeline.evaluation import METRICS, QUANTILES, SERIES, quantile_column, score, season_length_for
-from bi_pipeline.features import (
-    FeatureSpec,
-    build_panel,
-    fit_spec,
-    panel_frame,
-    panel_from_frame,
-    seasonal_profile_lag,
-    unused_columns,
-    validation_length,
-)
-from bi_pipeline.forecasting import (
-    DEFAULT_HORIZON,
-    forecast_latest,
-    future_covariates,
-    holdout_forecast,
-    lineage_of,
-    load_champion,
-    make_candidate,
+from bi_pipeline.forecasting.baselines import attach_actuals
+from bi_pipeline.forecasting.catalog import MODELS, build_models
+from bi_pipeline.forecasting.checkpoint import clear_checkpoints
+from bi_pipeline.forecasting.continual import IncrementalConfig
+from bi_pipeline.forecasting.ensemble import blend, fit_weights
+from bi_pipeline.forecasting.features import fit_spec, seasonal_profile_lag, unused_columns
+from bi_pipeline.forecasting.interface import DEFAULT_HORIZON, Task
+from bi_pipeline.forecasting.metrics import METRICS, QUANTILES, SERIES, quantile_column, score, season_length_for
+from bi_pipeline.forecasting.panel import build_panel, panel_frame, panel_from_frame, split_of, validation_length
+from bi_pipeline.forecasting.registry import CHAMPION
+from bi_pipeline.forecasting.usecases import (
+    NoChampion,
+    Promotion,
+    lightgbm_covariates,
+    publish_forecasts,
+    train_and_promote,
 )
 from bi_pipeline.plots import figure, png_base64
 from bi_pipeline.privacy import redact_uri
-from bi_pipeline.tracking import CHAMPION
-from bi_pipeline.training import clear_checkpoints, train_forecaster
 
 GROUP = "forecasting"
 
@@ -50,9 +41,13 @@ def _horizon(forecasting: ForecastingResource, frequency: str) -> int:
     return forecasting.horizon or DEFAULT_HORIZON[frequency]
 
 
-def _season(forecasting: ForecastingResource, frequency: str, features: pd.DataFrame) -> int:
-    training_periods = int((pd.to_datetime(features["date"].unique()) <= pd.Timestamp(features.attrs["cutoff"])).sum())
-    return season_length_for(frequency, training_periods, forecasting.season_length)
+def _task(forecasting: ForecastingResource, features: pd.DataFrame, history: pd.DataFrame) -> Task:
+    """The forecasting task of a features frame: typed values read off its split, the season by the training range."""
+    split = split_of(features)
+    training_periods = int((pd.to_datetime(features["date"].unique()) <= split.cutoff).sum())
+    season = season_length_for(split.frequency, training_periods, forecasting.season_length)
+    covariates = lightgbm_covariates(history, split.cutoff, split.frequency)
+    return Task(split.frequency, split.horizon, season, covariates)
 
 
 def _md_table(frame: pd.DataFrame, digits: int = 3) -> dg.MetadataValue:
@@ -87,11 +82,8 @@ def features(
     panel = build_panel(integrated_sales, spec, reference_end=cutoff_date)
     cutoff = int(panel.dates.get_loc(cutoff_date))
     history_len = int(np.median(cutoff + 1 - panel.first))
-    validation = validation_length(horizon, history_len, forecasting.validation_horizons)
+    validation = validation_length(horizon, history_len, forecasting.train_config().validation_horizons)
     frame = panel_frame(panel, split_at={"validation": cutoff + 1 - validation, "test": cutoff + 1})
-    frame.attrs.update(
-        horizon=str(horizon), cutoff=str(cutoff_date.date()), validation_periods=str(validation), frequency=frequency
-    )
     counts = frame["split"].value_counts().to_dict()
     context.log.info(
         f"features: {panel.series} series, {len(spec.future_names)} known-future features, "
@@ -146,199 +138,37 @@ def forecaster(
     baselines)."""
     if config.mode not in ("full", "incremental"):
         raise dg.Failure(f"training mode {config.mode!r}: use full or incremental")
-    settings = pipeline.settings()
-    frequency = features.attrs["frequency"]
-    horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
-    season = _season(forecasting, frequency, features)
-    cutoff_date = pd.Timestamp(features.attrs["cutoff"])
-    panel = panel_from_frame(features, upto=cutoff_date)
-    cutoff = int(panel.dates.get_loc(cutoff_date))
-    train_config = forecasting.train_config()
-    train_config.validation_periods = validation
+    settings, forecast_settings = pipeline.settings(), forecasting.forecast_settings()
+    task = _task(forecasting, features, integrated_sales)
+    split = split_of(features)
+    panel = panel_from_frame(features, upto=split.cutoff)
+    train_config = forecasting.train_config(validation_periods=split.validation_periods)
     checkpoints = run_checkpoints(Path(forecasting.checkpoint_dir), context.run)
-
-    def report(record: dict) -> None:
-        stage = record.get("stage")
-        if stage == "train":
-            context.log.info(
-                f"epoch {record['epoch']}/{record['epochs']}: train loss {record['train_loss']:.4f}, "
-                f"validation loss {record['validation_loss']:.4f}{' (best)' if record['best'] else ''}"
-            )
-        elif stage == "pretrain":
-            context.log.info(f"pretrain member {record['member']} epoch {record['epoch']}: loss {record['loss']:.4f}")
-        elif stage == "pretrain_corpus":
-            context.log.info(
-                f"pretraining on the synthetic corpus (first use, then reused: {record['checkpoint']}), "
-                f"epoch {record['epoch']}/{record['epochs']}: validation loss {record['loss']:.4f}"
-            )
-        elif stage == "resume":
-            context.log.info(f"resuming from the checkpoint after epoch {record['epoch']} ({checkpoints})")
-        elif stage == "resume_skipped":
-            context.log.warning(
-                f"checkpoint {record['checkpoint']} not resumed from, training from scratch: {record['error']}"
-            )
-        elif stage == "calibrate":
-            context.log.info(
-                f"calibrated on validation: level ×{record['level_scale']}, median swing ×{record['shape_scale']}, "
-                f"quantile spread ×{record['spread_scale']}"
-                f" × (width / {record['spread_reference']:.4g}) ^ {record['spread_power']}"
-            )
-        elif stage == "calibrate_level_feedback":
-            context.log.info(
-                f"calibrated on validation: each series' level × (its recent actual / forecast ratio) ^ "
-                f"{record['level_feedback_power']} over its last {record['level_feedback_origins']} origins"
-            )
-        elif stage == "calibrate_error_spread":
-            context.log.info(
-                f"calibrated on validation: each series' spread × (its past error ratio / "
-                f"{record['error_spread_reference']:.4g}) ^ {record['error_spread_power']} over its last "
-                f"{record['error_spread_windows']} forecasts; quantile spread now ×{record['spread_scale']:.4g}"
-            )
-
-    history = integrated_sales
-    tracker = mlflow_tracking.tracker()
-    champion_version = tracker.alias_version(CHAMPION)
-    # An unreadable champion is not a reason to stop training: it cannot be warm-started from or compared with.
-    champion = load_champion(tracker, champion_version, context.log.warning) if champion_version else None
-    mode = config.mode
-    result = None
-    if mode == "incremental":
-        if champion is None:
-            context.log.warning("incremental training requested but there is no champion yet: training from scratch")
-        else:
-            spec = FeatureSpec.from_dict(champion.transformer.config.feature_spec)
-            champion_panel = build_panel(history, spec, reference_end=cutoff_date)
-            champion_cutoff = int(champion_panel.dates.get_loc(cutoff_date))
-            try:
-                result = update_forecaster(
-                    champion.transformer,
-                    champion_panel,
-                    horizon,
-                    champion_cutoff,
-                    train_config,
-                    forecasting.incremental_config(),
-                    series_groups(history),
-                    checkpoint_dir=checkpoints,
-                    progress=report,
-                )
-                panel, cutoff = champion_panel, champion_cutoff
-                context.log.info(
-                    f"incremental update of champion v{champion_version}: {result.train_windows} windows "
-                    f"(new periods after {champion.transformer.config.training_targets_end} and a replay sample)"
-                )
-            except ValueError as exc:
-                context.log.warning(f"incremental update not possible ({exc}): training from scratch")
-    if result is None:
-        mode = "full"
-        result = train_forecaster(panel, horizon, cutoff, train_config, checkpoint_dir=checkpoints, progress=report)
-    model = result.model
-    train = history[history["date"] <= cutoff_date]
-    covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
-    candidate = make_candidate(
-        result, panel, cutoff, history, frequency, horizon, season, covariates, ensemble=forecasting.ensemble
+    promotion = Promotion(
+        ensemble=forecast_settings.ensemble,
+        margin=forecast_settings.promotion_margin,
+        group_tolerance=forecast_settings.group_tolerance,
+        incremental=IncrementalConfig(forecast_settings.incremental_epochs, forecast_settings.replay_ratio),
     )
-    scores = candidate.own_scores
-    floor = float(candidate.seasonal_naive.get("MASE", math.nan))
-    for name, values in {**candidate.scores, "seasonal_naive": candidate.seasonal_naive}.items():
-        context.log.info(f"holdout {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-    if forecasting.ensemble:
-        context.log.info(
-            f"candidate: {candidate.kind} (transformer weight {candidate.weight:.1f}, fitted on {validation} "
-            "validation periods)"
-        )
-
-    lineage = {**lineage_of(history, cutoff_date, horizon), "dagster_run_id": context.run_id}
-    params = {
-        **train_config.to_dict(),
-        "init_from": result.init_from or "",
-        "mode": mode,
-        "reason": config.reason,
-        "warm_start_from": champion_version if mode == "incremental" else "",
-        "horizon": horizon,
-        "frequency": frequency,
-        "season_length": season,
-        "kind": candidate.kind,
-        "transformer_weight": candidate.weight,
-        "transformer_spread_weight": candidate.spread_weight,
-        "train_windows": result.train_windows,
-        "validation_windows": result.validation_windows,
-        "best_epoch": result.best_epoch,
-        "device": result.device,
-        "spread_scale": model.config.spread_scale,
-        "level_scale": model.config.level_scale,
-        "shape_scale": model.config.shape_scale,
-        "spread_power": model.config.spread_power,
-        "spread_reference": model.config.spread_reference,
-        "error_spread_power": model.config.error_spread_power,
-        "error_spread_reference": model.config.error_spread_reference,
-        "error_spread_windows": model.config.error_spread_windows,
-        "level_feedback_power": model.config.level_feedback_power,
-        "level_feedback_origins": model.config.level_feedback_origins,
-        "future_features": ",".join(panel.spec.future_names),
-        "lightgbm_covariates": ",".join(covariates) if candidate.kind == "ensemble" else "",
-    }
-    model_dir = settings.home / "models" / context.run_id  # one per run: two trainings never write the same one
-    try:
-        candidate.model.save(model_dir)
-        run_id, version = tracker.log_training(
-            model_dir,
-            params,
-            result.history,
-            scores,
-            lineage,
-            run_name=context.run_id,
-            components=candidate.scores,
-            version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight, "mode": mode},
-        )
-    finally:
-        shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
-    champion_scores, gate = None, None
-    if champion is not None:
-        try:
-            champion_scores, gate = _compare_with_champion(
-                candidate, champion, history, season, horizon, forecasting.group_tolerance
-            )
-        except Exception as exc:  # whatever fails, the challenger is judged against seasonal naive alone
-            context.log.warning(
-                f"champion v{champion_version} could not be scored on this holdout "
-                f"({type(exc).__name__}: {redact_uri(str(exc))})"
-            )
-    decision = tracker.decide(
-        version,
-        scores["MASE"],
-        champion_scores["MASE"] if champion_scores else None,
-        floor_score=floor,
-        margin=forecasting.promotion_margin,
-        vetoes=gate.vetoes if gate else None,
-    )
-    if gate is not None:
-        run_of_version = tracker.run_of(version)
-        if gate.older:
-            tracker.client.log_metric(run_of_version, "older_window_MASE", gate.older["challenger"])
-            tracker.client.log_metric(run_of_version, "champion_older_window_MASE", gate.older["champion"])
-        # The numbers behind the decision, beside the run: every group compared, the vetoes, the older window.
-        tracker.client.log_dict(
-            run_of_version,
-            {
-                "champion_version": champion_version,
-                "champion_holdout": champion_scores,
-                "challenger_holdout": scores,
-                "seasonal_naive_holdout": candidate.seasonal_naive,
-                "margin": forecasting.promotion_margin,
-                "group_tolerance": forecasting.group_tolerance,
-                "vetoes": gate.vetoes,
-                "older_window_MASE": gate.older,
-                "groups": gate.compared.to_dict(orient="records"),
-                "decision": "promoted" if decision.promoted else "kept",
-                "reason": decision.reason,
-            },
-            "promotion_gate.json",
-        )
-    context.log.info(
-        f"model version {version} ({candidate.kind}): "
-        f"{'promoted to champion' if decision.promoted else 'kept as challenger'} — {decision.reason}"
+    outcome = train_and_promote(
+        integrated_sales,
+        panel,
+        int(panel.dates.get_loc(split.cutoff)),
+        task,
+        train_config,
+        mlflow_tracking.tracker(),
+        settings.home / "models",
+        promotion,
+        mode=config.mode,
+        reason=config.reason,
+        run_name=context.run_id,
+        checkpoint_dir=checkpoints,
+        progress=training_reporter(context.log, checkpoints),
+        log=context.log.info,
+        warn=context.log.warning,
     )
     clear_checkpoints(checkpoints)
+    candidate, result, gate = outcome.candidate, outcome.transformer.result, outcome.gate
     value = pd.concat(
         [
             *(frame.assign(kind="holdout", model=name) for name, frame in candidate.holdout.items()),
@@ -346,25 +176,31 @@ def forecaster(
         ],
         ignore_index=True,
     )
-    value["model_version"] = version
-    value.attrs["transformer_weight"] = str(candidate.weight)
+    value["model_version"] = outcome.version
+    value["transformer_weight"] = candidate.weight
     epochs = pd.DataFrame(result.history)
     return dg.Output(
         value,
         metadata={
-            "model_version": version,
-            "mode": mode,
+            "model_version": outcome.version,
+            "mode": outcome.mode,
             "reason": config.reason,
             "model_kind": candidate.kind,
             "transformer_weight": candidate.weight,
             "transformer_spread_weight": candidate.spread_weight,
-            "champion_version": tracker.alias_version(CHAMPION),
-            "decision": "promoted" if decision.promoted else "kept",
-            "decision_reason": decision.reason,
-            **mlflow_metadata(mlflow_tracking.tracking_uri, mlflow_tracking.experiment, run_id, version),
-            **{f"holdout_{k}": float(v) for k, v in scores.items()},
-            "seasonal_naive_holdout_MASE": floor,
-            **({f"champion_holdout_{k}": float(v) for k, v in champion_scores.items()} if champion_scores else {}),
+            "champion_version": mlflow_tracking.tracker().alias_version(CHAMPION),
+            "decision": "promoted" if outcome.decision.promoted else "kept",
+            "decision_reason": outcome.decision.reason,
+            **mlflow_metadata(
+                mlflow_tracking.tracking_uri, mlflow_tracking.experiment, outcome.run_id, outcome.version
+            ),
+            **{f"holdout_{k}": float(v) for k, v in candidate.own_scores.items()},
+            "seasonal_naive_holdout_MASE": outcome.floor,
+            **(
+                {f"champion_holdout_{k}": float(v) for k, v in outcome.champion_scores.items()}
+                if outcome.champion_scores
+                else {}
+            ),
             **(
                 {
                     "gate_vetoes": "; ".join(gate.vetoes) or "none",
@@ -383,7 +219,7 @@ def forecaster(
             "train_windows": result.train_windows,
             "train_windows_per_second": round(result.windows_per_second, 1),
             "training_seconds": round(result.seconds, 1),
-            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "parameters": int(sum(p.numel() for p in outcome.transformer.network.parameters())),
             "epochs": _md_table(epochs.drop(columns=[c for c in ("best",) if c in epochs]), 4),
         },
     )
@@ -408,25 +244,6 @@ def mlflow_metadata(tracking_uri: str, experiment: str, run_id: str, version: st
     }
 
 
-def _compare_with_champion(
-    candidate, champion: Forecaster, history: pd.DataFrame, season: int, horizon: int, tolerance: float
-):
-    """The champion's holdout scores (with its own encodings and parts), and the promotion gate: per store and item
-    group on the holdout, and both models on the older window before it (the forgetting check)."""
-    champion_fc, train, test = holdout_forecast(champion, history)
-    champion_scores = score(attach_actuals(champion_fc, test), train, season)
-    groups = series_groups(history)
-    challenger_groups = group_mase(candidate.holdout[candidate.kind], test, train, season, groups)
-    champion_groups = group_mase(champion_fc, test, train, season, groups)
-    older = {}
-    if history["date"].nunique() > 3 * horizon + 2:
-        for name, model in (("challenger", candidate.model), ("champion", champion)):
-            fc, old_train, old_test = holdout_forecast(model, history, back=horizon)
-            older[name] = score(attach_actuals(fc, old_test), old_train, season)["MASE"]
-    gate = promotion_gate(challenger_groups, champion_groups, older.get("challenger"), older.get("champion"), tolerance)
-    return champion_scores, gate
-
-
 def _plot(history: pd.DataFrame, forecasts: pd.DataFrame, title: str) -> str:
     """A PNG (base64) of the recent history, the median forecast and its 80% band."""
     fig, ax = figure()
@@ -442,30 +259,23 @@ def _plot(history: pd.DataFrame, forecasts: pd.DataFrame, title: str) -> str:
 def forecasts(
     context: dg.AssetExecutionContext,
     pipeline: PipelineResource,
-    forecasting: ForecastingResource,
     mlflow_tracking: MLflowResource,
     integrated_sales: pd.DataFrame,
     calendar: pd.DataFrame,
 ) -> dg.Output:
     """P10…P90 and the point forecast for every active series over the horizon after the last landed period, from
     the champion model, with its version and the cutoff date."""
-    tracker = mlflow_tracking.tracker()
-    version = tracker.alias_version(CHAMPION)
-    if version is None:
-        raise dg.Failure(
-            "no champion model yet: materialize `forecaster` first. A training becomes champion only when its holdout "
-            "MASE is finite and beats seasonal naive's; the forecaster's `decision_reason` says why one was not"
-        )
-    model = Forecaster.load(tracker.model_dir(version))
     history = integrated_sales
-    future = future_covariates(master_or_none(calendar), history, model.horizon, pandas_freq(history, model.frequency))
-    out = forecast_latest(model, history, future)
-    out["model_version"] = version
-    archived = archive_forecasts(pipeline.settings().home / "forecast_archive", out)
+    try:
+        published = publish_forecasts(
+            history, master_or_none(calendar), mlflow_tracking.tracker(), pipeline.settings().home / "forecast_archive"
+        )
+    except NoChampion as exc:
+        raise dg.Failure(str(exc)) from None
+    out, model, version = published.forecasts, published.model, published.version
     context.log.info(
         f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version} ({model.kind})"
     )
-
     volume = history.groupby(SERIES, observed=True)["sales"].sum().sort_values(ascending=False)
     recent = history[history["date"] > history["date"].max() - pd.Timedelta(days=int(3 * 365.25))]
     images = []
@@ -485,7 +295,7 @@ def forecasts(
             "series": int(out[SERIES].drop_duplicates().shape[0]),
             "horizon": model.horizon,
             "model_kind": model.kind,
-            "archived_as": dg.MetadataValue.path(str(archived)),
+            "archived_as": dg.MetadataValue.path(str(published.archived)),
             "rows": len(out),
             "preview": dg.MetadataValue.md(out.head(10).round(2).to_markdown(index=False)),
             "plots": dg.MetadataValue.md(plots),
@@ -502,44 +312,42 @@ def backtest(
     integrated_sales: pd.DataFrame,
 ) -> dg.Output:
     """The transformer against seasonal naive, AutoETS (statsforecast) and LightGBM (mlforecast) on the same
-    holdout, and their ensemble whose weight is fitted on the validation periods before it (the forecaster's own
-    parts, so the table shows exactly what competed for champion)."""
-    frequency = features.attrs["frequency"]
-    horizon, validation = int(features.attrs["horizon"]), int(features.attrs["validation_periods"])
-    season = _season(forecasting, frequency, features)
-    cutoff_date = pd.Timestamp(features.attrs["cutoff"])
+    holdout, and their ensemble whose weights are fitted on the validation periods before it (the forecaster's own
+    parts, so the table shows exactly what competed for champion). Every other model comes from the model catalog
+    and is fitted here on the same training periods."""
+    task = _task(forecasting, features, integrated_sales)
+    cutoff_date = split_of(features).cutoff
     history = integrated_sales
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
-    forecasts_by_model, _ = statistical_forecast(train, horizon, frequency, season)
     holdout = forecaster[forecaster["kind"] == "holdout"]
-    for name, frame in holdout.groupby("model"):
-        forecasts_by_model[str(name)] = frame.drop(columns=["kind", "model", "model_version"])
-    weight = float(forecaster.attrs.get("transformer_weight", "nan"))
-    if "ensemble" not in forecasts_by_model:
-        # The forecaster ran without its ensemble (BI_PIPELINE_ENSEMBLE=0): fit LightGBM and the blend here.
-        covariates = fit_spec(train, frequency, continuous_covariates=True).covariates
-        forecasts_by_model["lightgbm"] = lightgbm_forecast(train, test, horizon, frequency, season, covariates)
-        own = forecaster[forecaster["kind"] == "validation"].drop(columns=["kind", "model", "model_version"])
-        forecasts_by_model["ensemble"], weight, _, _ = ensemble_forecast(
-            train,
-            forecasts_by_model["transformer"],
-            forecasts_by_model["lightgbm"],
-            own,
-            validation,
-            horizon,
-            frequency,
-            season,
-            covariates,
+    by_model = {
+        str(name): frame.drop(columns=["kind", "model", "model_version", "transformer_weight"])
+        for name, frame in holdout.groupby("model")
+    }
+    # Models the forecaster did not fit (all of them but its own parts, and LightGBM and the ensemble when it ran
+    # without its ensemble): fitted here, through the one model interface.
+    missing = tuple(name for name in MODELS if name not in by_model and name not in ("transformer", "ensemble"))
+    future = test.drop(columns="sales")
+    for name, model in build_models(missing).items():
+        by_model[name] = model.fit(train, task, future).predict(train, future)
+    weight = float(forecaster["transformer_weight"].iloc[0])
+    if "ensemble" not in by_model:
+        # The forecaster ran without its ensemble: its weights are fitted here on its own validation forecasts.
+        own = forecaster[forecaster["kind"] == "validation"].drop(
+            columns=["kind", "model", "model_version", "transformer_weight"]
         )
-    rows = []
-    for name in ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble"):
-        metrics = score(attach_actuals(forecasts_by_model[name], test), train, season)
-        rows.append({"model": name, **metrics})
+        weight, spread = fit_weights(train, own, split_of(features).validation_periods, task)
+        by_model["ensemble"] = blend(by_model["transformer"], by_model["lightgbm"], weight, spread)
+    rows = [
+        {"model": name, **score(attach_actuals(by_model[name], test), train, task.season)}
+        for name in MODELS
+        if name in by_model
+    ]
     table = pd.DataFrame(rows)
     naive = float(table.loc[table["model"] == "seasonal_naive", "MASE"].iloc[0])
     table["skill"] = table["MASE"] / naive
     best = table.loc[table["MASE"].idxmin(), "model"]
-    context.log.info(f"backtest over {horizon} periods from {test['date'].min().date()}: best {best}")
+    context.log.info(f"backtest over {task.horizon} periods from {test['date'].min().date()}: best {best}")
     return dg.Output(
         table,
         metadata={
@@ -547,8 +355,8 @@ def backtest(
             "best_model": str(best),
             "ensemble_transformer_weight": weight,
             "holdout_start": str(pd.Timestamp(test["date"].min()).date()),
-            "horizon": horizon,
-            "season_length": season,
+            "horizon": task.horizon,
+            "season_length": task.season,
             "model_version": str(forecaster["model_version"].iloc[0]),
             **{f"transformer_{m}": float(table.loc[table["model"] == "transformer", m].iloc[0]) for m in METRICS},
         },

@@ -6,6 +6,7 @@ import pandas as pd
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.resources import PipelineResource
+from bi_pipeline.defs.types import INTEGRATED_SALES
 from bi_pipeline.integration import integrate
 from bi_pipeline.privacy import preview_markdown
 from bi_pipeline.quality import stored_period_rates, summarize_rejections
@@ -18,6 +19,9 @@ GROUP = "integration"
     kinds={"pandas", "parquet"},
     # Follows newly cleaned periods on its own, but never past a failed blocking check upstream.
     automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+    # Checked on every run (a wrong frame fails, naming the column); the UI shows the core columns.
+    dagster_type=INTEGRATED_SALES.dagster_type,
+    metadata=INTEGRATED_SALES.definition_metadata(),
 )
 def integrated_sales(
     context: dg.AssetExecutionContext,
@@ -79,5 +83,6 @@ def integrated_sales(
                 + "\n".join(f"| {c} | {t} |" for c, t in frame.dtypes.astype(str).items())
             ),
             "preview": dg.MetadataValue.md(preview_markdown(frame, settings.pii_columns)),
+            **INTEGRATED_SALES.observed_metadata(frame),
         },
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from bi_pipeline.config import ForecastSettings, Settings, prepare_dagster_home
+from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, prepare_dagster_home
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, chunks, sales_periods
 from bi_pipeline.ingest import landing_scan
@@ -54,6 +54,7 @@ def run_pipeline(
     log_level: str = "INFO",
     forecast: ForecastSettings | None = None,
     assume_complete: bool = False,
+    training: TrainingSettings | None = None,
 ) -> RunSummary:
     """Every stage over every landed period: one run when the history fits in one (``PERIODS_PER_RUN``), otherwise
     an ingest run per range of periods, then one run for the integrated view and one for training and forecasts."""
@@ -66,7 +67,7 @@ def run_pipeline(
             f"no complete sales files in {settings.landing / 'sales'}: run `bi-pipeline generate` or land files "
             f"first (`--complete` takes files as they are){waiting}"
         )
-    defs = build_defs(settings, forecast)
+    defs = build_defs(settings, forecast, training)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     summary = RunSummary(
         success=True, run_id="", partitions=len(keys), rejected_files=rejected, pending_files=pending

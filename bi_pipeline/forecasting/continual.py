@@ -20,20 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.accuracy import LiveEvidence
-from bi_pipeline.baselines import attach_actuals
-from bi_pipeline.evaluation import SERIES, mase, mase_scales
-from bi_pipeline.features import (
-    FeatureSpec,
-    Panel,
-    Windows,
-    build_panel,
-    fit_spec,
-    seasonal_profile_lag,
-    validation_length,
-)
-from bi_pipeline.models import BIForecaster
-from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
+from bi_pipeline.forecasting.baselines import attach_actuals
+from bi_pipeline.forecasting.configuration import TrainConfig, TrainResult
+from bi_pipeline.forecasting.features import FeatureSpec, fit_spec, seasonal_profile_lag
+from bi_pipeline.forecasting.live import LiveEvidence
+from bi_pipeline.forecasting.metrics import SERIES, mase, mase_scales
+from bi_pipeline.forecasting.modeling import BIForecaster
+from bi_pipeline.forecasting.panel import Panel, Windows, build_panel, validation_length
+from bi_pipeline.forecasting.trainer import train_forecaster
+from bi_pipeline.forecasting.transformer import forecast
 
 ITEM_GROUP_COLUMNS = ("category", "department", "item_group", "family")
 
@@ -90,9 +85,10 @@ def incremental_filter(
     groups: pd.DataFrame | None = None,
     seed: int = 0,
 ) -> Callable[[Windows], Windows]:
-    """A window filter for :func:`bi_pipeline.training.train_forecaster`: every window whose targets reach date index
-    ``new_from`` or later (what the champion has not learnt), plus ``replay_ratio`` times as many older windows,
-    sampled in proportion to each store × item-group stratum's share of the older windows (at least one each)."""
+    """A window filter for :func:`~bi_pipeline.forecasting.trainer.train_forecaster`: every window whose targets
+    reach date index ``new_from`` or later (what the champion has not learnt), plus ``replay_ratio`` times as many
+    older windows, sampled in proportion to each store × item-group stratum's share of the older windows (at least
+    one each)."""
     strata = _strata(panel, groups)
 
     def select(windows: Windows) -> Windows:

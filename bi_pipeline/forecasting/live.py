@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.baselines import attach_actuals
-from bi_pipeline.evaluation import SERIES, mase, mase_scales, score
+from bi_pipeline.forecasting.baselines import attach_actuals
+from bi_pipeline.forecasting.metrics import SERIES, mase, mase_scales, score
 from bi_pipeline.state import atomic_write
 
 COLUMNS = ["model_version", "cutoff", "published_periods", "scored_periods", "series", "MASE", "WAPE", "WQL"]

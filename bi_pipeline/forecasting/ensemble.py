@@ -13,15 +13,18 @@ forecasts again from newer history with the same trees). Loading unpickles nothi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.baselines import LightGBMModel, attach_actuals, lightgbm_forecast
-from bi_pipeline.evaluation import QUANTILES, mase, mase_scales, quantile_column, wql
-from bi_pipeline.models import BIForecaster
+from bi_pipeline.forecasting.baselines import attach_actuals
+from bi_pipeline.forecasting.interface import ForecastModel, Task
+from bi_pipeline.forecasting.lightgbm import LightGBMModel, lightgbm_forecast
+from bi_pipeline.forecasting.metrics import QUANTILES, mase, mase_scales, quantile_column, wql
+from bi_pipeline.forecasting.modeling import BIForecaster
+from bi_pipeline.forecasting.models import LightGBM, Transformer
 
 ENSEMBLE_FILE = "ensemble.json"
 WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))
@@ -29,14 +32,26 @@ KEYS = ["store_id", "item_id", "date"]
 COLUMNS = ["mean", *[quantile_column(q) for q in QUANTILES]]
 
 
-@dataclass
-class Forecaster:
-    """What a registered version holds and the ``forecasts`` asset runs."""
+class Forecaster(ForecastModel):
+    """The ensemble, and what a registered version holds and the ``forecasts`` asset runs: the transformer alone, or
+    blended with LightGBM at the weights fitted on the validation periods."""
 
-    transformer: BIForecaster
-    lightgbm: LightGBMModel | None = None
-    weight: float = 1.0  # the transformer's share of the blended median
-    spread_weight: float | None = None  # its share of the blended distances from the median; None: ``weight``
+    name = "ensemble"
+
+    def __init__(
+        self,
+        transformer: BIForecaster | None = None,
+        lightgbm: LightGBMModel | None = None,
+        weight: float = 1.0,
+        spread_weight: float | None = None,
+        parts: tuple[Transformer, LightGBM] | None = None,
+    ) -> None:
+        self.transformer, self.lightgbm = transformer, lightgbm  # the network and the boosters
+        self.weight = weight  # the transformer's share of the blended median
+        self.spread_weight = spread_weight  # its share of the blended distances from the median; None: ``weight``
+        self.parts = parts
+        self.info = {}
+        self.task = Task(self.frequency, self.horizon) if transformer is not None else None
 
     @property
     def spread_share(self) -> float:
@@ -53,6 +68,46 @@ class Forecaster:
     @property
     def frequency(self) -> str:
         return self.transformer.config.feature_spec["frequency"]
+
+    def fit(self, train: pd.DataFrame, task: Task, future: pd.DataFrame | None = None) -> Forecaster:
+        """Fits the parts not fitted yet (the transformer, LightGBM on the same periods), then the weights on the
+        ``validation`` periods before the cutoff, never on what follows it: LightGBM refitted without them, the
+        transformer from the origin before its own validation stretch."""
+        transformer, lightgbm = self.parts or (Transformer(), LightGBM())
+        if transformer.result is None:
+            transformer.fit(train, task, future)
+        if lightgbm.model is None:
+            lightgbm.fit(train, task, future)
+        started = time.perf_counter()
+        self.weight, self.spread_weight = fit_weights(
+            train, transformer.validation_forecast(), transformer.result.validation_periods, task
+        )
+        self.parts, self.task = (transformer, lightgbm), task
+        self.info.update(weight=self.weight, spread_weight=self.spread_share)
+        self.transformer, self.lightgbm = transformer.network, lightgbm.model
+        self.info["fit_seconds"] = (
+            transformer.info["fit_seconds"] + lightgbm.info["fit_seconds"] + time.perf_counter() - started
+        )
+        return self
+
+    def deployable(self) -> Forecaster:
+        """What a registered version holds: the blend when either weight is below 1, else the transformer alone."""
+        if self.weight < 1.0 or self.spread_share < 1.0:
+            return Forecaster(self.transformer, self.lightgbm, self.weight, self.spread_weight)
+        return Forecaster(self.transformer)
+
+    def predict(self, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
+        transformer, lightgbm = self.parts or (
+            Transformer(network=self.transformer),
+            LightGBM(model=self.lightgbm, task=Task(self.frequency, self.horizon)) if self.lightgbm else None,
+        )
+        out = transformer.predict(history, future)
+        seconds = transformer.info["predict_seconds"]
+        if self.lightgbm is not None:
+            out = blend(out, lightgbm.predict(history, future), self.weight, self.spread_share)
+            seconds += lightgbm.info["predict_seconds"]
+        self.info["predict_seconds"] = seconds
+        return out
 
     def save(self, path: Path) -> None:
         path = Path(path)
@@ -78,9 +133,6 @@ class Forecaster:
             float(meta["transformer_weight"]),
             None if spread is None else float(spread),
         )
-
-    def blend(self, transformer: pd.DataFrame, lightgbm: pd.DataFrame) -> pd.DataFrame:
-        return blend(transformer, lightgbm, self.weight, self.spread_share)
 
 
 def blend(first: pd.DataFrame, second: pd.DataFrame, weight: float, spread_weight: float | None = None) -> pd.DataFrame:
@@ -131,27 +183,13 @@ def fit_spread_weight(
     return min(losses, key=lambda w: (losses[w], abs(w - weight)))
 
 
-def ensemble_forecast(
-    train: pd.DataFrame,
-    transformer: pd.DataFrame,
-    lightgbm: pd.DataFrame,
-    own_validation: pd.DataFrame,
-    validation: int,
-    horizon: int,
-    frequency: str,
-    season_length: int,
-    covariates: list[str] | None,
-) -> tuple[pd.DataFrame, float, float, float]:
-    """(blend of the transformer and LightGBM, the transformer's point weight and spread weight, seconds spent
-    fitting them).
-
-    The weights come from the ``validation`` periods just before the cutoff, never from the test: LightGBM refitted
-    without them, the transformer from the origin before its own validation stretch (``own_validation``)."""
+def fit_weights(train: pd.DataFrame, own_validation: pd.DataFrame, validation: int, task: Task) -> tuple[float, float]:
+    """(the transformer's point weight, its spread weight), fitted on the ``validation`` periods at the end of
+    ``train``: LightGBM refitted without them, against the transformer's forecasts of them (``own_validation``)."""
     dates = np.sort(train["date"].unique())
     inner_train = train[train["date"] <= dates[-validation - 1]]
     inner_test = train[train["date"] > dates[-validation - 1]]
-    lgb_val = lightgbm_forecast(inner_train, inner_test, horizon, frequency, season_length, covariates)
-    weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, season_length)
-    spread_weight = fit_spread_weight(own_validation, lgb_val, inner_test, weight)
-    seconds = lgb_val.attrs["timing"]["fit_seconds"]
-    return blend(transformer, lightgbm, weight, spread_weight), weight, spread_weight, seconds
+    covariates = list(task.covariates)
+    lgb_val = lightgbm_forecast(inner_train, inner_test, task.horizon, task.frequency, task.season, covariates)
+    weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, task.season)
+    return weight, fit_spread_weight(own_validation, lgb_val, inner_test, weight)

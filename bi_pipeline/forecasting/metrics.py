@@ -18,13 +18,8 @@ import pandas as pd
 
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METRICS = ("MASE", "WAPE", "WQL", "coverage_80", "bias")
-# The models a backtest compares, the candidate's parts among them.
-MODELS = ("transformer", "seasonal_naive", "auto_ets", "lightgbm", "ensemble")
 SEASON_LENGTH = {"D": 7, "W": 52, "M": 12}
 SERIES = ["store_id", "item_id"]
-# How the transformer's training loss may weight windows, each after the metric it stands for (models.window_weights):
-# every series alike (MASE-like on scaled values), by volume (WQL/WAPE), between the two, or by MASE's own scale.
-LOSS_WEIGHTINGS = ("equal", "level", "sqrt_level", "mase")
 
 
 def season_length_for(frequency: str, training_periods: int, configured: int | None = None) -> int:

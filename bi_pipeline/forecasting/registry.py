@@ -2,7 +2,7 @@
 
 Each training is an MLflow run: parameters, a metric per epoch, the holdout ("backtest") metrics, data lineage (period
 range and a hash of the training data), and the model as a pyfunc wrapping the ``save_pretrained`` directory, logged
-as code (:mod:`bi_pipeline.forecaster_model`): nothing in it is pickled. The run's model is registered as
+as code (:mod:`bi_pipeline.forecasting.pyfunc`): nothing in it is pickled. The run's model is registered as
 ``bi_pipeline_forecaster``; the new version gets the alias ``challenger`` and becomes ``champion`` only when its
 holdout score is finite, beats seasonal naive's on the same holdout (the floor) and beats the current champion's there.
 The champion it replaces keeps the alias ``previous_champion`` for rollback. Every decision is written to the
@@ -27,7 +27,7 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
 # The pyfunc is logged as code (models-from-code): MLflow stores this file, not a pickled PythonModel.
-MODEL_CODE = Path(__file__).with_name("forecaster_model.py")
+MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 # What loading and running the model imports, pinned to the installed versions in its requirements.
 MODEL_PACKAGES = (
     "mlflow",
@@ -145,7 +145,7 @@ class Tracker:
 
     def model_dir(self, version: str) -> Path:
         """The directory of a registered version (``save_pretrained`` files, and LightGBM for an ensemble),
-        downloaded from the artifact store; :meth:`bi_pipeline.ensemble.Forecaster.load` reads it."""
+        downloaded from the artifact store; :meth:`bi_pipeline.forecasting.ensemble.Forecaster.load` reads it."""
         target = Path(tempfile.mkdtemp(prefix=f"bi_forecaster_v{version}_"))
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target))
         found = sorted(Path(path).rglob("config.json"))
@@ -167,8 +167,9 @@ class Tracker:
         """Promote ``version`` to champion when its score (lower is better) is finite, strictly beats the floor
         (``floor_score``: seasonal naive's score on the same holdout) and, when there is a champion that could be
         scored on that holdout, beats the champion's score by at least ``margin`` (relative) with nothing vetoing it
-        (a store or item group regressing, forgetting: :func:`bi_pipeline.continual.promotion_gate`). With no champion,
-        or one that could not be scored, the floor alone decides. Logged on the version and its run."""
+        (a store or item group regressing, forgetting: :func:`~bi_pipeline.forecasting.continual.promotion_gate`).
+        With no champion, or one that could not be scored, the floor alone decides. Logged on the version and its
+        run."""
         champion = self.alias_version(CHAMPION)
         scored = champion is not None and champion_score is not None and _finite(champion_score)
         beats_floor = _finite(challenger_score) and _finite(floor_score) and challenger_score < floor_score

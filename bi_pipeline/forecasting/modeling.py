@@ -2,7 +2,8 @@
 covariates and the static attributes (no Dagster).
 
 Packaged as a ``PreTrainedModel`` (``save_pretrained``/``from_pretrained``, safetensors). The config carries the
-feature encodings (:class:`bi_pipeline.features.FeatureSpec`), so a saved directory is everything needed to forecast.
+feature encodings (:class:`bi_pipeline.forecasting.features.FeatureSpec`), so a saved directory is everything needed to
+forecast.
 
 Design choices, each measured (docs/accuracy.md):
 - channel-independent patches of one series, per-window scaling by the context's mean absolute value: the model
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PatchTSTConfig, PatchTSTModel, PretrainedConfig, PreTrainedModel
 
-from bi_pipeline.evaluation import LOSS_WEIGHTINGS, QUANTILES
+from bi_pipeline.forecasting.metrics import QUANTILES
 
 
 class BIForecasterConfig(PretrainedConfig):
@@ -42,11 +43,9 @@ class BIForecasterConfig(PretrainedConfig):
         static_cardinalities: list[int] | None = None,
         num_static_numeric: int = 0,
         feature_spec: dict | None = None,
-        random_mask_ratio: float = 0.4,
         num_members: int = 4,
         spread_scale: float = 1.0,
         level_scale: float = 1.0,
-        shape_scale: float = 1.0,
         spread_power: float = 0.0,
         spread_reference: float = 1.0,
         error_spread_power: float = 0.0,
@@ -55,7 +54,6 @@ class BIForecasterConfig(PretrainedConfig):
         level_feedback_power: float = 0.0,
         level_feedback_origins: int = 0,
         training_targets_end: str | None = None,
-        loss_weighting: str = "equal",
         **kwargs,
     ) -> None:
         self.context_length = context_length
@@ -73,36 +71,30 @@ class BIForecasterConfig(PretrainedConfig):
         self.static_cardinalities = list(static_cardinalities or [])
         self.num_static_numeric = num_static_numeric
         self.feature_spec = feature_spec or {}
-        self.random_mask_ratio = random_mask_ratio
         self.num_members = num_members
         # Multiplies every quantile's distance from the median; fitted on the validation windows after training.
         self.spread_scale = spread_scale
         # Multiplies every quantile (the forecast's level); fitted on the validation windows after training.
         self.level_scale = level_scale
-        # Multiplies each forecast's median path's distances from its own mean over the horizon (its seasonal and
-        # short-term shape), every quantile moving with the median; fitted on the validation windows after training.
-        self.shape_scale = shape_scale
         # The spread factor also follows each forecast's own interval width: × (width / reference) ** power (see
         # spread_factor); fitted on the validation windows, 0 leaves one factor for every forecast.
         self.spread_power = spread_power
         self.spread_reference = spread_reference
         # Each series' spread also follows the model's own past errors on it: × (its error ratio / reference) ** power
-        # over its latest ``error_spread_windows`` forecasts (training.past_error_ratio); applied by training.forecast.
+        # over its latest ``error_spread_windows`` forecasts (feedback.past_error_ratio); applied at forecast time.
         self.error_spread_power = error_spread_power
         self.error_spread_reference = error_spread_reference
         self.error_spread_windows = error_spread_windows
         # Each series' forecast is multiplied by (Σ actual / Σ median of its recent forecasts) ** power, over the
-        # model's forecasts from its ``level_feedback_origins`` latest origins (training.recent_level_ratio).
+        # model's forecasts from its ``level_feedback_origins`` latest origins (feedback.recent_level_ratio).
         self.level_feedback_power = level_feedback_power
         self.level_feedback_origins = level_feedback_origins
         # The last period whose targets the model was trained on: an incremental update learns the periods after it.
         self.training_targets_end = training_targets_end
-        # How much each window counts in the loss (see window_weights); kept here so updates train the same way.
-        self.loss_weighting = loss_weighting
         super().__init__(**kwargs)
 
-    def backbone_config(self, masked: bool = False) -> PatchTSTConfig:
-        """The PatchTST encoder's config; ``masked`` for self-supervised masked-patch pretraining."""
+    def backbone_config(self) -> PatchTSTConfig:
+        """The PatchTST encoder's config."""
         return PatchTSTConfig(
             num_input_channels=1,
             context_length=self.context_length,
@@ -117,9 +109,6 @@ class BIForecasterConfig(PretrainedConfig):
             norm_type="layernorm",
             scaling=None,  # windows arrive scaled (see BIForecaster.scale)
             pooling_type=None,
-            do_mask_input=masked,
-            mask_type="random",
-            random_mask_ratio=self.random_mask_ratio,
             prediction_length=self.horizon,
         )
 
@@ -232,7 +221,7 @@ class BIForecaster(PreTrainedModel):
         stacked = torch.stack([m(scaled, future_features, static_categorical, static_numeric) for m in self.members])
         if return_members:
             return stacked, scale
-        quantiles = reshape(stacked.mean(0), getattr(self.config, "shape_scale", 1.0), self.members[0].median_index)
+        quantiles = stacked.mean(0)
         power = getattr(self.config, "spread_power", 0.0)
         if self.config.spread_scale != 1.0 or power:
             median = quantiles[..., self.members[0].median_index : self.members[0].median_index + 1]
@@ -258,40 +247,6 @@ def spread_factor(
         return spread
     width = (quantiles[..., -1] - quantiles[..., 0]).mean(-1, keepdim=True).clamp(min=1e-6)
     return (spread * (width / reference) ** power).clamp(*SPREAD_LIMITS).unsqueeze(-1)
-
-
-def reshape(quantiles: torch.Tensor, shape: float, median: int) -> torch.Tensor:
-    """Quantiles (B, H, Q) with the median path's distances from its mean over the horizon multiplied by ``shape``,
-    every quantile shifted with the median. Below 1 the forecast's ups and downs (its seasonal swing) are damped,
-    above 1 amplified: a model trained over decades reads a seasonal swing from its context that recent years
-    may no longer show (aus_retail: its largest series' forecast swings were 7% larger than the actual ones)."""
-    if shape == 1.0:
-        return quantiles
-    path = quantiles[..., median : median + 1]
-    return quantiles + (shape - 1.0) * (path - path.mean(1, keepdim=True))
-
-
-def window_weights(
-    mode: str, scale: torch.Tensor, past_values: torch.Tensor, past_observed: torch.Tensor
-) -> torch.Tensor:
-    """(B, 1) weight of each window in the loss, mean 1 over the batch. The loss is taken on scaled values, so
-    ``equal`` makes every window count the same whatever its size; ``level`` weights by the scale, as WQL and WAPE
-    do (a big store's error costs more); ``sqrt_level`` sits between; ``mase`` divides the scale by the context's
-    mean absolute one-step change, as MASE does (a volatile series' error costs less)."""
-    if mode == "equal":
-        return torch.ones_like(scale)
-    if mode == "level":
-        weights = scale
-    elif mode == "sqrt_level":
-        weights = scale.sqrt()
-    elif mode == "mase":
-        pairs = (past_observed[:, 1:] & past_observed[:, :-1]).to(past_values.dtype)
-        change = ((past_values[:, 1:] - past_values[:, :-1]).abs() * pairs).sum(1, keepdim=True)
-        change = change / pairs.sum(1, keepdim=True).clamp(min=1.0)
-        weights = scale / torch.where(change > 0, change, scale)
-    else:
-        raise ValueError(f"loss weighting {mode!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
-    return weights / weights.mean().clamp(min=1e-12)
 
 
 def pinball_loss(

@@ -1,15 +1,10 @@
-"""Pretraining the forecaster on a synthetic corpus from the project's own retail generator (no Dagster).
+"""The synthetic pretraining corpus and its checkpoint: store and store × category totals of businesses simulated by
+the project's retail generator (:func:`bi_pipeline.generate.simulate_totals`: yearly patterns, holidays and Easter on
+moving dates, Christmas peaks, trends, price steps, promotions, launches and stock-outs), and
+``init_from="synthetic"``: the checkpoint pretrained on it for a frequency and horizon, built on first use under
+``$BI_PIPELINE_HOME/pretrained`` and reused (:mod:`bi_pipeline.forecasting.pretraining` trains it).
 
-A small business has little history (45 stores, a few years) to learn what retail series do in general. As
-ForecastPFN and Chronos' KernelSynth do with synthetic data, :func:`pretrain` trains the forecaster on thousands of
-store and store × category totals of simulated businesses (:func:`bi_pipeline.generate.simulate_totals`: yearly
-patterns, holidays and Easter on moving dates, Christmas peaks, trends, price steps, promotions, launches and
-stock-outs) and saves a ``save_pretrained`` checkpoint that training starts from (``TrainConfig.init_from``,
-``BI_PIPELINE_INIT_FROM``, ``bi-pipeline backtest --init-from``). The layers that depend on the business's own
-covariates start fresh when fine-tuning; the backbone and the forecast head carry over.
-
-Reproducible: the corpus and the training are fixed by their seeds, and the checkpoint directory holds
-``pretraining.json`` (corpus spec, corpus hash, training config, validation loss, seconds, versions).
+This module joins the generator and the model half; the model half itself never imports the generator.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,15 +21,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.features import build_panel, fit_spec
+from bi_pipeline.forecasting.configuration import ARCHITECTURE, TrainConfig
+from bi_pipeline.forecasting.pretraining import MANIFEST, default_config, pretrain
+from bi_pipeline.forecasting.trainer import Progress
 from bi_pipeline.generate import FREQUENCIES, GenerationSpec, simulate_totals
-from bi_pipeline.training import ARCHITECTURE, Progress, TrainConfig, train_forecaster
 
-MANIFEST = "pretraining.json"
 # Five years weekly, 25 monthly, two daily: several yearly cycles per series at every frequency.
 DEFAULT_PERIODS = {"D": 730, "W": 260, "M": 300}
+
+
 # Simulated businesses start on different dates, so holidays and Easter fall on different periods of the year.
 _FIRST_START = np.datetime64("1995-01-02")  # a Monday
+
+
 _START_WEEKS = 52 * 20
 
 
@@ -98,83 +96,17 @@ def synthetic_corpus(spec: CorpusSpec, progress: Callable[[int, int], None] | No
     return pd.concat(frames, ignore_index=True)
 
 
-def corpus_hash(corpus: pd.DataFrame) -> str:
-    digest = hashlib.sha256(pd.util.hash_pandas_object(corpus, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-# Pretraining's recipe: more windows per epoch (the corpus is large), patience 4; no level, width, error-spread or
-# level-feedback calibration (the fine-tuning calibrates afresh on the business's own validation periods).
-RECIPE = {
-    "epochs": 15,
-    "patience": 4,
-    "max_windows_per_epoch": 16384,
-    "calibrate_level": False,
-    "calibrate_spread_power": False,
-    "error_spread_windows": 0,
-    "level_feedback_origins": 0,
-    "seasonal_profile": "off",  # the corpus is built without it; the fine-tuning adds it as a fresh input
-    "recency_halflife": 0.0,  # the corpus's years are all alike: no reason to draw its recent windows more often
-}
-
-
-def default_config(**overrides) -> TrainConfig:
-    return TrainConfig(**{**RECIPE, **overrides})
-
-
-def pretrain(
-    corpus: CorpusSpec,
-    horizon: int,
-    out: str | Path,
-    config: TrainConfig | None = None,
-    progress: Progress | None = None,
-    corpus_progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Trains the forecaster on the synthetic corpus (early stopping on its last ``horizon`` periods), saves it to
-    ``out`` with ``save_pretrained`` and returns the manifest written beside it."""
-    config = config or default_config()
-    if config.init_from:
-        raise ValueError("pretraining starts from fresh weights: init_from must be empty")
-    started = time.perf_counter()
-    history = synthetic_corpus(corpus, corpus_progress)
-    spec = fit_spec(history, corpus.frequency, covariates=[], use_static=False)
-    panel = build_panel(history, spec)
-    result = train_forecaster(panel, horizon, len(panel.dates) - 1, config, progress=progress)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(out)
-    manifest = {
-        "corpus": {**asdict(corpus), "periods": corpus.length},
-        "corpus_series": int(panel.series),
-        "corpus_rows": len(history),
-        "corpus_hash": corpus_hash(history),
-        "horizon": horizon,
-        "train_config": config.to_dict(),
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "validation_loss": result.best_validation_loss,
-        "train_windows": result.train_windows,
-        "seconds": round(time.perf_counter() - started, 1),
-        "device": result.device,
-        "versions": _versions(),
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
-
-
 # ``init_from="synthetic"``: the checkpoint pretrained on the default corpus for the run's frequency and horizon.
 SYNTHETIC = "synthetic"
+
+
 SYNTHETIC_CORPUS: dict = {}  # CorpusSpec's defaults: 40 businesses x 20 stores, 260 weeks / 300 months / 730 days
+
+
 # What fixes a checkpoint's shape (training.ARCHITECTURE, as TrainConfig names it), and its dropout.
 _ARCHITECTURE_FIELDS = (
     *(name for name in ARCHITECTURE if name in {f.name for f in dataclasses.fields(TrainConfig)}),
+    "members",
     "dropout",
 )
 
@@ -211,7 +143,9 @@ def synthetic_checkpoint(
     # finished one and two processes pretraining at once never write into the same directory.
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
-        pretrain(corpus, horizon, partial, pre_config, progress=report)
+        history = synthetic_corpus(corpus)
+        info = {**asdict(corpus), "periods": corpus.length}
+        pretrain(history, corpus.frequency, horizon, partial, pre_config, progress=report, corpus=info)
         if not (path / MANIFEST).exists():
             shutil.rmtree(path, ignore_errors=True)  # an interrupted copy without its manifest
             try:

@@ -8,7 +8,6 @@ which challenger and champion are compared. Forecasts then use every period as c
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,29 +16,31 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.baselines import attach_actuals, fit_lightgbm, predict_lightgbm, statistical_forecast
-from bi_pipeline.ensemble import Forecaster, ensemble_forecast
-from bi_pipeline.evaluation import SERIES, score
-from bi_pipeline.features import FeatureSpec, Panel, build_panel, fit_spec, seasonal_profile_lag
-from bi_pipeline.models import BIForecaster
+from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
+from bi_pipeline.forecasting.configuration import TrainConfig
+from bi_pipeline.forecasting.ensemble import Forecaster
+from bi_pipeline.forecasting.interface import Task
+from bi_pipeline.forecasting.metrics import SERIES, score
+from bi_pipeline.forecasting.models import LightGBM, Transformer
 from bi_pipeline.privacy import redact_uri
-from bi_pipeline.training import TrainConfig, TrainResult, forecast, train_forecaster
 
 if TYPE_CHECKING:
-    from bi_pipeline.tracking import Tracker
+    from bi_pipeline.forecasting.registry import Tracker
 
-DEFAULT_HORIZON = {"D": 28, "W": 13, "M": 12}
 
 
 @dataclass
 class Trained:
-    result: TrainResult
-    panel: Panel
-    cutoff: int
+    """A transformer trained on all but the last ``horizon`` periods, and its scores on them."""
+
+    model: Transformer
     holdout: pd.DataFrame  # holdout forecasts with the actual sales
     scores: dict[str, float]
     lineage: dict
-    predict_seconds: float
+
+    @property
+    def result(self):
+        return self.model.result
 
 
 def data_hash(history: pd.DataFrame) -> str:
@@ -62,33 +63,16 @@ def train_with_holdout(
     horizon: int,
     season_length: int,
     config: TrainConfig | None = None,
-    covariates: list[str] | None = None,
-    use_covariates: bool = True,
-    use_static: bool = True,
     checkpoint_dir: Path | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> Trained:
     """Train on everything but the last ``horizon`` periods and score on them."""
     train, test = split_holdout(history, horizon)
-    config = config or TrainConfig()
-    lag = seasonal_profile_lag(config.seasonal_profile, frequency, horizon, train)
-    spec = fit_spec(
-        train,
-        frequency,
-        covariates,
-        use_covariates=use_covariates,
-        use_static=use_static,
-        profile_lag=lag,
-        calendar_effects=config.calendar_effects,
-    )
-    panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
-    cutoff = len(panel.dates) - horizon - 1
-    result = train_forecaster(panel, horizon, cutoff, config, checkpoint_dir=checkpoint_dir, progress=progress)
-    started = time.perf_counter()
-    holdout = attach_actuals(forecast(result.model, panel, cutoff), test)
-    predict_seconds = time.perf_counter() - started
+    task = Task(frequency, horizon, season_length)
+    model = Transformer(config, checkpoint_dir=checkpoint_dir, progress=progress).fit(train, task, test)
+    holdout = attach_actuals(model.predict(train, test), test)
     lineage = lineage_of(history, pd.Timestamp(train["date"].max()), horizon)
-    return Trained(result, panel, cutoff, holdout, score(holdout, train, season_length), lineage, predict_seconds)
+    return Trained(model, holdout, score(holdout, train, season_length), lineage)
 
 
 def lineage_of(history: pd.DataFrame, training_end: pd.Timestamp, horizon: int) -> dict:
@@ -105,31 +89,19 @@ def lineage_of(history: pd.DataFrame, training_end: pd.Timestamp, horizon: int) 
     }
 
 
-def _deployable(model: BIForecaster | Forecaster) -> Forecaster:
-    return model if isinstance(model, Forecaster) else Forecaster(model)
-
-
 def holdout_forecast(
-    model: BIForecaster | Forecaster, history: pd.DataFrame, back: int = 0
+    model: Forecaster, history: pd.DataFrame, back: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(forecasts, train, test) of a saved model on the ``horizon`` periods ending ``back`` periods before the last
     of ``history``, with its own encodings (and, for an ensemble, its own LightGBM reading the newer lags)."""
-    model = _deployable(model)
-    horizon = model.horizon
     if back:
         dates = np.sort(history["date"].unique())
         history = history[history["date"] <= dates[-1 - back]]
-    train, test = split_holdout(history, horizon)
-    spec = FeatureSpec.from_dict(model.transformer.config.feature_spec)
-    panel = build_panel(train, spec, future=test, horizon=horizon, reference_end=train["date"].max())
-    cutoff = len(panel.dates) - horizon - 1
-    out = forecast(model.transformer, panel, cutoff)
-    if model.lightgbm is not None:
-        out = model.blend(out, predict_lightgbm(model.lightgbm, train, horizon, future=test))
-    return out, train, test
+    train, test = split_holdout(history, model.horizon)
+    return model.predict(train, test.drop(columns="sales")), train, test
 
 
-def holdout_score(model: BIForecaster | Forecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
+def holdout_score(model: Forecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
     """A saved model's metrics on the last ``horizon`` periods of ``history``: how the champion is scored on the
     challenger's holdout."""
     out, train, test = holdout_forecast(model, history)
@@ -144,7 +116,6 @@ class Candidate:
     holdout: dict[str, pd.DataFrame]  # transformer, lightgbm, ensemble: holdout forecasts (no actuals)
     scores: dict[str, dict[str, float]]
     weight: float  # the transformer's share of the median, fitted on validation
-    lightgbm_seconds: float
     validation: pd.DataFrame  # the transformer's forecasts of its validation periods
     spread_weight: float = 1.0  # the transformer's share of the distances from the median, fitted on validation
     # Seasonal naive's metrics on the same holdout: the floor a candidate must beat to be promoted (Tracker.decide).
@@ -159,53 +130,26 @@ class Candidate:
         return self.scores[self.kind]
 
 
-def validation_forecast(trained: TrainResult, panel: Panel, cutoff: int) -> pd.DataFrame:
-    """The model's forecasts of its own validation periods, from the origin before them (what the ensemble weight
-    is fitted on: never the holdout)."""
-    own = forecast(trained.model, panel, cutoff - trained.validation_periods)
-    return own[own["date"] <= panel.dates[cutoff]]
-
-
-def make_candidate(
-    trained: TrainResult,
-    panel: Panel,
-    cutoff: int,
-    history: pd.DataFrame,
-    frequency: str,
-    horizon: int,
-    season_length: int,
-    covariates: list[str] | None,
-    ensemble: bool = True,
-) -> Candidate:
-    """LightGBM fitted on the same training periods, blended with the transformer at the weights that are best on
-    the validation periods: the ensemble when either weight is below 1, else the transformer alone (always, when
+def make_candidate(transformer: Transformer, history: pd.DataFrame, task: Task, ensemble: bool = True) -> Candidate:
+    """LightGBM fitted on the transformer's training periods, blended with it at the weights that are best on the
+    validation periods: the ensemble when either weight is below 1, else the transformer alone (always, when
     ``ensemble`` is off). Seasonal naive is scored on the same holdout too: the promotion floor."""
-    cutoff_date = panel.dates[cutoff]
+    cutoff_date = transformer.panel.dates[transformer.cutoff]
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
-    transformer = forecast(trained.model, panel, cutoff)
-    validation = trained.validation_periods
-    own = validation_forecast(trained, panel, cutoff)
-    naive = statistical_forecast(train, horizon, frequency, season_length)[0]["seasonal_naive"]
-    floor = score(attach_actuals(naive, test), train, season_length)
+    future = test.drop(columns="sales")
+    holdout = {"transformer": transformer.predict(train, future)}
+    own = transformer.validation_forecast()
+    naive = statistical_forecast(train, task.horizon, task.frequency, task.season, names=("seasonal_naive",))
+    floor = score(attach_actuals(naive["seasonal_naive"], test), train, task.season)
     if not ensemble:
-        scores = {"transformer": score(attach_actuals(transformer, test), train, season_length)}
-        return Candidate(
-            Forecaster(trained.model), {"transformer": transformer}, scores, 1.0, 0.0, own, seasonal_naive=floor
-        )
-    started = time.perf_counter()
-    lightgbm = fit_lightgbm(train, horizon, frequency, covariates)
-    lgb_holdout = predict_lightgbm(lightgbm, train, horizon, future=test, fitted=True)
-    blended, weight, spread_weight, _ = ensemble_forecast(
-        train, transformer, lgb_holdout, own, validation, horizon, frequency, season_length, covariates
-    )
-    seconds = time.perf_counter() - started
-    holdout = {"transformer": transformer, "lightgbm": lgb_holdout, "ensemble": blended}
-    scores = {name: score(attach_actuals(frame, test), train, season_length) for name, frame in holdout.items()}
-    if weight < 1.0 or spread_weight < 1.0:
-        model = Forecaster(trained.model, lightgbm, weight, spread_weight)
-    else:
-        model = Forecaster(trained.model)
-    return Candidate(model, holdout, scores, weight, seconds, own, spread_weight, floor)
+        scores = {"transformer": score(attach_actuals(holdout["transformer"], test), train, task.season)}
+        return Candidate(Forecaster(transformer.network), holdout, scores, 1.0, own, seasonal_naive=floor)
+    lightgbm = LightGBM().fit(train, task, future)
+    blended = Forecaster(parts=(transformer, lightgbm)).fit(train, task, future)
+    holdout["lightgbm"] = lightgbm.predict(train, future)
+    holdout["ensemble"] = blended.predict(train, future)
+    scores = {name: score(attach_actuals(frame, test), train, task.season) for name, frame in holdout.items()}
+    return Candidate(blended.deployable(), holdout, scores, blended.weight, own, blended.spread_share, floor)
 
 
 def load_champion(tracker: Tracker, version: str, warn: Callable[[str], None]) -> Forecaster | None:
@@ -253,19 +197,13 @@ def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, hori
     return out
 
 
-def forecast_latest(
-    model: BIForecaster | Forecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
-) -> pd.DataFrame:
+def forecast_latest(model: Forecaster, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
     """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
     date, from a saved model and its own encodings."""
-    model = _deployable(model)
-    spec = FeatureSpec.from_dict(model.transformer.config.feature_spec)
-    horizon = model.horizon
-    panel = build_panel(history, spec, future=future, horizon=horizon)
-    origin = len(panel.dates) - horizon - 1
-    active = np.flatnonzero(panel.last == origin)
-    out = forecast(model.transformer, panel, origin, series=active)
-    if model.lightgbm is not None:
-        out = model.blend(out, predict_lightgbm(model.lightgbm, history, horizon, future=future))
-    out["cutoff"] = panel.dates[origin]
+    out = model.predict(history, future)
+    last = pd.Timestamp(history["date"].max())
+    ends = history.groupby(SERIES, observed=True)["date"].max().reset_index()
+    active = ends[ends["date"] == last][SERIES].astype(str)
+    out = out.merge(active, on=SERIES, how="inner")
+    out["cutoff"] = last
     return out

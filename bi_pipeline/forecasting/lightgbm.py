@@ -1,13 +1,6 @@
-"""Strong baselines from well-kept libraries, on the integrated history (no Dagster).
-
-- seasonal naive and AutoETS from statsforecast (AutoETS with additive errors: multiplicative-error models can pick
-  39-step intervals that explode);
-- LightGBM through mlforecast: recursive, each series robust-scaled (median, MAD), lags and rolling means, calendar
-  features, the store id as a categorical and calendar covariates as known-future features; quantiles from
-  quantile-loss models.
-
-Every model returns the same frame: store_id, item_id, date, mean and the quantiles q0.1 … q0.9.
-"""
+"""LightGBM through mlforecast (no Dagster): recursive, each series robust-scaled (median, MAD), lags and rolling
+means, calendar features, the store id as a categorical and calendar covariates as known-future features; quantiles
+from quantile-loss models. Saved as LightGBM's text format and a JSON recipe: loading unpickles nothing."""
 
 from __future__ import annotations
 
@@ -19,95 +12,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.evaluation import QUANTILES, SERIES, quantile_column
-from bi_pipeline.features import calendar_names, effect_names, effects_and_changes
+from bi_pipeline.forecasting.baselines import series_id, to_nixtla
+from bi_pipeline.forecasting.calendar import calendar_names, effect_names, effects_and_changes, pandas_freq
+from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
 
 # LightGBM's calendar effects: the transformer's default (docs/model.md, "Calendar effects").
 LIGHTGBM_EFFECTS = "easter"
-
-# Central interval levels whose bounds are the quantiles 0.1..0.4 and 0.6..0.9.
-LEVELS = (20, 40, 60, 80)
-
-
-def pandas_freq(history: pd.DataFrame, frequency: str) -> str:
-    """The pandas offset alias of the periods: weekly periods keep their weekday (Walmart weeks end Friday)."""
-    if frequency == "W":
-        return "W-" + pd.Timestamp(history["date"].min()).day_name()[:3].upper()
-    return {"D": "D", "M": "MS"}[frequency]
-
-
-def series_id(frame: pd.DataFrame) -> pd.Series:
-    return frame["store_id"].astype(str) + "|" + frame["item_id"].astype(str)
-
-
-def to_nixtla(history: pd.DataFrame) -> pd.DataFrame:
-    """unique_id, ds, y — missing sales interpolated inside each series (the libraries need complete series)."""
-    frame = pd.DataFrame(
-        {"unique_id": series_id(history), "ds": history["date"].to_numpy(), "y": history["sales"].astype("float64")}
-    )
-    frame["y"] = frame.groupby("unique_id")["y"].transform(lambda s: s.interpolate(limit_direction="both"))
-    frame["y"] = frame["y"].fillna(0.0)
-    return frame.sort_values(["unique_id", "ds"]).reset_index(drop=True)
-
-
-def _from_intervals(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
-    """Library output (model, model-lo-80, …) as mean and quantile columns, keyed by store_id and item_id."""
-    ids = predictions["unique_id"].astype(str).str.split("|", n=1, expand=True)
-    out = pd.DataFrame({"store_id": ids[0], "item_id": ids[1], "date": predictions["ds"].to_numpy()})
-    out["mean"] = predictions[model].to_numpy(dtype="float64")
-    for level in QUANTILES:
-        if level == 0.5:
-            out[quantile_column(level)] = out["mean"]
-            continue
-        width = int(round(abs(level - 0.5) * 200))
-        side = "lo" if level < 0.5 else "hi"
-        column = f"{model}-{side}-{width}"
-        out[quantile_column(level)] = (
-            predictions[column].to_numpy(dtype="float64") if column in predictions else out["mean"]
-        )
-    # Quantiles never cross: sort each row's quantile values.
-    columns = [quantile_column(q) for q in QUANTILES]
-    out[columns] = np.sort(out[columns].to_numpy(), axis=1)
-    return out
-
-
-def statistical_forecast(
-    history: pd.DataFrame, horizon: int, frequency: str, season_length: int
-) -> dict[str, pd.DataFrame]:
-    """Seasonal naive and AutoETS (additive error) forecasts with quantiles, per series."""
-    from statsforecast import StatsForecast
-    from statsforecast.models import AutoETS, Naive, SeasonalNaive
-
-    data = to_nixtla(history)
-    models = [SeasonalNaive(season_length=season_length), AutoETS(season_length=season_length, model="AZZ")]
-    # A series too short for ETS (a new item with a few periods) gets the naive forecast instead of failing all.
-    engine = StatsForecast(models=models, freq=pandas_freq(history, frequency), n_jobs=1, fallback_model=Naive())
-    started = time.perf_counter()
-    engine.fit(df=data)
-    fitted = time.perf_counter()
-    predictions = engine.predict(h=horizon, level=list(LEVELS))
-    predicted = time.perf_counter()
-    predictions = predictions.reset_index() if "unique_id" not in predictions.columns else predictions
-    # One engine fits both models: its time is split evenly between them.
-    timing = {"fit_seconds": (fitted - started) / 2, "predict_seconds": (predicted - fitted) / 2}
-    # A series shorter than one season has no seasonal-naive forecast: it gets the naive one (its last value).
-    last = data.groupby("unique_id")["y"].last()
-    out = {}
-    for name, model in (("seasonal_naive", "SeasonalNaive"), ("auto_ets", "AutoETS")):
-        frame = _from_intervals(predictions, model)
-        fallback = (frame["store_id"] + "|" + frame["item_id"]).map(last)
-        columns = ["mean", *[quantile_column(q) for q in QUANTILES]]
-        for column in columns:
-            frame[column] = frame[column].fillna(fallback)
-        out[name] = frame
-    return out, {"seasonal_naive": dict(timing), "auto_ets": dict(timing)}
 
 
 # A saved LightGBM: each booster in LightGBM's own text format and ``lightgbm.json`` (the recipe that rebuilds the
 # mlforecast pipeline around them). Nothing in it is unpickled; directories without a format were pickled mlforecast
 # objects and are refused.
 LIGHTGBM_FORMAT = 2
+
+
 LIGHTGBM_META = "lightgbm.json"
+
+
 # What MLForecast.predict(new_df=…) reads from the fitted series besides its recipe: the column names and fit options
 # (the series' values and the robust scaler's statistics are fitted again on ``new_df``).
 FITTED_SERIES_STATE = (
@@ -371,15 +292,3 @@ def _future_covariates(
     out = out.sort_values(["unique_id", "ds"])
     out[covariates] = out.groupby("unique_id")[covariates].ffill()
     return out.merge(grid, on=["unique_id", "ds"], how="inner")
-
-
-def split_last(history: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train on all but the last ``horizon`` periods of the whole history; test on those periods."""
-    dates = np.sort(history["date"].unique())
-    cutoff = dates[-horizon - 1]
-    return history[history["date"] <= cutoff], history[history["date"] > cutoff]
-
-
-def attach_actuals(forecast: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    actual = test[[*SERIES, "date", "sales"]].astype({"store_id": str, "item_id": str})
-    return forecast.astype({"store_id": str, "item_id": str}).merge(actual, on=[*SERIES, "date"], how="inner")

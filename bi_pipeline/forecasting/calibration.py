@@ -1,0 +1,126 @@
+"""Calibration of a trained network on its validation windows: a factor on the level, and a factor on the quantiles'
+spread that may follow each forecast's own interval width (docs/model.md, "Calibrations")."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bi_pipeline.forecasting.device import autocast, to_device
+from bi_pipeline.forecasting.modeling import (
+    BIForecaster,
+    pinball_loss,
+    spread_factor,
+)
+from bi_pipeline.forecasting.panel import (
+    Panel,
+    Windows,
+)
+from bi_pipeline.forecasting.sampling import ordered_batches
+
+SPREAD_GRID = tuple(np.round(np.arange(0.4, 1.61, 0.05), 2))
+
+
+LEVEL_GRID = tuple(np.round(np.arange(0.9, 1.1001, 0.005), 3))
+
+
+POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+
+
+# The config fields calibration sets (each 1, or 0 for the power, before it runs).
+CALIBRATION = ("level_scale", "spread_scale", "spread_power", "spread_reference")
+
+
+def validation_outputs(
+    model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, batch_size: int = 1024
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch: the members' averaged quantiles before any calibration, the scaled targets and the mask.
+    The forward pass runs once; every calibration factor is then scored on these (evaluate_loss's aggregation)."""
+    cfg = model.config
+    spread, level, power = cfg.spread_scale, cfg.level_scale, cfg.spread_power
+    cfg.spread_scale, cfg.level_scale, cfg.spread_power = 1.0, 1.0, 0.0
+    model.eval()
+    out = []
+    with torch.no_grad(), autocast(device):
+        for batch in ordered_batches(panel, windows, cfg, batch_size):
+            batch = to_device(batch, device)
+            if not bool(batch["mask"].any()):
+                continue
+            keys = ("past_values", "past_observed", "future_features", "static_categorical", "static_numeric")
+            quantiles, scale = model(*(batch[k] for k in keys))
+            out.append((quantiles.float(), batch["target"] / scale, batch["mask"].to(scale.dtype)))
+    cfg.spread_scale, cfg.level_scale, cfg.spread_power = spread, level, power
+    return out
+
+
+def calibrated_loss(
+    outputs: list,
+    levels: torch.Tensor,
+    median: int,
+    spread: float,
+    level: float,
+    power: float = 0.0,
+    reference: float = 1.0,
+) -> float:
+    total, weight = 0.0, 0.0
+    for quantiles, target, mask in outputs:
+        centre = quantiles[..., median : median + 1]
+        factor = spread_factor(quantiles, spread, power, reference)
+        calibrated = (centre + (quantiles - centre) * factor) * level
+        count = float((mask != 0).sum())
+        total += float(pinball_loss(calibrated, target, mask, levels)) * count
+        weight += count
+    return total / weight if weight else float("nan")
+
+
+def calibrate(
+    model: BIForecaster,
+    panel: Panel,
+    windows: Windows,
+    device: torch.device,
+    level: bool = True,
+    spread_power: bool = True,
+) -> dict[str, float]:
+    """The calibration factors that minimise the validation pinball loss (model config fields), fitted in turn.
+
+    The level: one factor on every quantile (a small model's level drifts from epoch to epoch with its last batches,
+    and the validation periods show which way it drifted); 1 when ``level`` is off. The spread: a factor on the
+    quantiles' distances from the median (pinball training on older, noisier windows tends to give intervals wider,
+    or narrower, than recent data needs) and, with ``spread_power``, a power of each forecast's own interval width
+    relative to the median width (see :func:`bi_pipeline.forecasting.modeling.spread_factor`), fitted jointly."""
+    outputs = validation_outputs(model, panel, windows, device)
+    return fit_calibration(outputs, list(model.config.quantiles), level, spread_power)
+
+
+def fit_calibration(
+    outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True
+) -> dict[str, float]:
+    """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask)."""
+    device = outputs[0][0].device if outputs else torch.device("cpu")
+    levels = torch.tensor(quantiles, device=device)
+    median = quantiles.index(0.5)
+    widths = torch.cat([(q[..., -1] - q[..., 0]).mean(-1) for q, _, _ in outputs]) if outputs else torch.ones(1)
+    reference = max(float(np.median(widths.float().cpu().numpy())), 1e-6)
+
+    def best(grid: list, loss, default: tuple) -> tuple:
+        # Ties go to the factors nearest no calibration.
+        losses = {f: loss(*f) for f in grid}
+        return min(losses, key=lambda f: (losses[f], float(np.abs(np.subtract(f, default)).sum())))
+
+    level_scale = 1.0
+    if level:
+        (level_scale,) = best(
+            [(float(f),) for f in LEVEL_GRID], lambda f: calibrated_loss(outputs, levels, median, 1.0, f), (1.0,)
+        )
+    powers = POWER_GRID if spread_power else (0.0,)
+    spread_scale, power = best(
+        [(float(f), float(p)) for p in powers for f in SPREAD_GRID],
+        lambda f, p: calibrated_loss(outputs, levels, median, f, level_scale, p, reference),
+        (1.0, 0.0),
+    )
+    return {
+        "level_scale": float(level_scale),
+        "spread_scale": spread_scale,
+        "spread_power": power,
+        "spread_reference": reference if power else 1.0,
+    }
