@@ -225,7 +225,7 @@ def bench_forecaster(
     panel = build_panel(history, spec, horizon=horizon)
     origin = len(panel.dates) - horizon - 1
     config = TrainConfig(
-        num_members=members,
+        members=members,
         epochs=epochs,
         patience=epochs + 1,
         max_windows_per_epoch=max_windows_per_epoch,

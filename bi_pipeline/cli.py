@@ -258,16 +258,23 @@ def _recipe(pairs: list[str]) -> dict:
     """``--recipe NAME=VALUE`` pairs as TrainConfig recipe values (ablations), typed as the recipe declares them."""
     from bi_pipeline.forecasting.configuration import TrainConfig
 
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    settings = {f.name for f in dataclasses.fields(TrainingSettings)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in settings}
     recipe = {}
     for pair in pairs:
         name, _, text = pair.partition("=")
-        if name not in fields or name in {f.name for f in dataclasses.fields(TrainingSettings)}:
-            recipe_names = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainingSettings)})
-            raise SystemExit(f"--recipe {pair}: not a recipe field; choose from {', '.join(recipe_names)}")
+        if name not in fields:
+            raise SystemExit(f"--recipe {pair}: not a recipe value; choose from {', '.join(sorted(fields))}")
         default = fields[name].default
-        kind = type(default) if default is not None else int
-        recipe[name] = text.lower() in {"1", "true", "yes", "on"} if kind is bool else kind(text)
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                    raise ValueError("use 1/true/yes/on or 0/false/no/off")
+                recipe[name] = text.lower() in {"1", "true", "yes", "on"}
+            else:
+                recipe[name] = (int if default is None else type(default))(text)
+        except ValueError as exc:
+            raise SystemExit(f"--recipe {pair}: {exc}") from None
     return recipe
 
 
@@ -324,8 +331,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from bi_pipeline.forecasting.pretraining import default_config, pretrain
-    from bi_pipeline.synthetic import CorpusSpec, synthetic_corpus
+    from bi_pipeline.forecasting.pretraining import default_config
+    from bi_pipeline.synthetic import CorpusSpec, pretrain_synthetic
 
     corpus = CorpusSpec(
         frequency=args.frequency,
@@ -350,9 +357,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    history = synthetic_corpus(corpus, _progress("synthetic corpus"))
-    info = {**dataclasses.asdict(corpus), "periods": corpus.length}
-    manifest = pretrain(history, corpus.frequency, args.horizon, args.out, config, progress=report, corpus=info)
+    manifest = pretrain_synthetic(
+        corpus, args.horizon, args.out, config, progress=report, corpus_progress=_progress("synthetic corpus")
+    )
     print(json.dumps(manifest, indent=2))
     print(f"checkpoint: {Path(args.out).resolve()} (use it with BI_PIPELINE_INIT_FROM or --init-from)", file=sys.stderr)
     return 0
@@ -370,7 +377,7 @@ def cmd_bench_forecaster(args: argparse.Namespace) -> int:
         members=args.members,
         max_windows_per_epoch=args.max_windows,
         batch_size=args.batch_size,
-        device=args.device,
+        device=from_args(TrainingSettings, args).device,
     )
     print(json.dumps(result, indent=2))
     _write_json(result, args.out)
@@ -385,22 +392,17 @@ def cmd_bench_continual(args: argparse.Namespace) -> int:
 
     landing = Path(args.data).resolve()
     history, frequency, _ = load_history(landing)
-    horizon = args.horizon or DEFAULT_HORIZON[frequency]
-    season = season_length_for(frequency, args.start_periods, args.season_length)
+    training, forecast = from_args(TrainingSettings, args), from_args(ForecastSettings, args)
+    horizon = forecast.horizon or DEFAULT_HORIZON[frequency]
+    season = season_length_for(frequency, args.start_periods, forecast.season_length)
     result = replay_benchmark(
         history,
         frequency,
         args.start_periods,
         horizon,
         season,
-        TrainConfig(members=args.members, epochs=args.epochs, seed=args.seed),
-        IncrementalConfig(
-            **{
-                k: v
-                for k, v in (("epochs", args.incremental_epochs), ("replay_ratio", args.replay_ratio))
-                if v is not None
-            }
-        ),
+        TrainConfig(**training.to_dict()),
+        IncrementalConfig(epochs=forecast.incremental_epochs, replay_ratio=forecast.replay_ratio),
         step=args.step,
         steps=args.steps,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
@@ -547,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--members", type=int, default=1)
     fc.add_argument("--max-windows", type=int, default=4096, help="training windows per epoch")
     fc.add_argument("--batch-size", type=int, default=128)
-    fc.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_flags(fc, TrainingSettings, only=("device",))
     fc.add_argument("--out", help="write the JSON here too")
     fc.set_defaults(func=cmd_bench_forecaster)
     cont = bench_sub.add_parser(
@@ -557,13 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     cont.add_argument("--start-periods", type=int, required=True, help="periods landed before the first model")
     cont.add_argument("--step", type=int, default=1, help="periods landed between updates")
     cont.add_argument("--steps", type=int, help="updates to replay (default: until the data ends)")
-    cont.add_argument("--horizon", type=int, help="periods forecast at each step (default: by frequency)")
-    cont.add_argument("--season-length", type=int, help="MASE season (default: by frequency)")
-    cont.add_argument("--members", type=int, default=4)
-    cont.add_argument("--epochs", type=int, default=40, help="full retrain: most epochs")
-    cont.add_argument("--incremental-epochs", type=int, help="incremental update: most epochs (default 8)")
-    cont.add_argument("--replay-ratio", type=float, help="older windows replayed per new window (default 2)")
-    cont.add_argument("--seed", type=int, default=0)
+    add_flags(cont, ForecastSettings, only=("horizon", "season_length", "incremental_epochs", "replay_ratio"))
+    add_flags(cont, TrainingSettings, only=("members", "epochs", "seed", "device"))
     cont.add_argument("--out", help="write the JSON here too")
     cont.set_defaults(func=cmd_bench_continual)
     return parser

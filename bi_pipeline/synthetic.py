@@ -111,6 +111,21 @@ _ARCHITECTURE_FIELDS = (
 )
 
 
+def pretrain_synthetic(
+    corpus: CorpusSpec,
+    horizon: int,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+    corpus_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Pretrains on the synthetic corpus ``corpus`` (:func:`bi_pipeline.forecasting.pretraining.pretrain`); the
+    manifest records the corpus's spec."""
+    history = synthetic_corpus(corpus, corpus_progress)
+    info = {**asdict(corpus), "periods": corpus.length}
+    return pretrain(history, corpus.frequency, horizon, out, config, progress=progress, corpus=info)
+
+
 def synthetic_checkpoint(
     frequency: str, horizon: int, config: TrainConfig, home: Path, progress: Progress | None = None
 ) -> Path:
@@ -143,9 +158,7 @@ def synthetic_checkpoint(
     # finished one and two processes pretraining at once never write into the same directory.
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
-        history = synthetic_corpus(corpus)
-        info = {**asdict(corpus), "periods": corpus.length}
-        pretrain(history, corpus.frequency, horizon, partial, pre_config, progress=report, corpus=info)
+        pretrain_synthetic(corpus, horizon, partial, pre_config, progress=report)
         if not (path / MANIFEST).exists():
             shutil.rmtree(path, ignore_errors=True)  # an interrupted copy without its manifest
             try:

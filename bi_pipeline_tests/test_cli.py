@@ -139,29 +139,28 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "1",
             "--epochs",
             "2",
-            "--context-length",
-            "16",
-            "--loss-weighting",
-            "sqrt_level",
-            "--mixup",
-            "0.25",
-            "--no-calibrate-level",
-            "--calibrate-shape",
-            "--weight-average",
-            "0.9",
-            "--recency-halflife",
-            "5",
-            "--validation-horizons",
-            "1.5",
-            "--no-calibrate-spread-power",
-            "--error-spread-windows",
-            "3",
-            "--level-feedback-origins",
-            "0",
-            "--seasonal-profile",
-            "auto",
             "--calendar-effects",
             "all",
+            "--seasonal-profile",
+            "auto",
+            "--recipe",
+            "context_length=16",
+            "--recipe",
+            "mixup=0.25",
+            "--recipe",
+            "calibrate_level=0",
+            "--recipe",
+            "weight_average=0.9",
+            "--recipe",
+            "recency_halflife=5",
+            "--recipe",
+            "validation_horizons=1.5",
+            "--recipe",
+            "calibrate_spread_power=off",
+            "--recipe",
+            "error_spread_windows=3",
+            "--recipe",
+            "level_feedback_origins=0",
             "--out",
             str(out),
         ]
@@ -170,12 +169,11 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (result["horizon"], result["windows"], result["season_length"]) == (4, 2, 4)
     assert result["transformer_config"]["context_length"] == 16
-    names = ("loss_weighting", "mixup", "calibrate_level", "calibrate_spread_power", "error_spread_windows")
-    names += ("seasonal_profile", "level_feedback_origins", "calendar_effects", "calibrate_shape", "weight_average")
+    names = ("mixup", "calibrate_level", "calibrate_spread_power", "error_spread_windows")
+    names += ("seasonal_profile", "level_feedback_origins", "calendar_effects", "weight_average")
     names += ("recency_halflife", "validation_horizons")
     recipe = {k: result["transformer_config"][k] for k in names}
     assert recipe == {
-        "loss_weighting": "sqrt_level",
         "mixup": 0.25,
         "calibrate_level": False,
         "calibrate_spread_power": False,
@@ -183,7 +181,6 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         "seasonal_profile": "auto",
         "level_feedback_origins": 0,
         "calendar_effects": "all",
-        "calibrate_shape": True,
         "weight_average": 0.9,
         "recency_halflife": 5.0,
         "validation_horizons": 1.5,

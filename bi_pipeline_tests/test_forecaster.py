@@ -39,9 +39,10 @@ from bi_pipeline.forecasting.feedback import (
 from bi_pipeline.forecasting.feedback import adjusted_forecasts as _adjusted_forecasts
 from bi_pipeline.forecasting.feedback import respread as _respread
 from bi_pipeline.forecasting.inference import INPUTS
+from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm, predict_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
-from bi_pipeline.forecasting.modeling import BIForecaster, BIForecasterConfig, pinball_loss, spread_factor
+from bi_pipeline.forecasting.modeling import BIForecaster, pinball_loss, spread_factor
 from bi_pipeline.forecasting.panel import build_panel, panel_frame, panel_from_frame, split_windows, validation_length
 from bi_pipeline.forecasting.sampling import epoch_sample, gather, mix_windows, recency_weights
 from bi_pipeline.forecasting.trainer import averaged_weights, train_forecaster, update_average
@@ -252,8 +253,6 @@ def test_pinball_loss_matches_hand_computation():
     assert pinball_loss(quantiles, target, torch.tensor([[False]]), levels).item() == 0.0
 
 
-
-
 def test_mixed_windows_are_mixtures_of_scaled_series_over_the_same_dates():
     history = weekly_history(series=2, periods=60)
     # The second series is exactly three times the first: scaled, they are the same shape, so any mixture of the
@@ -354,16 +353,16 @@ def test_width_calibration_finds_errors_that_grow_faster_than_the_intervals():
     assert (plain["spread_power"], plain["spread_reference"]) == (0.0, 1.0)
 
 
-def model_and_six_windows(panel, spread: float, shape: float) -> tuple[BIForecaster, list[torch.Tensor]]:
-    """A one-epoch model with these spread and shape factors (level 1), and its inputs for six windows."""
+def model_and_six_windows(panel, spread: float) -> tuple[BIForecaster, list[torch.Tensor]]:
+    """A one-epoch model with this spread factor (level 1), and its inputs for six windows."""
     model = train_forecaster(panel, 8, 81, tiny(epochs=1, calibrate_spread_power=False)).model
-    model.config.spread_scale, model.config.level_scale, model.config.shape_scale = spread, 1.0, shape
+    model.config.spread_scale, model.config.level_scale = spread, 1.0
     batch = gather(panel, np.arange(6), np.full(6, 82), model.config.context_length, 8, 0, 8)
     return model, [batch[k] for k in INPUTS]
 
 
 def test_the_model_applies_the_width_calibration(panel):
-    model, inputs = model_and_six_windows(panel, spread=0.9, shape=1.0)
+    model, inputs = model_and_six_windows(panel, spread=0.9)
     with torch.no_grad():
         members, _ = model(*inputs, return_members=True)
         raw = members.mean(0)
@@ -375,23 +374,6 @@ def test_the_model_applies_the_width_calibration(panel):
     factor = (0.9 * (width / reference) ** 0.5).reshape(6, 1, 1)
     torch.testing.assert_close(calibrated, median + (raw - median) * factor)
     assert float(factor.min()) < 0.9 < float(factor.max())  # narrower forecasts narrow further, wider ones widen
-
-
-
-
-
-
-def test_the_model_applies_the_shape_calibration(panel):
-    model, inputs = model_and_six_windows(panel, spread=1.0, shape=0.7)
-    cfg = model.config
-    with torch.no_grad():
-        members, _ = model(*inputs, return_members=True)
-        calibrated, _ = model(*inputs)
-    raw = members.mean(0)
-    median = raw[..., 4:5]
-    torch.testing.assert_close(calibrated, raw + (0.7 - 1.0) * (median - median.mean(1, keepdim=True)))
-    # Old configs, saved before the field existed, load with no reshaping.
-    assert BIForecasterConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "shape_scale"}).shape_scale == 1
 
 
 def test_error_spread_factor_follows_each_series_past_errors():
@@ -606,8 +588,6 @@ def test_fine_tuning_starts_from_a_local_checkpoint_with_another_head(panel, tmp
     assert result.model.config.horizon == 4
 
 
-
-
 def test_holdout_training_and_latest_forecasts_from_a_saved_model(tmp_path):
     history = weekly_history(periods=100)
     trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=3))
@@ -671,19 +651,15 @@ def test_ensemble_blends_medians_and_spreads_with_their_own_weights():
     assert fit_spread_weight(wide, tight, actual, 0.5) == 0.0
 
 
-
-
 def test_ensemble_candidate_saves_loads_and_forecasts_from_newer_history(tmp_path):
     history = weekly_history(periods=100)
     trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=2))
-    candidate = make_candidate(
-        trained.result, trained.panel, trained.cutoff, history, "W", 8, 52, ["holiday"], ensemble=True
-    )
+    candidate = make_candidate(trained.model, history, Task("W", 8, 52, ("holiday",)), ensemble=True)
     assert set(candidate.scores) == {"transformer", "lightgbm", "ensemble"}
     assert candidate.scores["transformer"] == pytest.approx(trained.scores)
     assert candidate.kind == ("ensemble" if candidate.weight < 1 else "transformer")
     assert len(candidate.holdout["lightgbm"]) == 6 * 8 and len(candidate.validation) > 0
-    alone = make_candidate(trained.result, trained.panel, trained.cutoff, history, "W", 8, 52, None, ensemble=False)
+    alone = make_candidate(trained.model, history, Task("W", 8, 52), ensemble=False)
     assert alone.kind == "transformer" and set(alone.scores) == {"transformer"}
 
     # An ensemble at weight 0.5 round-trips through its directory and forecasts after the newest period: the

@@ -15,10 +15,10 @@ from bi_pipeline.forecasting.configuration import TrainConfig, load_model, model
 from bi_pipeline.forecasting.features import fit_spec
 from bi_pipeline.forecasting.modeling import BIForecaster
 from bi_pipeline.forecasting.panel import build_panel
-from bi_pipeline.forecasting.pretraining import MANIFEST, corpus_hash, default_config, pretrain
+from bi_pipeline.forecasting.pretraining import MANIFEST, corpus_hash, default_config
 from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.generate import GenerationSpec, generate, simulate_totals
-from bi_pipeline.synthetic import CorpusSpec, synthetic_corpus
+from bi_pipeline.synthetic import CorpusSpec, pretrain_synthetic, synthetic_corpus
 from bi_pipeline_tests.test_forecaster import weekly_history
 
 TINY_PRETRAIN = dict(
@@ -81,7 +81,7 @@ def test_the_corpus_spec_names_a_bad_value():
 def test_pretraining_writes_a_checkpoint_that_fine_tuning_starts_from(tmp_path):
     corpus = CorpusSpec(frequency="W", businesses=2, stores=3, items=10, periods=80, seed=1)
     out = tmp_path / "pretrained"
-    manifest = pretrain(corpus, 8, out, default_config(**TINY_PRETRAIN))
+    manifest = pretrain_synthetic(corpus, 8, out, default_config(**TINY_PRETRAIN))
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", MANIFEST}
     assert json.loads((out / MANIFEST).read_text()) == manifest
     assert manifest["corpus"]["periods"] == 80 and manifest["horizon"] == 8
@@ -110,7 +110,7 @@ def test_pretraining_writes_a_checkpoint_that_fine_tuning_starts_from(tmp_path):
 
 def test_pretraining_refuses_to_start_from_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="init_from must be empty"):
-        pretrain(CorpusSpec(businesses=1), 8, tmp_path, default_config(init_from=str(tmp_path)))
+        pretrain_synthetic(CorpusSpec(businesses=1), 8, tmp_path, default_config(init_from=str(tmp_path)))
 
 
 def test_pretrain_command_writes_the_checkpoint_and_its_manifest(tmp_path, capsys):
@@ -125,12 +125,13 @@ def test_pretrain_command_writes_the_checkpoint_and_its_manifest(tmp_path, capsy
 
 
 def test_synthetic_init_pretrains_once_under_the_home_and_reuses_it(tmp_path, monkeypatch):
-    from bi_pipeline import pretraining
+    from bi_pipeline import synthetic
+    from bi_pipeline.forecasting import pretraining
 
-    monkeypatch.setitem(pretraining.SYNTHETIC_CORPUS, "businesses", 1)
-    monkeypatch.setitem(pretraining.SYNTHETIC_CORPUS, "stores", 3)
-    monkeypatch.setitem(pretraining.SYNTHETIC_CORPUS, "items", 10)
-    monkeypatch.setitem(pretraining.SYNTHETIC_CORPUS, "periods", 80)
+    monkeypatch.setitem(synthetic.SYNTHETIC_CORPUS, "businesses", 1)
+    monkeypatch.setitem(synthetic.SYNTHETIC_CORPUS, "stores", 3)
+    monkeypatch.setitem(synthetic.SYNTHETIC_CORPUS, "items", 10)
+    monkeypatch.setitem(synthetic.SYNTHETIC_CORPUS, "periods", 80)
     monkeypatch.setitem(pretraining.RECIPE, "epochs", 1)
     monkeypatch.setitem(pretraining.RECIPE, "max_windows_per_epoch", 128)
     monkeypatch.setenv("BI_PIPELINE_HOME", str(tmp_path))
@@ -147,7 +148,10 @@ def test_synthetic_init_pretrains_once_under_the_home_and_reuses_it(tmp_path, mo
             if k in ("d_model", "ffn_dim", "num_attention_heads", "num_hidden_layers")
         },
     )
-    trained = train_forecaster(panel, 8, 81, config, progress=records.append)
+    # The trainer reads directories only: "synthetic" is resolved (built on first use) before it.
+    with pytest.raises(ValueError, match="resolve it to its directory first"):
+        train_forecaster(panel, 8, 81, config)
+    trained = train_forecaster(panel, 8, 81, synthetic.resolve_init_from(config, "W", 8, progress=records.append))
 
     built = [r for r in records if r["stage"] == "pretrain_corpus"]
     assert [r["epoch"] for r in built] == [1]
@@ -159,8 +163,8 @@ def test_synthetic_init_pretrains_once_under_the_home_and_reuses_it(tmp_path, mo
 
     # Asked again, the checkpoint is reused, not pretrained again; another architecture gets its own.
     again: list[dict] = []
-    train_forecaster(panel, 8, 81, config, progress=again.append)
+    train_forecaster(panel, 8, 81, synthetic.resolve_init_from(config, "W", 8, progress=again.append))
     assert not [r for r in again if r["stage"] == "pretrain_corpus"]
-    other = pretraining.resolve_init_from(TrainConfig(init_from="synthetic", **TINY_PRETRAIN), "W", 8)
+    other = synthetic.resolve_init_from(TrainConfig(init_from="synthetic", **TINY_PRETRAIN), "W", 8)
     assert Path(other.init_from) != path and Path(other.init_from).parent == path.parent
-    assert pretraining.resolve_init_from(TrainConfig(init_from="/some/dir"), "W", 8).init_from == "/some/dir"
+    assert synthetic.resolve_init_from(TrainConfig(init_from="/some/dir"), "W", 8).init_from == "/some/dir"

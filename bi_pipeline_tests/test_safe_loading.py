@@ -74,23 +74,23 @@ def test_an_unreadable_checkpoint_is_skipped_with_the_file_named(panel, tmp_path
     assert skipped["checkpoint"] == str(tmp_path / "last.pt") and result.resumed_from_epoch is None
 
 
-def test_a_training_crashed_in_its_refit_phase_resumes_from_a_weights_only_checkpoint(panel, tmp_path):
-    recipe = {"epochs": 3, "refit": True}
+def test_a_training_crashed_mid_way_resumes_from_a_weights_only_checkpoint(panel, tmp_path):
+    recipe = {"epochs": 3, "patience": 100}
     straight = train_forecaster(panel, 8, 81, tiny(**recipe))
 
     class Crash(Exception):
         pass
 
-    def crash_in_refit(record: dict) -> None:
-        if record.get("stage") == "refit" and record["epoch"] == 1:
+    def crash_after_epoch_2(record: dict) -> None:
+        if record.get("stage") == "train" and record["epoch"] == 2:
             raise Crash
 
     with pytest.raises(Crash):
-        train_forecaster(panel, 8, 81, tiny(**recipe), checkpoint_dir=tmp_path, progress=crash_in_refit)
+        train_forecaster(panel, 8, 81, tiny(**recipe), checkpoint_dir=tmp_path, progress=crash_after_epoch_2)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["phase"] == "refit" and state["torch_rng"].dtype == torch.uint8
+    assert state["epoch"] == 2 and state["torch_rng"].dtype == torch.uint8
     resumed = train_forecaster(panel, 8, 81, tiny(**recipe), checkpoint_dir=tmp_path)
-    assert resumed.resumed_from_epoch == 1
+    assert resumed.resumed_from_epoch == 2
     pd.testing.assert_frame_equal(forecast(straight.model, panel, 81), forecast(resumed.model, panel, 81))
 
 
@@ -171,7 +171,7 @@ def test_the_registered_model_is_logged_as_code_and_predicts_what_the_forecaster
 
     logged = sorted(p for p in (tmp_path / "artifacts").rglob("*") if p.is_file())
     assert [p.name for p in logged if p.suffix in (".pkl", ".pickle", ".bin", ".joblib")] == []
-    assert "forecaster_model.py" in [p.name for p in logged]
+    assert "pyfunc.py" in [p.name for p in logged]
     requirements = next(p for p in logged if p.name == "requirements.txt").read_text().split()
     assert f"torch=={torch.__version__}" in requirements and f"mlflow=={mlflow.__version__}" in requirements
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")

@@ -33,6 +33,7 @@ from bi_pipeline.forecasting.usecases import (
 )
 from bi_pipeline.plots import figure, png_base64
 from bi_pipeline.privacy import redact_uri
+from bi_pipeline.synthetic import resolve_init_from
 
 GROUP = "forecasting"
 
@@ -144,11 +145,16 @@ def forecaster(
     panel = panel_from_frame(features, upto=split.cutoff)
     train_config = forecasting.train_config(validation_periods=split.validation_periods)
     checkpoints = run_checkpoints(Path(forecasting.checkpoint_dir), context.run)
+    reporter = training_reporter(context.log, checkpoints)
+    # "synthetic": the checkpoint pretrained on the generator's corpus (built on first use, then reused).
+    train_config = resolve_init_from(train_config, task.frequency, task.horizon, settings.home, reporter)
     promotion = Promotion(
         ensemble=forecast_settings.ensemble,
         margin=forecast_settings.promotion_margin,
         group_tolerance=forecast_settings.group_tolerance,
-        incremental=IncrementalConfig(forecast_settings.incremental_epochs, forecast_settings.replay_ratio),
+        incremental=IncrementalConfig(
+            epochs=forecast_settings.incremental_epochs, replay_ratio=forecast_settings.replay_ratio
+        ),
     )
     outcome = train_and_promote(
         integrated_sales,
@@ -163,7 +169,7 @@ def forecaster(
         reason=config.reason,
         run_name=context.run_id,
         checkpoint_dir=checkpoints,
-        progress=training_reporter(context.log, checkpoints),
+        progress=reporter,
         log=context.log.info,
         warn=context.log.warning,
     )

@@ -21,6 +21,7 @@ from bi_pipeline.forecasting.configuration import TrainConfig
 from bi_pipeline.forecasting.ensemble import Forecaster
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.metrics import SERIES, score
+from bi_pipeline.forecasting.modeling import BIForecaster
 from bi_pipeline.forecasting.models import LightGBM, Transformer
 from bi_pipeline.privacy import redact_uri
 
@@ -41,6 +42,14 @@ class Trained:
     @property
     def result(self):
         return self.model.result
+
+    @property
+    def panel(self):
+        return self.model.panel
+
+    @property
+    def cutoff(self) -> int:
+        return self.model.cutoff
 
 
 def data_hash(history: pd.DataFrame) -> str:
@@ -89,11 +98,17 @@ def lineage_of(history: pd.DataFrame, training_end: pd.Timestamp, horizon: int) 
     }
 
 
+def as_forecaster(model: Forecaster | BIForecaster) -> Forecaster:
+    """A network alone is the transformer-only deployable."""
+    return model if isinstance(model, Forecaster) else Forecaster(model)
+
+
 def holdout_forecast(
-    model: Forecaster, history: pd.DataFrame, back: int = 0
+    model: Forecaster | BIForecaster, history: pd.DataFrame, back: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(forecasts, train, test) of a saved model on the ``horizon`` periods ending ``back`` periods before the last
     of ``history``, with its own encodings (and, for an ensemble, its own LightGBM reading the newer lags)."""
+    model = as_forecaster(model)
     if back:
         dates = np.sort(history["date"].unique())
         history = history[history["date"] <= dates[-1 - back]]
@@ -101,7 +116,7 @@ def holdout_forecast(
     return model.predict(train, test.drop(columns="sales")), train, test
 
 
-def holdout_score(model: Forecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
+def holdout_score(model: Forecaster | BIForecaster, history: pd.DataFrame, season_length: int) -> dict[str, float]:
     """A saved model's metrics on the last ``horizon`` periods of ``history``: how the champion is scored on the
     challenger's holdout."""
     out, train, test = holdout_forecast(model, history)
@@ -197,10 +212,12 @@ def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, hori
     return out
 
 
-def forecast_latest(model: Forecaster, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
+def forecast_latest(
+    model: Forecaster | BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
     date, from a saved model and its own encodings."""
-    out = model.predict(history, future)
+    out = as_forecaster(model).predict(history, future)
     last = pd.Timestamp(history["date"].max())
     ends = history.groupby(SERIES, observed=True)["date"].max().reset_index()
     active = ends[ends["date"] == last][SERIES].astype(str)

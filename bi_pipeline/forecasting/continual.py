@@ -50,8 +50,6 @@ class IncrementalConfig:
             epochs=self.epochs,
             patience=self.patience,
             max_windows_per_epoch=self.max_windows_per_epoch,
-            pretrain_epochs=0,
-            refit=False,
             init_from=None,
         )
 
