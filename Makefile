@@ -7,7 +7,7 @@ TORCH_LINKS := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/whee
 export BI_PIPELINE_HOME ?= $(CURDIR)/.bi_pipeline
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo run ui test lint bench clean
+.PHONY: install demo run ui test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ ui: install  ## the Dagster UI on the same instance: http://127.0.0.1:3000
 test: install  ## lint, then the test suite
 	$(BIN)/ruff check bi_pipeline bi_pipeline_tests
 	$(BIN)/python -m pytest -q
+
+test-fast: install  ## lint, then the tests not marked slow (a quick loop while editing; CI runs `make test`)
+	$(BIN)/ruff check bi_pipeline bi_pipeline_tests
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install  ## ingestion benchmark at 1M rows (see README for M5 scale)
 	$(BIN)/bi-pipeline bench ingest --series 10000 --periods 100 --out bench_ingest_1m.json

@@ -46,6 +46,34 @@ def _progress(label: str):
     return update
 
 
+def _epoch_bar(label: str):
+    """A training progress callback drawing a tqdm bar over the epochs, the validation loss beside it; a new bar for
+    each training (each member set, window or model)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def report(record: dict) -> None:
+        nonlocal bar
+        if record.get("stage") != "train":
+            return
+        if bar is None or record["epoch"] <= bar.n:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=record["epochs"], desc=label, unit="epoch", file=sys.stderr)
+        bar.update(record["epoch"] - bar.n)
+        bar.set_postfix(validation_loss=f"{record['validation_loss']:.4f}")
+
+    return report
+
+
+def _say(message: str) -> None:
+    """A line on stderr that does not break a progress bar being drawn."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def _add_generation_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--stores", type=int, default=defaults["stores"])
     parser.add_argument("--items", type=int, default=defaults["items"], help="items per store")
@@ -139,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bi_pipeline.defs.runner import run_pipeline
 
     settings = Settings.from_env()
-    summary = run_pipeline(settings, assume_complete=args.complete)
+    summary = run_pipeline(settings, assume_complete=args.complete, progress=_progress("runs"))
     _print_summary(summary, settings)
     return 0 if summary.success else 1
 
@@ -198,7 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     training = from_env(TrainingSettings, **defaults)
     print("demo training budget: " + ", ".join(f"{k}={getattr(training, k)}" for k in DEMO_TRAINING))
     # The generator wrote every file completely just now: no need to wait for a second scan.
-    summary = run_pipeline(settings, assume_complete=True, training=training)
+    summary = run_pipeline(settings, assume_complete=True, training=training, progress=_progress("runs"))
     _print_summary(summary, settings)
     found = summary.materialized.get("sales_quarantine", {}).get("by_reason", {})
     expected = {k: v for k, v in report.expected_quarantine.items() if v}
@@ -301,9 +329,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         season_length=forecast.season_length,
         windows=args.windows,
         covariates=covariates,
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
+        progress=_say,
         models=tuple(args.models),
         train_config=config,
+        train_progress=_epoch_bar("transformer"),
     )
     print(table(result))
     _write_json(result, args.out)
@@ -311,14 +340,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def _pretrain_reporter():
+    """Progress of a synthetic-corpus pretraining started by ``init_from=synthetic`` (first use only)."""
+    from bi_pipeline.forecasting.progress import describe
+
     def report(record: dict) -> None:
         if record.get("stage") == "pretrain_corpus":
-            print(
-                f"pretraining on the synthetic corpus (first use; kept in {record['checkpoint']}), epoch "
-                f"{record['epoch']}/{record['epochs']}: validation loss {record['loss']:.4f}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _say(describe(record)[1])
 
     return report
 
@@ -347,18 +374,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         members=training.members, epochs=training.epochs, seed=training.seed, device=training.device
     )
 
-    def report(record: dict) -> None:
-        if record.get("stage") == "train":
-            print(
-                f"pretrain epoch {record['epoch']}/{record['epochs']}: train loss {record['train_loss']:.4f}, "
-                f"validation loss {record['validation_loss']:.4f}{' (best)' if record.get('best') else ''}, "
-                f"{record['seconds']:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-
     manifest = pretrain_synthetic(
-        corpus, args.horizon, args.out, config, progress=report, corpus_progress=_progress("synthetic corpus")
+        corpus,
+        args.horizon,
+        args.out,
+        config,
+        progress=_epoch_bar("pretrain"),
+        corpus_progress=_progress("synthetic corpus"),
     )
     print(json.dumps(manifest, indent=2))
     print(f"checkpoint: {Path(args.out).resolve()} (use it with BI_PIPELINE_INIT_FROM or --init-from)", file=sys.stderr)

@@ -28,6 +28,7 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, capsys):
     code = main(["demo", "--stores", "2", "--items", "6", "--periods", "20", "--defects", "1"])
     out = capsys.readouterr().out
@@ -47,6 +48,7 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert (home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 
+@pytest.mark.slow
 def test_long_histories_run_in_ranges_then_one_integration(home, capsys, monkeypatch):
     import bi_pipeline.defs.collection as collection
 

@@ -7,9 +7,8 @@ import pandas as pd
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.forecasting import forecasts
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
-from bi_pipeline.forecasting.live import live_accuracy, live_evidence, load_archive
 from bi_pipeline.forecasting.metrics import season_length_for
-from bi_pipeline.forecasting.registry import CHAMPION
+from bi_pipeline.forecasting.usecases import live_report
 from bi_pipeline.plots import figure, png_base64
 
 GROUP = "forecasting"
@@ -44,15 +43,12 @@ def forecast_accuracy(
     """Each published forecast (by model version and cutoff) scored on the periods whose actuals have landed since:
     MASE, WAPE, WQL, 80% coverage and bias, and the latest against the champion's backtest MASE (the retrain sensor
     reads ``latest_MASE`` and ``champion_backtest_MASE``)."""
-    settings = pipeline.settings()
     frequency = partition_frequency(context, pipeline)
     season = season_length_for(frequency, int(integrated_sales["date"].nunique()), forecasting.season_length)
-    archive = load_archive(settings.home / "forecast_archive")
-    table = live_accuracy(archive, integrated_sales, season)
-    scored = table[table["scored_periods"] > 0]
-    tracker = mlflow_tracking.tracker()
-    champion = tracker.alias_version(CHAMPION)
-    champion_mase = tracker.holdout_metrics(champion).get("MASE") if champion else None
+    archive = pipeline.settings().home / "forecast_archive"
+    report = live_report(integrated_sales, archive, mlflow_tracking.tracker(), season)
+    table, scored, evidence = report.table, report.scored, report.evidence
+    champion, champion_mase = report.champion_version, report.champion_mase
     metadata: dict = {
         "publications": len(table),
         "scored_publications": len(scored),
@@ -60,8 +56,7 @@ def forecast_accuracy(
         "season_length": season,
     }
     if champion_mase is not None:
-        metadata["champion_backtest_MASE"] = float(champion_mase)
-    evidence = live_evidence(archive, integrated_sales, season, champion) if champion else None
+        metadata["champion_backtest_MASE"] = champion_mase
     if evidence is not None:
         # What the retrain sensor judges degradation on: every scored period of the champion's publications.
         metadata.update(

@@ -9,6 +9,7 @@ from dagster import DagsterRunStatus
 
 from bi_pipeline.config import ForecastSettings
 from bi_pipeline.defs.collection import sales_periods
+from bi_pipeline.defs.jobs import forecast_job, train_job
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource
 from bi_pipeline.forecasting.continual import retrain_decision
 from bi_pipeline.forecasting.live import LiveEvidence
@@ -68,7 +69,7 @@ def new_periods_since(instance: dg.DagsterInstance, last_period: str, integrated
     name="retrain_sensor",
     description="Requests a training: the first one when there is no champion, an incremental one after K new periods "
     "since the champion's data or when its live accuracy degrades past the threshold.",
-    job_name="train_job",
+    job=train_job,
     minimum_interval_seconds=120,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -136,7 +137,7 @@ def forecast_request(instance: dg.DagsterInstance, mlflow_tracking: MLflowResour
     name="forecast_sensor",
     description="Publishes forecasts from the champion as soon as a landed period reaches the integrated view (the "
     "daily forecast_refresh_schedule is the fallback).",
-    job_name="forecast_job",
+    job=forecast_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -151,7 +152,7 @@ def build_schedules(forecast: ForecastSettings) -> list[dg.ScheduleDefinition]:
     @dg.schedule(
         name="forecast_refresh_schedule",
         cron_schedule=forecast.forecast_cron,
-        job_name="forecast_job",
+        job=forecast_job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Publishes forecasts from the champion when a period has landed since the last publication "
         "(the fallback of forecast_sensor).",
@@ -162,7 +163,7 @@ def build_schedules(forecast: ForecastSettings) -> list[dg.ScheduleDefinition]:
     @dg.schedule(
         name="full_retrain_schedule",
         cron_schedule=forecast.full_retrain_cron,
-        job_name="train_job",
+        job=train_job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="A full retrain from scratch on a slow cadence (incremental updates drift; this resets them).",
     )

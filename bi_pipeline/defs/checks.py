@@ -155,6 +155,29 @@ def landed_check_result(
         lines.append("GX unexpected on the landed rows: " + "; ".join(f"{k}: {v}" for k, v in found.items()))
     if quarantine.rows:
         lines.append(f"quarantined {quarantine.rows} rows: {_reasons(quarantine.by_reason)}")
+    return _landed_rows_result(
+        check_name,
+        passed,
+        lines,
+        quarantine,
+        kept,
+        {
+            "rows": landed.rows,
+            "validated_by": "gx",
+            "expectations": dg.MetadataValue.md(landed.markdown()),
+            "results": dg.MetadataValue.json(landed.as_records()),
+            "unexpected_total": sum(o.unexpected_count for o in landed.outcomes),
+            "unexpected_by_expectation": dg.MetadataValue.json(found),
+            **_docs_metadata(landed, settings),
+        },
+    )
+
+
+def _landed_rows_result(
+    check_name: str, passed: bool, lines: list[str], quarantine: QuarantineSummary, kept: SuiteOutcome, metadata: dict
+) -> dg.AssetCheckResult:
+    """The landed-rows check's result, by GX or by the rules: its lines with the files that had defects, and what was
+    quarantined and what the kept rows still show beside the path's own metadata."""
     if quarantine.files:
         lines.append(f"files with defects ({len(quarantine.files)}): {name_files(quarantine.files)}")
     return dg.AssetCheckResult(
@@ -164,17 +187,11 @@ def landed_check_result(
         severity=dg.AssetCheckSeverity.WARN,
         description="\n".join(lines),
         metadata={
-            "rows": landed.rows,
-            "validated_by": "gx",
-            "expectations": dg.MetadataValue.md(landed.markdown()),
-            "results": dg.MetadataValue.json(landed.as_records()),
-            "unexpected_total": sum(o.unexpected_count for o in landed.outcomes),
-            "unexpected_by_expectation": dg.MetadataValue.json(found),
+            **metadata,
             "kept_unexpected": dg.MetadataValue.json(kept.unexpected()),
             "quarantined": quarantine.rows,
             "by_reason": dg.MetadataValue.json(quarantine.by_reason),
             "defect_files": dg.MetadataValue.json(quarantine.files),
-            **_docs_metadata(landed, settings),
         },
     )
 
@@ -197,23 +214,7 @@ def rules_check_result(
     ]
     if not passed:
         lines.append(f"defects the rules did not quarantine: {missed}")
-    if quarantine.files:
-        lines.append(f"files with defects ({len(quarantine.files)}): {name_files(quarantine.files)}")
-    return dg.AssetCheckResult(
-        check_name=check_name,
-        asset_key=dg.AssetKey("clean_sales"),
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description="\n".join(lines),
-        metadata={
-            "rows": rows,
-            "validated_by": "rules",
-            "quarantined": quarantine.rows,
-            "by_reason": dg.MetadataValue.json(quarantine.by_reason),
-            "defect_files": dg.MetadataValue.json(quarantine.files),
-            "kept_unexpected": dg.MetadataValue.json(kept.unexpected()),
-        },
-    )
+    return _landed_rows_result(check_name, passed, lines, quarantine, kept, {"rows": rows, "validated_by": "rules"})
 
 
 def sales_check_results(

@@ -9,6 +9,7 @@ import pandas as pd
 
 from bi_pipeline.contract import ContractError, LandedFile, infer_frequency, raw_frame, sales_index
 from bi_pipeline.defs.checks import gx_check_result
+from bi_pipeline.defs.jobs import ingest_job
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.expectations import (
     Validator,
@@ -216,7 +217,7 @@ def _follow_up(
     "(a bounded number of times) when its run failed.",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    job_name="ingest_job",
+    job=ingest_job,
 )
 def landing_zone_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     settings = pipeline.settings()
@@ -238,9 +239,7 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineR
             warned[message.split(":")[0]] = "removed"
     if scan.pending:
         context.log.info(f"waiting for {len(scan.pending)} file(s) to be complete: {'; '.join(scan.pending[:5])}")
-    requests = _follow_up(
-        context, outstanding, settings.ingest_attempts, {f.relpath: f.sha256 for f in scan.ready}
-    )
+    requests = _follow_up(context, outstanding, settings.ingest_attempts, {f.relpath: f.sha256 for f in scan.ready})
     retried = len(requests)
     existing_set = set(existing)
     new_files: list[LandedFile] = []

@@ -14,6 +14,7 @@ from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.progress import training_reporter
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
+from bi_pipeline.defs.types import FORECASTS
 from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.catalog import MODELS, build_models
 from bi_pipeline.forecasting.checkpoint import clear_checkpoints
@@ -261,7 +262,13 @@ def _plot(history: pd.DataFrame, forecasts: pd.DataFrame, title: str) -> str:
     return png_base64(fig)
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, deps=[forecaster])
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "parquet"},
+    deps=[forecaster],
+    dagster_type=FORECASTS.dagster_type,
+    metadata=FORECASTS.definition_metadata(),
+)
 def forecasts(
     context: dg.AssetExecutionContext,
     pipeline: PipelineResource,
@@ -303,6 +310,7 @@ def forecasts(
             "model_kind": model.kind,
             "archived_as": dg.MetadataValue.path(str(published.archived)),
             "rows": len(out),
+            **FORECASTS.observed_metadata(out),
             "preview": dg.MetadataValue.md(out.head(10).round(2).to_markdown(index=False)),
             "plots": dg.MetadataValue.md(plots),
         },

@@ -4,6 +4,7 @@ What `bi-pipeline demo` and `bi-pipeline run` use: every landed period is regist
 stages run in one run (a single-run backfill), so the result shows up in the Dagster UI afterwards.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import dagster as dg
 import pandas as pd
 
 from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, prepare_dagster_home
-from bi_pipeline.definitions import build_defs
+from bi_pipeline.defs.build import build_defs
 from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, chunks, sales_periods
+from bi_pipeline.defs.jobs import ingest_job, integrate_job, pipeline_job, train_job
 from bi_pipeline.ingest import landing_scan
 from bi_pipeline.state import locked, record_removal, write_json
 
@@ -55,6 +57,7 @@ def run_pipeline(
     forecast: ForecastSettings | None = None,
     assume_complete: bool = False,
     training: TrainingSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RunSummary:
     """Every stage over every landed period: one run when the history fits in one (``PERIODS_PER_RUN``), otherwise
     an ingest run per range of periods, then one run for the integrated view and one for training and forecasts."""
@@ -69,17 +72,17 @@ def run_pipeline(
         )
     defs = build_defs(settings, forecast, training)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    summary = RunSummary(
-        success=True, run_id="", partitions=len(keys), rejected_files=rejected, pending_files=pending
-    )
+    summary = RunSummary(success=True, run_id="", partitions=len(keys), rejected_files=rejected, pending_files=pending)
     # Partition order is the order periods were added; each range covers consecutive ones.
     ranges = chunks(keys)
-    plan = [("pipeline_job", ranges[0])] if len(ranges) == 1 else [("ingest_job", r) for r in ranges]
+    plan = [(pipeline_job, ranges[0])] if len(ranges) == 1 else [(ingest_job, r) for r in ranges]
     if len(ranges) > 1:
-        plan += [("integrate_job", []), ("train_job", [])]
-    for job_name, part in plan:
+        plan += [(integrate_job, []), (train_job, [])]
+    for done, (job, part) in enumerate(plan):
+        if progress:
+            progress(done, len(plan))
         tags = {RANGE_START_TAG: part[0], RANGE_END_TAG: part[-1]} if part else {}
-        result = defs.resolve_job_def(job_name).execute_in_process(
+        result = defs.resolve_job_def(job.name).execute_in_process(
             instance=instance, tags=tags, run_config=run_config, raise_on_error=False
         )
         summary.run_id = result.run_id if not summary.run_id else f"{summary.run_id}, {result.run_id}"
@@ -87,6 +90,8 @@ def run_pipeline(
         if not result.success:
             summary.success = False
             break
+    if progress and summary.success:
+        progress(len(plan), len(plan))
     return summary
 
 
@@ -162,8 +167,10 @@ def remove_period(
     entry = record_removal(settings.removals_path, key, files, reason.strip())
     result = {**entry, "deleted": deleted, "integrated_view": "not rebuilt"}
     if rebuild and instance.get_dynamic_partitions(sales_periods.name):
-        run = build_defs(settings).resolve_job_def("integrate_job").execute_in_process(
-            instance=instance, raise_on_error=False
+        run = (
+            build_defs(settings)
+            .resolve_job_def(integrate_job.name)
+            .execute_in_process(instance=instance, raise_on_error=False)
         )
         outcome = "rebuilt" if run.success else "rebuild FAILED"
         result["integrated_view"] = f"{outcome} (run {run.run_id})"

@@ -15,7 +15,7 @@ import pandas as pd
 from bi_pipeline.config import Settings
 from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.catalog import MODELS, build_models
-from bi_pipeline.forecasting.configuration import TrainConfig
+from bi_pipeline.forecasting.configuration import Progress, TrainConfig
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.metrics import METRICS, score, season_length_for
 from bi_pipeline.ingest import ingest_landing
@@ -58,9 +58,11 @@ def run_backtest(
     models: tuple[str, ...] = MODELS,
     train_config: TrainConfig | None = None,
     seed: int = 0,
+    train_progress: Progress | None = None,
 ) -> dict:
     """The JSON of `bi-pipeline backtest`: per model the averaged metrics and the fit/predict seconds. Every model is
-    fitted on each window's training periods and forecasts its test periods through the one model interface."""
+    fitted on each window's training periods and forecasts its test periods through the one model interface.
+    ``progress`` gets a line per window and model, ``train_progress`` the transformer's training records."""
     training_periods = history["date"].nunique() - horizon * windows
     season_length = season_length_for(frequency, training_periods, season_length)
     train_config = train_config or TrainConfig()
@@ -73,7 +75,7 @@ def run_backtest(
                 f"window {index}/{windows}: train to {pd.Timestamp(train['date'].max()).date()}, {len(test)} test rows"
             )
         future = test.drop(columns="sales")
-        for name, model in build_models(models, train_config, _epoch_reporter(progress), seed).items():
+        for name, model in build_models(models, train_config, train_progress, seed).items():
             if progress:
                 progress(f"  {name}: fitting")
             model.fit(train, task, future)
@@ -110,17 +112,6 @@ def run_backtest(
         "models": result_models,
         "transformer_config": train_config.to_dict() if {"transformer", "ensemble"} & set(models) else None,
     }
-
-
-def _epoch_reporter(progress: Callable[[str], None] | None):
-    if progress is None:
-        return None
-
-    def report(record: dict) -> None:
-        if record.get("stage") == "train":
-            progress(f"  transformer epoch {record['epoch']}: validation loss {record['validation_loss']:.4f}")
-
-    return report
 
 
 def table(result: dict) -> str:

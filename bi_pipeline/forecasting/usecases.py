@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from bi_pipeline.forecasting.baselines import attach_actuals
+from bi_pipeline.forecasting.calendar import pandas_freq
 from bi_pipeline.forecasting.candidate import (
     Candidate,
     forecast_latest,
@@ -332,16 +332,10 @@ def publish_forecasts(
             "MASE is finite and beats seasonal naive's; the forecaster's `decision_reason` says why one was not"
         )
     model = Forecaster.load(tracker.model_dir(version))
-    future = future_covariates(calendar, history, model.horizon, _pandas_freq(history, model.frequency))
+    future = future_covariates(calendar, history, model.horizon, pandas_freq(history, model.frequency))
     out = forecast_latest(model, history, future)
     out["model_version"] = version
     return Publication(out, model, version, archive_forecasts(archive, out))
-
-
-def _pandas_freq(history: pd.DataFrame, frequency: str) -> str:
-    from bi_pipeline.forecasting.calendar import pandas_freq
-
-    return pandas_freq(history, frequency)
 
 
 @dataclass
@@ -373,7 +367,3 @@ def lightgbm_covariates(history: pd.DataFrame, cutoff_date: pd.Timestamp, freque
     """LightGBM's covariates: every numeric covariate of the training range, continuous ones included."""
     train = history[history["date"] <= cutoff_date]
     return tuple(fit_spec(train, frequency, continuous_covariates=True).covariates)
-
-
-def finite(value: float) -> bool:
-    return value is not None and bool(np.isfinite(value))

@@ -10,7 +10,7 @@ import pytest
 from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings
 from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.definitions import build_defs
-from bi_pipeline.defs.collection import sales_periods
+from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, sales_periods
 from bi_pipeline.forecasting.candidate import forecast_latest
 from bi_pipeline.forecasting.ensemble import Forecaster
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm
@@ -27,9 +27,7 @@ def run_all(settings: Settings, instance: dg.DagsterInstance, forecast: Forecast
     new = [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
     instance.add_dynamic_partitions(sales_periods.name, new)
     defs = build_defs(settings, forecast, TINY_TRAINING)
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
-    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
     return defs.resolve_job_def("pipeline_job").execute_in_process(instance=instance, tags=tags)
 
 
@@ -39,6 +37,7 @@ def landed(settings: Settings) -> Settings:
     return settings
 
 
+@pytest.mark.slow
 def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
     with dg.instance_for_test() as instance:
         result = run_all(landed, instance)

@@ -15,12 +15,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.automation import TRAINING_TAG, TRIGGER_TAG, forecast_sensor, retrain_sensor
-from bi_pipeline.defs.collection import landing_zone_sensor, sales_periods
+from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, landing_zone_sensor, sales_periods
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.forecasting.continual import retrain_decision
 from bi_pipeline.forecasting.live import LiveEvidence, archive_forecasts, live_accuracy, live_evidence, load_archive
@@ -153,8 +152,8 @@ class Simulation:
             self.launched.add(request.run_key)
         tags = dict(request.tags)
         if request.partition_key_range:
-            tags[ASSET_PARTITION_RANGE_START_TAG] = request.partition_key_range.start
-            tags[ASSET_PARTITION_RANGE_END_TAG] = request.partition_key_range.end
+            tags[RANGE_START_TAG] = request.partition_key_range.start
+            tags[RANGE_END_TAG] = request.partition_key_range.end
         if job_name == "__ASSET_JOB":
             job = self.defs.resolve_implicit_global_asset_job_def()
         else:
@@ -243,6 +242,7 @@ class Simulation:
         )
 
 
+@pytest.mark.slow
 def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_path: Path):
     # Daily: a weekday pattern a small model learns in a few epochs (and a shuffled-target model cannot).
     staging, keys = stage(settings, tmp_path, 70)
@@ -363,6 +363,7 @@ def stage(settings: Settings, tmp_path: Path, periods: int) -> tuple[Path, list[
     return staging, sorted(p.stem for p in (staging / "sales").glob("*.csv"))
 
 
+@pytest.mark.slow
 def test_a_failed_blocking_check_holds_the_integrated_view_back(settings: Settings, tmp_path: Path):
     staging, keys = stage(settings, tmp_path, 12)
     bad = staging / "sales" / f"{keys[10]}.csv"

@@ -14,16 +14,13 @@ import pytest
 import torch
 
 from bi_pipeline.forecasting.candidate import forecast_latest, train_with_holdout
-from bi_pipeline.forecasting.checkpoint import plain as _plain
-from bi_pipeline.forecasting.checkpoint import save_state as _save_state
+from bi_pipeline.forecasting.checkpoint import plain, save_state
 from bi_pipeline.forecasting.ensemble import Forecaster
-from bi_pipeline.forecasting.features import fit_spec
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, UnsafeModelFormat, fit_lightgbm, predict_lightgbm
-from bi_pipeline.forecasting.panel import build_panel
 from bi_pipeline.forecasting.registry import MODEL_NAME, Tracker
 from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.forecasting.transformer import forecast
-from bi_pipeline_tests.test_forecaster import tiny, weekly_history
+from bi_pipeline_tests.forecasting.helpers import tiny, weekly_history
 
 
 class WritesMarker:
@@ -34,12 +31,6 @@ class WritesMarker:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
-
-
-@pytest.fixture
-def panel():
-    history = weekly_history()
-    return build_panel(history, fit_spec(history, "W"), horizon=8)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_the_training_starts_fresh(panel, tmp_path):
@@ -96,7 +87,7 @@ def test_a_training_crashed_mid_way_resumes_from_a_weights_only_checkpoint(panel
 
 def test_numpy_values_are_saved_as_plain_values(tmp_path):
     state = {"a": np.float64(0.5), "b": [np.bool_(True), np.int64(3)], "c": np.ones(2)}
-    _save_state(tmp_path / "last.pt", _plain(state))
+    save_state(tmp_path / "last.pt", plain(state))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["a"] == 0.5 and type(state["a"]) is float
     assert state["b"] == [True, 3] and type(state["b"][0]) is bool
@@ -127,8 +118,12 @@ def test_lightgbm_is_saved_in_its_text_format_and_forecasts_the_same_from_newer_
     assert (loaded.frequency, loaded.freq, loaded.covariates) == ("W", "W-MON", ["holiday"])
     assert list(loaded.forecaster.models_) == list(fitted.forecaster.models_)
     # Newer history than the fit, with planned covariates for the periods ahead: the same numbers.
-    future = history[["store_id", "item_id"]].drop_duplicates().merge(
-        pd.DataFrame({"date": pd.date_range(dates[-1], periods=9, freq="W-MON")[1:], "holiday": 1.0}), how="cross"
+    future = (
+        history[["store_id", "item_id"]]
+        .drop_duplicates()
+        .merge(
+            pd.DataFrame({"date": pd.date_range(dates[-1], periods=9, freq="W-MON")[1:], "holiday": 1.0}), how="cross"
+        )
     )
     expected = predict_lightgbm(fitted, history, 8, future=future)
     got = predict_lightgbm(loaded, history, 8, future=future)

@@ -20,7 +20,7 @@ from bi_pipeline.forecasting.features import FeatureSpec, fit_spec
 from bi_pipeline.forecasting.panel import build_panel, make_windows
 from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.forecasting.transformer import forecast
-from bi_pipeline_tests.test_forecaster import tiny, weekly_history
+from bi_pipeline_tests.forecasting.helpers import tiny, weekly_history
 
 
 def test_series_groups_use_the_item_category_when_there_is_one():

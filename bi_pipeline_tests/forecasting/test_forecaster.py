@@ -20,7 +20,7 @@ from bi_pipeline.forecasting.calendar import (
 )
 from bi_pipeline.forecasting.calibration import SPREAD_GRID, fit_calibration
 from bi_pipeline.forecasting.candidate import forecast_latest, holdout_score, make_candidate, train_with_holdout
-from bi_pipeline.forecasting.configuration import TrainConfig, load_model, model_config
+from bi_pipeline.forecasting.configuration import load_model, model_config
 from bi_pipeline.forecasting.ensemble import COLUMNS, Forecaster, blend, fit_blend_weight, fit_spread_weight
 from bi_pipeline.forecasting.features import (
     FeatureSpec,
@@ -31,13 +31,13 @@ from bi_pipeline.forecasting.features import (
 )
 from bi_pipeline.forecasting.feedback import (
     LEVEL_RATIO_LIMITS,
+    adjusted_forecasts,
     error_spread_factor,
     fit_error_spread,
     past_error_ratio,
     recent_level_ratio,
+    respread,
 )
-from bi_pipeline.forecasting.feedback import adjusted_forecasts as _adjusted_forecasts
-from bi_pipeline.forecasting.feedback import respread as _respread
 from bi_pipeline.forecasting.inference import INPUTS
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm, predict_lightgbm
@@ -47,49 +47,9 @@ from bi_pipeline.forecasting.panel import build_panel, panel_frame, panel_from_f
 from bi_pipeline.forecasting.sampling import epoch_sample, gather, mix_windows, recency_weights
 from bi_pipeline.forecasting.trainer import averaged_weights, train_forecaster, update_average
 from bi_pipeline.forecasting.transformer import forecast
+from bi_pipeline_tests.forecasting.helpers import tiny, weekly_history
 
 QCOLS = [quantile_column(q) for q in QUANTILES]
-
-
-def weekly_history(series: int = 6, periods: int = 90, seed: int = 0) -> pd.DataFrame:
-    """Seasonal weekly series of different sizes with a holiday flag that lifts sales, and a store attribute."""
-    rng = np.random.default_rng(seed)
-    dates = pd.date_range("2021-01-04", periods=periods, freq="W-MON")
-    holiday = (dates.isocalendar().week.to_numpy() % 13 == 0).astype("float32")
-    frames = []
-    for i in range(series):
-        level = 10.0 * (i + 1)
-        season = 1 + 0.3 * np.sin(2 * np.pi * np.arange(periods) / 52.0 + i)
-        sales = level * season * (1 + 0.5 * holiday) + rng.normal(0, 0.5, periods)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "date": dates,
-                    "store_id": f"S{i % 3}",
-                    "item_id": f"I{i}",
-                    "sales": sales.astype("float32"),
-                    "observed": True,
-                    "format": "big" if i % 3 == 0 else "small",
-                    "holiday": holiday,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-TINY = dict(d_model=16, ffn_dim=32, num_attention_heads=2, num_hidden_layers=1, max_windows_per_epoch=256)
-
-
-def tiny(**overrides) -> TrainConfig:
-    values = {**TINY, "members": 1, "epochs": 4, "patience": 100, "batch_size": 64, **overrides}
-    return TrainConfig(**values)
-
-
-@pytest.fixture
-def panel():
-    history = weekly_history()
-    spec = fit_spec(history, "W")
-    return build_panel(history, spec, horizon=8)
 
 
 def test_spec_takes_flags_and_static_attributes_and_leaves_out_continuous_covariates():
@@ -438,7 +398,7 @@ def test_the_error_spread_applied_at_forecast_time_is_the_one_fitted(panel, monk
     # at forecast time as well; the stored reference must follow, or the factor applied is not the one chosen.
     model = train_forecaster(panel, 8, 81, tiny(epochs=2, error_spread_windows=0, level_feedback_origins=0)).model
     cfg, origin, series = model.config, 81 - 8, np.arange(panel.series)
-    before = _adjusted_forecasts(model, panel, series, origin, spread=False)
+    before = adjusted_forecasts(model, panel, series, origin, spread=False)
     ratio = past_error_ratio(model, panel, origin, series, 4)
     reference, scale = float(np.median(ratio)), 0.7
     # fit_error_spread stores the reference that way: its ratios' median over the common factor it folds in (grids of
@@ -450,8 +410,8 @@ def test_the_error_spread_applied_at_forecast_time_is_the_one_fitted(panel, monk
     assert fitted["error_spread_reference"] == pytest.approx(reference / scale)
     cfg.error_spread_power, cfg.error_spread_windows = 0.5, 4
     cfg.error_spread_reference, cfg.spread_scale = reference / scale, cfg.spread_scale * scale
-    after = _adjusted_forecasts(model, panel, series, origin)
-    expected = _respread(before, error_spread_factor(ratio, reference, 0.5) * scale, QUANTILES.index(0.5))
+    after = adjusted_forecasts(model, panel, series, origin)
+    expected = respread(before, error_spread_factor(ratio, reference, 0.5) * scale, QUANTILES.index(0.5))
     np.testing.assert_allclose(after, expected, rtol=1e-4)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from bi_pipeline.config import Settings
 from bi_pipeline.generate import GenerationSpec, generate
-from bi_pipeline_tests.test_defs import materialize_all
+from bi_pipeline_tests.defs.test_defs import materialize_all
 
 PG_HOST = os.environ.get("BI_PIPELINE_TEST_PG_HOST", "127.0.0.1")
 

@@ -9,12 +9,19 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from bi_pipeline.config import Settings
 from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.defs.cleaning import clean_sales
-from bi_pipeline.defs.collection import calendar, items, raw_sales, sales_periods, stores
+from bi_pipeline.defs.collection import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    calendar,
+    items,
+    raw_sales,
+    sales_periods,
+    stores,
+)
 from bi_pipeline.defs.integration import integrated_sales
 from bi_pipeline.defs.resources import ParquetIOManager, PipelineResource
 from bi_pipeline.generate import GenerationSpec, generate
@@ -40,7 +47,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, raise_on_e
         ASSETS,
         instance=instance,
         resources=resources(settings),
-        tags={ASSET_PARTITION_RANGE_START_TAG: all_keys[0], ASSET_PARTITION_RANGE_END_TAG: all_keys[-1]},
+        tags={RANGE_START_TAG: all_keys[0], RANGE_END_TAG: all_keys[-1]},
         raise_on_error=raise_on_error,
     )
 

@@ -19,7 +19,7 @@ from bi_pipeline.forecasting.pretraining import MANIFEST, corpus_hash, default_c
 from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.generate import GenerationSpec, generate, simulate_totals
 from bi_pipeline.synthetic import CorpusSpec, pretrain_synthetic, synthetic_corpus
-from bi_pipeline_tests.test_forecaster import weekly_history
+from bi_pipeline_tests.forecasting.helpers import weekly_history
 
 TINY_PRETRAIN = dict(
     d_model=16,

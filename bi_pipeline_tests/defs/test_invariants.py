@@ -61,6 +61,7 @@ def landed(tmp_path) -> tuple[Settings, dict]:
     return settings, report.to_dict()
 
 
+@pytest.mark.slow
 def test_the_view_holds_exactly_the_accepted_rows_and_reruns_without_files_change_nothing(landed, tmp_path):
     settings, report = landed
     with dg.instance_for_test() as instance:
@@ -86,6 +87,7 @@ def test_the_view_holds_exactly_the_accepted_rows_and_reruns_without_files_chang
         assert len(raw.materialization.metadata["kept_previous"].value) == report["sales_files"]
 
 
+@pytest.mark.slow
 def test_a_failed_period_holds_the_view_until_it_is_fixed_or_removed(landed):
     settings, _ = landed
     with dg.instance_for_test() as instance:

@@ -1,0 +1,52 @@
+"""The Definitions of the code location, built from settings (the environment's by default)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, from_env
+from bi_pipeline.defs.accuracy import forecast_accuracy
+from bi_pipeline.defs.automation import automation_sensor, build_schedules, forecast_sensor, retrain_sensor
+from bi_pipeline.defs.cleaning import clean_sales
+from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
+from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
+from bi_pipeline.defs.integration import integrated_sales
+from bi_pipeline.defs.jobs import JOBS
+from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, ParquetIOManager, PipelineResource
+
+MLFLOW_URI_ENV = "BI_PIPELINE_MLFLOW_URI"
+
+
+def build_defs(
+    settings: Settings | None = None,
+    forecast: ForecastSettings | None = None,
+    training: TrainingSettings | None = None,
+    recipe: dict | None = None,
+) -> dg.Definitions:
+    """The code location's definitions; each settings object defaults to the environment's."""
+    settings = settings or Settings.from_env()
+    forecast = forecast or ForecastSettings.from_env()
+    training = training or from_env(TrainingSettings)
+    return dg.Definitions(
+        assets=[
+            *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
+            *(features, forecaster, forecasts, backtest, forecast_accuracy),
+        ],
+        jobs=list(JOBS),
+        sensors=[landing_zone_sensor, retrain_sensor, forecast_sensor, automation_sensor],
+        schedules=build_schedules(forecast),
+        resources={
+            "pipeline": PipelineResource.from_settings(settings),
+            "forecasting": ForecastingResource.from_settings(settings, forecast, training, recipe),
+            "mlflow_tracking": MLflowResource(
+                # A URI from the environment can hold a password: Dagster gets the variable's name, never its value.
+                tracking_uri=dg.EnvVar(MLFLOW_URI_ENV)
+                if os.environ.get(MLFLOW_URI_ENV) and forecast.mlflow_tracking_uri == os.environ[MLFLOW_URI_ENV]
+                else forecast.mlflow_tracking_uri or settings.mlflow_uri,
+                artifact_location=str(settings.mlflow_artifacts),
+            ),
+            "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
+        },
+    )

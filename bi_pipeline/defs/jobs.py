@@ -1,0 +1,34 @@
+"""The jobs, referenced as objects by the sensors, schedules and the runner. Selected by asset key, so this module
+imports no stage module and every stage module may import it."""
+
+import dagster as dg
+
+INGEST_ASSETS = ("stores", "items", "calendar", "raw_sales", "clean_sales", "sales_quarantine")
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+    description="Master data, then collection and validated cleaning of the requested periods.",
+)
+integrate_job = dg.define_asset_job(
+    "integrate_job",
+    selection=dg.AssetSelection.assets("integrated_sales"),
+    description="The integrated view from every ingested period.",
+)
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.assets("features", "forecaster", "forecasts", "backtest"),
+    description="Features, training (full or incremental; MLflow, champion/challenger), forecasts from the champion, "
+    "and the backtest.",
+)
+forecast_job = dg.define_asset_job(
+    "forecast_job",
+    selection=dg.AssetSelection.assets("forecasts", "forecast_accuracy"),
+    description="Forecasts from the champion on the latest data, and live accuracy.",
+)
+pipeline_job = dg.define_asset_job(
+    "pipeline_job",
+    selection=dg.AssetSelection.all(),
+    description="Every stage end to end (what `bi-pipeline demo` runs).",
+)
+JOBS = (ingest_job, integrate_job, train_job, forecast_job, pipeline_job)

@@ -1,0 +1,42 @@
+"""Small data and a small recipe the forecasting tests share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bi_pipeline.forecasting.configuration import TrainConfig
+
+
+def weekly_history(series: int = 6, periods: int = 90, seed: int = 0) -> pd.DataFrame:
+    """Seasonal weekly series of different sizes with a holiday flag that lifts sales, and a store attribute."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2021-01-04", periods=periods, freq="W-MON")
+    holiday = (dates.isocalendar().week.to_numpy() % 13 == 0).astype("float32")
+    frames = []
+    for i in range(series):
+        level = 10.0 * (i + 1)
+        season = 1 + 0.3 * np.sin(2 * np.pi * np.arange(periods) / 52.0 + i)
+        sales = level * season * (1 + 0.5 * holiday) + rng.normal(0, 0.5, periods)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": dates,
+                    "store_id": f"S{i % 3}",
+                    "item_id": f"I{i}",
+                    "sales": sales.astype("float32"),
+                    "observed": True,
+                    "format": "big" if i % 3 == 0 else "small",
+                    "holiday": holiday,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+TINY = dict(d_model=16, ffn_dim=32, num_attention_heads=2, num_hidden_layers=1, max_windows_per_epoch=256)
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = {**TINY, "members": 1, "epochs": 4, "patience": 100, "batch_size": 64, **overrides}
+    return TrainConfig(**values)

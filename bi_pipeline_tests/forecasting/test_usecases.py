@@ -1,0 +1,126 @@
+"""The use cases the assets call, run directly: no Dagster, a local MLflow store under the test's directory."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bi_pipeline.forecasting.features import fit_spec
+from bi_pipeline.forecasting.interface import Task
+from bi_pipeline.forecasting.panel import build_panel
+from bi_pipeline.forecasting.registry import CHAMPION, Tracker
+from bi_pipeline.forecasting.usecases import (
+    NoChampion,
+    Promotion,
+    lightgbm_covariates,
+    live_report,
+    publish_forecasts,
+    train_and_promote,
+)
+from bi_pipeline_tests.forecasting.helpers import tiny, weekly_history
+
+HORIZON = 8
+
+
+def setup(history: pd.DataFrame):
+    """The features asset's panel, cutoff and task for ``history``: the last ``HORIZON`` periods held out."""
+    cutoff_date = pd.Timestamp(history["date"].unique()[-HORIZON - 1])
+    train = history[history["date"] <= cutoff_date]
+    panel = build_panel(history, fit_spec(train, "W"), reference_end=cutoff_date)
+    task = Task("W", HORIZON, 52, lightgbm_covariates(history, cutoff_date, "W"))
+    return panel, int(panel.dates.get_loc(cutoff_date)), task
+
+
+@pytest.fixture
+def tracker(tmp_path) -> Tracker:
+    return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
+
+
+@pytest.mark.slow
+def test_train_and_promote_registers_and_judges_a_candidate(tmp_path, tracker):
+    history = weekly_history(periods=100)
+    panel, cutoff, task = setup(history)
+    logged: list[str] = []
+    first = train_and_promote(
+        history, panel, cutoff, task, tiny(epochs=2), tracker, tmp_path / "work", log=logged.append, warn=logged.append
+    )
+    assert (first.version, first.mode, first.champion_version, first.gate) == ("1", "full", None, None)
+    assert set(first.candidate.scores) == {"transformer", "lightgbm", "ensemble"}
+    # With no champion, the floor alone decides: promoted exactly when the candidate beats seasonal naive.
+    beats_floor = first.candidate.own_scores["MASE"] < first.floor
+    assert first.decision.promoted == beats_floor
+    assert tracker.alias_version(CHAMPION) == ("1" if beats_floor else None)
+    assert first.params["kind"] == first.candidate.kind and first.params["horizon"] == HORIZON
+    assert any(line.startswith("holdout transformer: MASE") for line in logged)
+    assert not list((tmp_path / "work").iterdir())  # the saved model is removed once MLflow has its copy
+
+    # Version 1 as champion either way, so the comparison below always runs.
+    tracker.client.set_registered_model_alias("bi_pipeline_forecaster", CHAMPION, "1")
+    # A second training competes with the champion on the same holdout, per group and on the older window.
+    second = train_and_promote(
+        history,
+        panel,
+        cutoff,
+        task,
+        tiny(epochs=1, seed=1),
+        tracker,
+        tmp_path / "work",
+        Promotion(ensemble=False, margin=0.0, group_tolerance=10.0),
+        log=logged.append,
+    )
+    assert second.version == "2" and second.champion_version == "1" and second.gate is not None
+    assert set(second.candidate.scores) == {"transformer"}
+    better = second.candidate.own_scores["MASE"] < second.champion_scores["MASE"]
+    assert second.decision.promoted == (better and second.candidate.own_scores["MASE"] < second.floor)
+
+
+def test_an_incremental_request_without_a_champion_trains_from_scratch(tmp_path, tracker):
+    history = weekly_history(periods=100)
+    panel, cutoff, task = setup(history)
+    warnings: list[str] = []
+    outcome = train_and_promote(
+        history,
+        panel,
+        cutoff,
+        task,
+        tiny(epochs=1),
+        tracker,
+        tmp_path / "work",
+        Promotion(ensemble=False),
+        mode="incremental",
+        warn=warnings.append,
+        log=lambda _: None,
+    )
+    assert outcome.mode == "full"
+    assert warnings == ["incremental training requested but there is no champion yet: training from scratch"]
+    with pytest.raises(ValueError, match="training mode 'sometimes': use full or incremental"):
+        train_and_promote(history, panel, cutoff, task, tiny(), tracker, tmp_path, mode="sometimes")
+
+
+@pytest.mark.slow
+def test_forecasts_are_published_from_the_champion_and_scored_as_actuals_land(tmp_path, tracker):
+    history = weekly_history(periods=100)
+    landed, later = history[history["date"] < history["date"].unique()[-4]], history
+    with pytest.raises(NoChampion, match="no champion model yet"):
+        publish_forecasts(landed, None, tracker, tmp_path / "archive")
+    panel, cutoff, task = setup(landed)
+    outcome = train_and_promote(
+        landed, panel, cutoff, task, tiny(epochs=1), tracker, tmp_path / "work", Promotion(ensemble=False), log=print
+    )
+    tracker.client.set_registered_model_alias("bi_pipeline_forecaster", CHAMPION, outcome.version)
+
+    published = publish_forecasts(landed, None, tracker, tmp_path / "archive")
+    out = published.forecasts
+    assert published.version == outcome.version and published.archived.exists()
+    assert len(out) == 6 * HORIZON and (out["model_version"] == outcome.version).all()
+    assert out["date"].min() == landed["date"].max() + pd.Timedelta(weeks=1)
+
+    # Nothing has landed after the publication yet; then four periods land and are scored.
+    before = live_report(landed, tmp_path / "archive", tracker, 52)
+    assert before.table["scored_periods"].tolist() == [0] and len(before.scored) == 0
+    assert before.champion_version == outcome.version and math.isfinite(before.champion_mase)
+    after = live_report(later, tmp_path / "archive", tracker, 52)
+    assert after.table["scored_periods"].tolist() == [4]
+    assert after.evidence is not None and after.evidence.periods == 4
