@@ -18,7 +18,7 @@ import pandas as pd
 
 from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
 from bi_pipeline.forecasting.configuration import TrainConfig
-from bi_pipeline.forecasting.ensemble import Forecaster
+from bi_pipeline.forecasting.ensemble import Forecaster, blend
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.metrics import SERIES, score
 from bi_pipeline.forecasting.modeling import BIForecaster
@@ -152,7 +152,7 @@ def make_candidate(transformer: Transformer, history: pd.DataFrame, task: Task, 
     cutoff_date = transformer.panel.dates[transformer.cutoff]
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
     future = test.drop(columns="sales")
-    holdout = {"transformer": transformer.predict(train, future)}
+    holdout = {"transformer": transformer.holdout_forecast()}
     own = transformer.validation_forecast()
     naive = statistical_forecast(train, task.horizon, task.frequency, task.season, names=("seasonal_naive",))
     floor = score(attach_actuals(naive["seasonal_naive"], test), train, task.season)
@@ -162,7 +162,7 @@ def make_candidate(transformer: Transformer, history: pd.DataFrame, task: Task, 
     lightgbm = LightGBM().fit(train, task, future)
     blended = Forecaster(parts=(transformer, lightgbm)).fit(train, task, future)
     holdout["lightgbm"] = lightgbm.predict(train, future)
-    holdout["ensemble"] = blended.predict(train, future)
+    holdout["ensemble"] = blend(holdout["transformer"], holdout["lightgbm"], blended.weight, blended.spread_share)
     scores = {name: score(attach_actuals(frame, test), train, task.season) for name, frame in holdout.items()}
     return Candidate(blended.deployable(), holdout, scores, blended.weight, own, blended.spread_share, floor)
 

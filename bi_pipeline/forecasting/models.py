@@ -100,6 +100,7 @@ class Transformer(ForecastModel):
         self.result: TrainResult | None = None
         self.panel: Panel | None = None
         self.cutoff: int | None = None
+        self._train: pd.DataFrame | None = None  # the frame fit() built the panel from
         self.info = {}
         if network is not None:
             self.task = Task(network.config.feature_spec["frequency"], int(network.config.horizon))
@@ -117,11 +118,13 @@ class Transformer(ForecastModel):
         effects = self.config.calendar_effects
         spec = fit_spec(train, task.frequency, candidates, profile_lag=lag, calendar_effects=effects)
         panel = build_panel(train, spec, future=future, horizon=task.horizon, reference_end=train["date"].max())
-        return self.fit_panel(panel, len(panel.dates) - task.horizon - 1, task)
+        self.fit_panel(panel, len(panel.dates) - task.horizon - 1, task)
+        self._train = train
+        return self
 
     def fit_panel(self, panel: Panel, cutoff: int, task: Task) -> Transformer:
         """Trains on the panel's periods up to date index ``cutoff`` (the features asset's panel)."""
-        self.task = task
+        self.task, self._train = task, None
         self.result = train_forecaster(
             panel, task.horizon, cutoff, self.config, checkpoint_dir=self.checkpoint_dir, progress=self.progress
         )
@@ -136,8 +139,8 @@ class Transformer(ForecastModel):
     def predict(self, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
         task = self._require_task()
         started = time.perf_counter()
-        if self.panel is not None and pd.Timestamp(history["date"].max()) == self.panel.dates[self.cutoff]:
-            panel, origin = self.panel, self.cutoff  # the training panel: its covariates and its series
+        if history is self._train:
+            panel, origin = self.panel, self.cutoff  # the training panel, with the future covariates fit() had
         else:
             panel = build_panel(history, self.spec, future=future, horizon=task.horizon)
             origin = len(panel.dates) - task.horizon - 1
@@ -145,6 +148,13 @@ class Transformer(ForecastModel):
         seconds = time.perf_counter() - started
         self.info.update(predict_seconds=seconds, series_per_second=panel.series / seconds if seconds else np.nan)
         return out
+
+    def holdout_forecast(self) -> pd.DataFrame:
+        """The forecasts of the periods after the training cutoff from the training panel (the features asset's,
+        which holds their known-future covariates)."""
+        if self.result is None:
+            raise RuntimeError("holdout_forecast() needs a model trained in this process")
+        return forecast(self.network, self.panel, self.cutoff)
 
     def validation_forecast(self) -> pd.DataFrame:
         """The forecasts of its own validation periods from the origin before them (what the ensemble's weights are
