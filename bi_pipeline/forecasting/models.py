@@ -4,6 +4,7 @@ names them in the order every comparison reports them."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -20,15 +21,15 @@ from bi_pipeline.forecasting.panel import Panel, build_panel
 from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.forecasting.transformer import forecast
 
+TASK_FILE = "task.json"
+
 
 class StatisticalModel(ForecastModel):
     """A statsforecast model (seasonal naive or AutoETS with additive errors), fitted on every history it forecasts
-    from, as local models are."""
+    from, as local models are: what is saved is the task, and a loaded model forecasts any history."""
 
-    statsforecast_name: str
-
-    def __init__(self) -> None:
-        self.info = {}
+    def __init__(self, task: Task | None = None) -> None:
+        self.task, self.info = task, {}
 
     def fit(self, train: pd.DataFrame, task: Task, future: pd.DataFrame | None = None) -> StatisticalModel:
         self.task = task
@@ -40,6 +41,19 @@ class StatisticalModel(ForecastModel):
         out = statistical_forecast(history, task.horizon, task.frequency, task.season, names=(self.name,))
         self.info["fit_seconds"] = time.perf_counter() - started
         return out[self.name]
+
+    def save(self, path: Path) -> None:
+        task = self._require_task()
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fields = {"frequency": task.frequency, "horizon": task.horizon, "season_length": task.season_length}
+        (Path(path) / TASK_FILE).write_text(json.dumps({"model": self.name, **fields}))
+
+    @classmethod
+    def load(cls, path: Path) -> StatisticalModel:
+        saved = json.loads((Path(path) / TASK_FILE).read_text())
+        if saved.pop("model") != cls.name:
+            raise ValueError(f"{path} holds another model than {cls.name}")
+        return cls(Task(**saved))
 
 
 class SeasonalNaive(StatisticalModel):
@@ -74,12 +88,16 @@ class LightGBM(ForecastModel):
         return out
 
     def save(self, path: Path) -> None:
+        task = self._require_task()
         self.model.save(Path(path))
+        fields = {"frequency": task.frequency, "horizon": task.horizon, "season_length": task.season_length}
+        (Path(path) / TASK_FILE).write_text(json.dumps({**fields, "covariates": list(task.covariates)}))
 
     @classmethod
     def load(cls, path: Path) -> LightGBM:
-        model = LightGBMModel.load(Path(path))
-        return cls(model=model)
+        saved = json.loads((Path(path) / TASK_FILE).read_text())
+        task = Task(**{**saved, "covariates": tuple(saved["covariates"])})
+        return cls(model=LightGBMModel.load(Path(path)), task=task)
 
 
 class Transformer(ForecastModel):
