@@ -5,6 +5,7 @@ promote it only when it is better, forecast from the champion, score live accura
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from bi_pipeline.forecasting.registry import CHAMPION, Decision, Tracker
 from bi_pipeline.privacy import redact_uri
 
 Log = Callable[[str], None]
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,8 +92,8 @@ def train_and_promote(
     run_name: str | None = None,
     checkpoint_dir: Path | None = None,
     progress: Progress | None = None,
-    log: Log = print,
-    warn: Log = print,
+    log: Log = LOGGER.info,
+    warn: Log = LOGGER.warning,
 ) -> TrainingOutcome:
     """Train the transformer on ``panel`` up to ``cutoff`` (from scratch, or ``incremental`` from the champion on the
     new periods and a replay sample), build the candidate (with LightGBM when the validation periods favour the

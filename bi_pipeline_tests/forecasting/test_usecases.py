@@ -107,7 +107,7 @@ def test_forecasts_are_published_from_the_champion_and_scored_as_actuals_land(tm
         publish_forecasts(landed, None, tracker, tmp_path / "archive")
     panel, cutoff, task = setup(landed)
     outcome = train_and_promote(
-        landed, panel, cutoff, task, tiny(epochs=1), tracker, tmp_path / "work", Promotion(ensemble=False), log=print
+        landed, panel, cutoff, task, tiny(epochs=1), tracker, tmp_path / "work", Promotion(ensemble=False)
     )
     tracker.client.set_registered_model_alias("bi_pipeline_forecaster", CHAMPION, outcome.version)
 
