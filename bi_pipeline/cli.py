@@ -277,9 +277,16 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(result: dict, out: str | None) -> None:
+def _save_json(result: dict, out: str | None) -> None:
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _write_json(result: dict, out: str | None, shown: dict | None = None) -> int:
+    """Print ``shown`` (default: the whole result) as JSON, write the result to ``out`` when given; exit code 0."""
+    print(json.dumps(result if shown is None else shown, indent=2))
+    _save_json(result, out)
+    return 0
 
 
 def _recipe(pairs: list[str]) -> dict:
@@ -335,7 +342,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         train_progress=_epoch_bar("transformer"),
     )
     print(table(result))
-    _write_json(result, args.out)
+    _save_json(result, args.out)
     return 0
 
 
@@ -361,14 +368,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from bi_pipeline.forecasting.pretraining import default_config
     from bi_pipeline.synthetic import CorpusSpec, pretrain_synthetic
 
-    corpus = CorpusSpec(
-        frequency=args.frequency,
-        businesses=args.businesses,
-        stores=args.stores,
-        items=args.items,
-        periods=args.periods,
-        seed=args.seed,
-    )
+    corpus = CorpusSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusSpec)})
     training = from_args(TrainingSettings, args, epochs=args.epochs, seed=args.seed)
     config = default_config(
         members=training.members, epochs=training.epochs, seed=training.seed, device=training.device
@@ -401,9 +401,7 @@ def cmd_bench_forecaster(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=from_args(TrainingSettings, args).device,
     )
-    print(json.dumps(result, indent=2))
-    _write_json(result, args.out)
-    return 0
+    return _write_json(result, args.out)
 
 
 def cmd_bench_continual(args: argparse.Namespace) -> int:
@@ -430,9 +428,7 @@ def cmd_bench_continual(args: argparse.Namespace) -> int:
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     result["data"] = str(landing)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("steps", "train_config")}, indent=2))
-    _write_json(result, args.out)
-    return 0
+    return _write_json(result, args.out, {k: v for k, v in result.items() if k not in ("steps", "train_config")})
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
@@ -447,9 +443,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         gx_landed_max_rows=args.gx_landed_max_rows,
         progress=_progress,
     )
-    print(json.dumps(result, indent=2))
-    _write_json(result, args.out)
-    return 0
+    return _write_json(result, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from dagster import DagsterRunStatus
 
 from bi_pipeline.config import ForecastSettings
 from bi_pipeline.defs.collection import sales_periods
-from bi_pipeline.defs.jobs import forecast_job, train_job
+from bi_pipeline.defs.jobs import forecast_job, running_sensor, train_job
 from bi_pipeline.defs.resources import ForecastingResource, MLflowResource
 from bi_pipeline.forecasting.continual import retrain_decision
 from bi_pipeline.forecasting.live import LiveEvidence
@@ -65,13 +65,11 @@ def new_periods_since(instance: dg.DagsterInstance, last_period: str, integrated
     return sum(1 for key in instance.get_dynamic_partitions(sales_periods.name) if start < pd.Timestamp(key) <= end)
 
 
-@dg.sensor(
-    name="retrain_sensor",
-    description="Requests a training: the first one when there is no champion, an incremental one after K new periods "
+@running_sensor(
+    train_job,
+    120,
+    "Requests a training: the first one when there is no champion, an incremental one after K new periods "
     "since the champion's data or when its live accuracy degrades past the threshold.",
-    job=train_job,
-    minimum_interval_seconds=120,
-    default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def retrain_sensor(
     context: dg.SensorEvaluationContext, forecasting: ForecastingResource, mlflow_tracking: MLflowResource
@@ -133,13 +131,11 @@ def forecast_request(instance: dg.DagsterInstance, mlflow_tracking: MLflowResour
     )
 
 
-@dg.sensor(
-    name="forecast_sensor",
-    description="Publishes forecasts from the champion as soon as a landed period reaches the integrated view (the "
+@running_sensor(
+    forecast_job,
+    60,
+    "Publishes forecasts from the champion as soon as a landed period reaches the integrated view (the "
     "daily forecast_refresh_schedule is the fallback).",
-    job=forecast_job,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def forecast_sensor(context: dg.SensorEvaluationContext, mlflow_tracking: MLflowResource):
     if training_in_flight(context.instance):

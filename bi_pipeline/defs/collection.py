@@ -9,7 +9,7 @@ import pandas as pd
 
 from bi_pipeline.contract import ContractError, LandedFile, infer_frequency, raw_frame, sales_index
 from bi_pipeline.defs.checks import gx_check_result
-from bi_pipeline.defs.jobs import ingest_job
+from bi_pipeline.defs.jobs import ingest_job, running_sensor
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.expectations import (
     Validator,
@@ -211,13 +211,11 @@ def _follow_up(
     return retries
 
 
-@dg.sensor(
-    name="landing_zone_sensor",
-    description="Requests a run for each new or re-landed (changed) sales file once it is complete, and again "
+@running_sensor(
+    ingest_job,
+    30,
+    "Requests a run for each new or re-landed (changed) sales file once it is complete, and again "
     "(a bounded number of times) when its run failed.",
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    job=ingest_job,
 )
 def landing_zone_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     settings = pipeline.settings()

@@ -32,3 +32,11 @@ pipeline_job = dg.define_asset_job(
     description="Every stage end to end (what `bi-pipeline demo` runs).",
 )
 JOBS = (ingest_job, integrate_job, train_job, forecast_job, pipeline_job)
+
+
+def running_sensor(job, every: int, description: str):
+    """A sensor decorator for ``job``: on by default (the daemon runs it), evaluated every ``every`` seconds; the
+    sensor is named after its function."""
+    return dg.sensor(
+        job=job, minimum_interval_seconds=every, default_status=dg.DefaultSensorStatus.RUNNING, description=description
+    )
