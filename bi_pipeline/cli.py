@@ -138,8 +138,7 @@ def _print_summary(summary, settings: Settings) -> None:
     if trained:
         print(
             f"  forecaster        model v{trained['model_version']} {trained['decision']}"
-            f" ({trained['decision_reason']}); {trained['model_kind']}"
-            f" (weight {trained['transformer_weight']:.1f} on the transformer);"
+            f" ({trained['decision_reason']}); {trained['model_kind']} ({trained['members']});"
             f" holdout MASE {trained['holdout_MASE']:.3f}, WQL {trained['holdout_WQL']:.3f}; {trained['device']},"
             f" {trained['training_seconds']} s"
         )

@@ -19,7 +19,6 @@ from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.catalog import MODELS, build_models
 from bi_pipeline.forecasting.checkpoint import clear_checkpoints
 from bi_pipeline.forecasting.continual import IncrementalConfig
-from bi_pipeline.forecasting.ensemble import blend, fit_weights
 from bi_pipeline.forecasting.features import fit_spec, seasonal_profile_lag, unused_columns
 from bi_pipeline.forecasting.interface import DEFAULT_HORIZON, Task
 from bi_pipeline.forecasting.metrics import METRICS, QUANTILES, SERIES, quantile_column, score, season_length_for
@@ -193,8 +192,20 @@ def forecaster(
             "mode": outcome.mode,
             "reason": config.reason,
             "model_kind": candidate.kind,
+            "members": candidate.model.describe(),
             "transformer_weight": candidate.weight,
             "transformer_spread_weight": candidate.spread_weight,
+            "interval_step_factors": ", ".join(f"{f:.2f}" for f in candidate.model.step_factors) or "none",
+            **(
+                {
+                    "validation_origins": ", ".join(candidate.selection.origins),
+                    "validation_by_member": _md_table(
+                        pd.DataFrame([{"member": k, **v} for k, v in candidate.selection.scores.items()]), 4
+                    ),
+                }
+                if candidate.selection
+                else {}
+            ),
             "champion_version": mlflow_tracking.tracker().alias_version(CHAMPION),
             "decision": "promoted" if outcome.decision.promoted else "kept",
             "decision_reason": outcome.decision.reason,
@@ -326,9 +337,9 @@ def backtest(
     integrated_sales: pd.DataFrame,
 ) -> dg.Output:
     """The transformer against seasonal naive, AutoETS (statsforecast) and LightGBM (mlforecast) on the same
-    holdout, and their ensemble whose weights are fitted on the validation periods before it (the forecaster's own
-    parts, so the table shows exactly what competed for champion). Every other model comes from the model catalog
-    and is fitted here on the same training periods."""
+    holdout, and the ensemble: the combination of them the forecaster chose on validation origins before it (the
+    forecaster's own members, so the table shows exactly what competed for champion). Every other model comes from
+    the model catalog and is fitted here on the same training periods."""
     task = _task(forecasting, features, integrated_sales)
     cutoff_date = split_of(features).cutoff
     history = integrated_sales
@@ -338,20 +349,12 @@ def backtest(
         str(name): frame.drop(columns=["kind", "model", "model_version", "transformer_weight"])
         for name, frame in holdout.groupby("model")
     }
-    # Models the forecaster did not fit (all of them but its own parts, and LightGBM and the ensemble when it ran
-    # without its ensemble): fitted here, through the one model interface.
+    # Models the forecaster did not fit (seasonal naive, and the other members when it ran without its ensemble):
+    # fitted here, through the one model interface. Without its ensemble the candidate is the transformer alone.
     missing = tuple(name for name in MODELS if name not in by_model and name not in ("transformer", "ensemble"))
     future = test.drop(columns="sales")
     for name, model in build_models(missing).items():
         by_model[name] = model.fit(train, task, future).predict(train, future)
-    weight = float(forecaster["transformer_weight"].iloc[0])
-    if "ensemble" not in by_model:
-        # The forecaster ran without its ensemble: its weights are fitted here on its own validation forecasts.
-        own = forecaster[forecaster["kind"] == "validation"].drop(
-            columns=["kind", "model", "model_version", "transformer_weight"]
-        )
-        weight, spread = fit_weights(train, own, split_of(features).validation_periods, task)
-        by_model["ensemble"] = blend(by_model["transformer"], by_model["lightgbm"], weight, spread)
     rows = [
         {"model": name, **score(attach_actuals(by_model[name], test), train, task.season)}
         for name in MODELS
@@ -367,7 +370,7 @@ def backtest(
         metadata={
             "comparison": _md_table(table[["model", "MASE", "skill", "WAPE", "WQL", "coverage_80", "bias"]]),
             "best_model": str(best),
-            "ensemble_transformer_weight": weight,
+            "ensemble_transformer_weight": float(forecaster["transformer_weight"].iloc[0]),
             "holdout_start": str(pd.Timestamp(test["date"].min()).date()),
             "horizon": task.horizon,
             "season_length": task.season,

@@ -83,10 +83,9 @@ def run_backtest(
             per_model.setdefault(name, []).append(score(attach_actuals(forecast, test), train, season_length))
             info.setdefault(name, []).append(dict(model.info))
             if name == "ensemble" and progress:
-                progress(
-                    f"  ensemble weights on the transformer: {model.weight:.1f} of the median, "
-                    f"{model.spread_share:.1f} of the spread"
-                )
+                spread = " + ".join(f"{m} {w:.1f}" for m, w in model.spread_weights.items())
+                factors = ", ".join(f"{f:.2f}" for f in model.step_factors)
+                progress(f"  ensemble: {model.describe()} (spread: {spread}; interval factors by step: {factors})")
     result_models = {}
     for name in (m for m in MODELS if m in models):
         scores, spent = per_model[name], info[name]
@@ -102,6 +101,10 @@ def run_backtest(
         if name == "ensemble":
             result_models[name]["transformer_weight"] = float(np.mean([s["weight"] for s in spent]))
             result_models[name]["transformer_spread_weight"] = float(np.mean([s["spread_weight"] for s in spent]))
+            result_models[name]["members"] = [s["members"] for s in spent]
+        clipped = [s.get("clipped_quantiles") for s in spent if s.get("clipped_quantiles") is not None]
+        if clipped:
+            result_models[name]["clipped_quantiles"] = int(sum(clipped))
     series = history.groupby(["store_id", "item_id"], observed=True).ngroups
     return {
         "horizon": horizon,

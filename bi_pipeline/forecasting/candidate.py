@@ -18,11 +18,11 @@ import pandas as pd
 
 from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
 from bi_pipeline.forecasting.configuration import TrainConfig
-from bi_pipeline.forecasting.ensemble import Forecaster, blend
+from bi_pipeline.forecasting.ensemble import Forecaster, Selection
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.metrics import SERIES, score
 from bi_pipeline.forecasting.modeling import BIForecaster
-from bi_pipeline.forecasting.models import LightGBM, Transformer
+from bi_pipeline.forecasting.models import AutoETS, LightGBM, Transformer
 from bi_pipeline.privacy import redact_uri
 
 if TYPE_CHECKING:
@@ -125,30 +125,44 @@ def holdout_score(model: Forecaster | BIForecaster, history: pd.DataFrame, seaso
 
 @dataclass
 class Candidate:
-    """The model a training proposes for champion, and the holdout forecasts of its parts."""
+    """The model a training proposes for champion, and the holdout forecasts of its members."""
 
     model: Forecaster
-    holdout: dict[str, pd.DataFrame]  # transformer, lightgbm, ensemble: holdout forecasts (no actuals)
+    # Holdout forecasts (no actuals): each member alone, and "ensemble", the combination chosen on validation.
+    holdout: dict[str, pd.DataFrame]
     scores: dict[str, dict[str, float]]
-    weight: float  # the transformer's share of the median, fitted on validation
     validation: pd.DataFrame  # the transformer's forecasts of its validation periods
-    spread_weight: float = 1.0  # the transformer's share of the distances from the median, fitted on validation
     # Seasonal naive's metrics on the same holdout: the floor a candidate must beat to be promoted (Tracker.decide).
     seasonal_naive: dict[str, float] = field(default_factory=dict)
+    selection: Selection | None = None  # what the combination was chosen on (None: the transformer alone)
 
     @property
     def kind(self) -> str:
         return self.model.kind
 
     @property
+    def weight(self) -> float:
+        return self.model.weight
+
+    @property
+    def spread_weight(self) -> float:
+        return self.model.spread_share
+
+    @property
+    def own_key(self) -> str:
+        """The key of the candidate's own forecasts in :attr:`holdout` and :attr:`scores`."""
+        return "ensemble" if "ensemble" in self.holdout else "transformer"
+
+    @property
     def own_scores(self) -> dict[str, float]:
-        return self.scores[self.kind]
+        return self.scores[self.own_key]
 
 
 def make_candidate(transformer: Transformer, history: pd.DataFrame, task: Task, ensemble: bool = True) -> Candidate:
-    """LightGBM fitted on the transformer's training periods, blended with it at the weights that are best on the
-    validation periods: the ensemble when either weight is below 1, else the transformer alone (always, when
-    ``ensemble`` is off). Seasonal naive is scored on the same holdout too: the promotion floor."""
+    """LightGBM and AutoETS beside the transformer on its training periods, and the combination of the three that
+    forecast best from the validation origins before the cutoff (:func:`bi_pipeline.forecasting.ensemble.select`):
+    one of them alone or a blend, whichever won there. With ``ensemble`` off, the transformer alone. Seasonal naive is
+    scored on the same holdout too: the promotion floor."""
     cutoff_date = transformer.panel.dates[transformer.cutoff]
     train, test = history[history["date"] <= cutoff_date], history[history["date"] > cutoff_date]
     future = test.drop(columns="sales")
@@ -158,13 +172,14 @@ def make_candidate(transformer: Transformer, history: pd.DataFrame, task: Task, 
     floor = score(attach_actuals(naive["seasonal_naive"], test), train, task.season)
     if not ensemble:
         scores = {"transformer": score(attach_actuals(holdout["transformer"], test), train, task.season)}
-        return Candidate(Forecaster(transformer.network), holdout, scores, 1.0, own, seasonal_naive=floor)
-    lightgbm = LightGBM().fit(train, task, future)
-    blended = Forecaster(parts=(transformer, lightgbm)).fit(train, task, future)
-    holdout["lightgbm"] = lightgbm.predict(train, future)
-    holdout["ensemble"] = blend(holdout["transformer"], holdout["lightgbm"], blended.weight, blended.spread_share)
+        return Candidate(Forecaster(transformer.network), holdout, scores, own, seasonal_naive=floor)
+    parts = {"transformer": transformer, "lightgbm": LightGBM().fit(train, task, future), "auto_ets": AutoETS(task)}
+    chosen = Forecaster(parts=parts).fit(train, task, future)
+    for name in ("lightgbm", "auto_ets"):
+        holdout[name] = parts[name].predict(train, future)
+    holdout["ensemble"] = chosen.predict(train, future)
     scores = {name: score(attach_actuals(frame, test), train, task.season) for name, frame in holdout.items()}
-    return Candidate(blended.deployable(), holdout, scores, blended.weight, own, blended.spread_share, floor)
+    return Candidate(chosen.deployable(), holdout, scores, own, floor, chosen.selection)
 
 
 def load_champion(tracker: Tracker, version: str, warn: Callable[[str], None]) -> Forecaster | None:

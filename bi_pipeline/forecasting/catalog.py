@@ -19,17 +19,17 @@ def build_models(
     progress: Progress | None = None,
     seed: int = 0,
 ) -> dict[str, ForecastModel]:
-    """Fresh models by name, in :data:`MODELS` order. The ensemble blends the transformer and LightGBM of the same
-    comparison (fitted once, for both), whether or not they are reported themselves."""
+    """Fresh models by name, in :data:`MODELS` order. The ensemble combines the transformer, LightGBM and AutoETS of
+    the same comparison (each fitted once, for both), whether or not they are reported themselves."""
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}")
-    transformer, lightgbm = Transformer(config, progress=progress), LightGBM(seed)
+    transformer, lightgbm, auto_ets = Transformer(config, progress=progress), LightGBM(seed), AutoETS()
     factories: dict[str, Callable[[], ForecastModel]] = {
         "transformer": lambda: transformer,
         "seasonal_naive": SeasonalNaive,
-        "auto_ets": AutoETS,
+        "auto_ets": lambda: auto_ets,
         "lightgbm": lambda: lightgbm,
-        "ensemble": lambda: Forecaster(parts=(transformer, lightgbm)),
+        "ensemble": lambda: Forecaster(parts={"transformer": transformer, "lightgbm": lightgbm, "auto_ets": auto_ets}),
     }
     return {name: factories[name]() for name in MODELS if name in names}

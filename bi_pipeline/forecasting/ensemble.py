@@ -1,40 +1,77 @@
-"""The deployable forecaster: the transformer alone, or the transformer blended with LightGBM (no Dagster).
+"""The deployable forecaster: the combination of the transformer, LightGBM and AutoETS that forecast best from
+several validation origins before the holdout, with intervals calibrated per horizon step on the same forecasts
+(no Dagster).
 
-Two weights, both fitted on the validation periods before the holdout, never on the holdout: the point weight blends
-the medians (chosen on MASE), the spread weight blends each model's distances from its own median (chosen on WQL).
-A model whose medians help need not have intervals that help: on aus_retail LightGBM's intervals are far too wide,
-and averaging them in made the blend's WQL worse than the transformer's alone. The grids include 1.0, so when
-LightGBM does not help on validation the candidate is the transformer alone. A registered version is one directory:
-the transformer's ``save_pretrained`` files (safetensors), and for an ensemble ``ensemble.json`` (the weights) and
-``lightgbm/`` (the boosters in LightGBM's text format and the JSON recipe of the mlforecast pipeline around them, which
-forecasts again from newer history with the same trees). Loading unpickles nothing.
+How the combination is chosen (:func:`select`), never on the holdout:
+
+- **Origins.** The transformer's training targets end ``validation`` periods before the cutoff (its early-stopping
+  stretch). Every member forecasts from :data:`VALIDATION_ORIGINS` origins spread over that stretch, each forecast
+  scored on its periods up to the cutoff: LightGBM fitted up to the first origin and reading the newer lags with the
+  same trees, AutoETS fitted on the history up to each origin (as it is on every forecast), the transformer from its
+  own panel.
+- **Weights.** Two weights per member on a simplex grid (steps of 0.1), as before for two: the point weights blend
+  the medians and are chosen on MASE; the spread weights blend each member's distances from its own median and are
+  chosen on WQL. Every vertex is a single model, so a business where AutoETS or LightGBM forecasts best gets that
+  model alone, and the metadata says so (:attr:`Forecaster.kind`).
+- **Intervals.** Per quarter of the horizon, one factor on the blend's distances from its median, chosen on WQL over
+  the validation forecasts of those steps: the model's own errors at that lead time set the width. Steps later than
+  the validation stretch reaches take the factor of the latest quarter it does.
+
+The transformer is always trained and always saved (an incremental update starts from it), even when its weights
+are 0. A registered version is one directory: the transformer's ``save_pretrained`` files (safetensors),
+``forecaster.json`` (weights, factors, season) and, when LightGBM has a weight, ``lightgbm/`` (its boosters in
+LightGBM's text format and the JSON recipe around them). AutoETS is refitted on each history it forecasts from, so it
+saves nothing. Loading unpickles nothing; versions saved with ``ensemble.json`` (the transformer and LightGBM only)
+still load.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.forecasting.baselines import attach_actuals
+from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
 from bi_pipeline.forecasting.interface import ForecastModel, Task
-from bi_pipeline.forecasting.lightgbm import LightGBMModel, lightgbm_forecast
-from bi_pipeline.forecasting.metrics import QUANTILES, mase, mase_scales, quantile_column, wql
+from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, predict_lightgbm
+from bi_pipeline.forecasting.metrics import QUANTILES, SERIES, mase_scales, quantile_column
 from bi_pipeline.forecasting.modeling import BIForecaster
-from bi_pipeline.forecasting.models import LightGBM, Transformer
+from bi_pipeline.forecasting.models import AutoETS, LightGBM, Transformer
+from bi_pipeline.forecasting.transformer import floor_at_zero, forecast
 
-ENSEMBLE_FILE = "ensemble.json"
-WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 1))
+MEMBERS = ("transformer", "lightgbm", "auto_ets")
+FORECASTER_FILE = "forecaster.json"
+ENSEMBLE_FILE = "ensemble.json"  # versions saved before AutoETS joined: the transformer's and LightGBM's weights
+VALIDATION_ORIGINS = 3
+WEIGHT_STEP = 0.1
+FACTOR_GRID = tuple(np.round(np.arange(0.25, 4.0001, 0.05), 2))
+STEP_GROUPS = 4
 KEYS = ["store_id", "item_id", "date"]
 COLUMNS = ["mean", *[quantile_column(q) for q in QUANTILES]]
+QCOLS = COLUMNS[1:]
+MEDIAN = QCOLS.index(quantile_column(0.5))
+LEVELS = np.asarray(QUANTILES)
+
+
+@dataclass
+class Selection:
+    """What :func:`select` chose and the validation scores it chose on."""
+
+    weights: dict[str, float]
+    spread_weights: dict[str, float]
+    step_factors: list[float]
+    origins: list[str] = field(default_factory=list)  # the validation origins' dates
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # per member and "combination": MASE, WQL
+    rows: int = 0
 
 
 class Forecaster(ForecastModel):
-    """The ensemble, and what a registered version holds and the ``forecasts`` asset runs: the transformer alone, or
-    blended with LightGBM at the weights fitted on the validation periods."""
+    """The ensemble, and what a registered version holds and the ``forecasts`` asset runs."""
 
     name = "ensemble"
 
@@ -42,24 +79,42 @@ class Forecaster(ForecastModel):
         self,
         transformer: BIForecaster | None = None,
         lightgbm: LightGBMModel | None = None,
-        weight: float = 1.0,
-        spread_weight: float | None = None,
-        parts: tuple[Transformer, LightGBM] | None = None,
+        weights: dict[str, float] | None = None,
+        spread_weights: dict[str, float] | None = None,
+        step_factors: list[float] | None = None,
+        season_length: int | None = None,
+        parts: dict[str, ForecastModel] | None = None,
     ) -> None:
         self.transformer, self.lightgbm = transformer, lightgbm  # the network and the boosters
-        self.weight = weight  # the transformer's share of the blended median
-        self.spread_weight = spread_weight  # its share of the blended distances from the median; None: ``weight``
-        self.parts = parts
-        self.info = {}
-        self.task = Task(self.frequency, self.horizon) if transformer is not None else None
+        self.weights = _normalised(weights or {"transformer": 1.0})
+        self.spread_weights = _normalised(spread_weights or self.weights)
+        self.step_factors = [float(f) for f in step_factors or []]
+        self.season_length = season_length
+        self.parts = parts  # the members fitted in this process (fit); a loaded version rebuilds its own
+        self.selection: Selection | None = None
+        self.info: dict = {}
+        self.task = Task(self.frequency, self.horizon, season_length) if transformer is not None else None
 
     @property
-    def spread_share(self) -> float:
-        return self.weight if self.spread_weight is None else self.spread_weight
+    def members(self) -> list[str]:
+        """The members with a weight, in :data:`MEMBERS` order."""
+        return [m for m in MEMBERS if self.weights.get(m, 0.0) > 0 or self.spread_weights.get(m, 0.0) > 0]
 
     @property
     def kind(self) -> str:
-        return "ensemble" if self.lightgbm is not None else "transformer"
+        """The one member that forecasts alone, or ``ensemble``."""
+        members = self.members
+        return members[0] if len(members) == 1 else "ensemble"
+
+    @property
+    def weight(self) -> float:
+        """The transformer's share of the blended median."""
+        return self.weights.get("transformer", 0.0)
+
+    @property
+    def spread_share(self) -> float:
+        """The transformer's share of the blended distances from the median."""
+        return self.spread_weights.get("transformer", 0.0)
 
     @property
     def horizon(self) -> int:
@@ -69,127 +124,349 @@ class Forecaster(ForecastModel):
     def frequency(self) -> str:
         return self.transformer.config.feature_spec["frequency"]
 
+    @property
+    def nonnegative(self) -> bool:
+        """The measure was never negative in the training range: no quantile may be."""
+        return bool(self.transformer.config.feature_spec.get("nonnegative", False))
+
+    def describe(self) -> str:
+        """The members and their point weights, e.g. ``transformer 0.6 + lightgbm 0.4``."""
+        return " + ".join(f"{m} {self.weights.get(m, 0.0):.1f}" for m in self.members)
+
     def fit(self, train: pd.DataFrame, task: Task, future: pd.DataFrame | None = None) -> Forecaster:
-        """Fits the parts not fitted yet (the transformer, LightGBM on the same periods), then the weights on the
-        ``validation`` periods before the cutoff, never on what follows it: LightGBM refitted without them, the
-        transformer from the origin before its own validation stretch."""
-        transformer, lightgbm = self.parts or (Transformer(), LightGBM())
+        """Fits the members not fitted yet on ``train`` (the transformer, LightGBM), then chooses the weights and the
+        interval factors on validation origins before its end (:func:`select`)."""
+        parts = self.parts or {"transformer": Transformer(), "lightgbm": LightGBM(), "auto_ets": AutoETS()}
+        transformer = parts["transformer"]
         if transformer.result is None:
             transformer.fit(train, task, future)
-        if lightgbm.model is None:
-            lightgbm.fit(train, task, future)
+        for name, part in parts.items():
+            fitted = part.model is not None if isinstance(part, LightGBM) else part.task is not None
+            if name != "transformer" and not fitted:
+                part.fit(train, task, future)
         started = time.perf_counter()
-        self.weight, self.spread_weight = fit_weights(
-            train, transformer.validation_forecast(), transformer.result.validation_periods, task
-        )
-        self.parts, self.task = (transformer, lightgbm), task
-        self.info.update(weight=self.weight, spread_weight=self.spread_share)
-        self.transformer, self.lightgbm = transformer.network, lightgbm.model
-        self.info["fit_seconds"] = (
-            transformer.info["fit_seconds"] + lightgbm.info["fit_seconds"] + time.perf_counter() - started
+        selection = select(train, task, transformer, tuple(m for m in MEMBERS if m in parts))
+        self.parts, self.task, self.selection = parts, task, selection
+        self.weights, self.spread_weights = selection.weights, selection.spread_weights
+        self.step_factors, self.season_length = selection.step_factors, task.season_length
+        self.transformer = transformer.network
+        self.lightgbm = parts["lightgbm"].model if "lightgbm" in parts else None
+        self.info.update(weight=self.weight, spread_weight=self.spread_share, members=self.describe())
+        self.info["fit_seconds"] = sum(parts[m].info.get("fit_seconds", 0.0) for m in parts) + (
+            time.perf_counter() - started
         )
         return self
 
     def deployable(self) -> Forecaster:
-        """What a registered version holds: the blend when either weight is below 1, else the transformer alone."""
-        if self.weight < 1.0 or self.spread_share < 1.0:
-            return Forecaster(self.transformer, self.lightgbm, self.weight, self.spread_weight)
-        return Forecaster(self.transformer)
+        """What a registered version holds: the transformer, LightGBM when it has a weight, and the choice."""
+        lightgbm = self.lightgbm if "lightgbm" in self.members else None
+        return Forecaster(
+            self.transformer, lightgbm, self.weights, self.spread_weights, self.step_factors, self.season_length
+        )
+
+    def _member(self, name: str) -> ForecastModel:
+        if self.parts and name in self.parts:
+            return self.parts[name]
+        task = Task(self.frequency, self.horizon, self.season_length)
+        if name == "transformer":
+            return Transformer(network=self.transformer)
+        if name == "lightgbm":
+            if self.lightgbm is None:
+                raise ValueError("this forecaster gives LightGBM a weight but holds no LightGBM model")
+            return LightGBM(model=self.lightgbm, task=task)
+        return AutoETS(task)
 
     def predict(self, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
-        transformer, lightgbm = self.parts or (
-            Transformer(network=self.transformer),
-            LightGBM(model=self.lightgbm, task=Task(self.frequency, self.horizon)) if self.lightgbm else None,
-        )
-        out = transformer.predict(history, future)
-        seconds = transformer.info["predict_seconds"]
-        if self.lightgbm is not None:
-            out = blend(out, lightgbm.predict(history, future), self.weight, self.spread_share)
-            seconds += lightgbm.info["predict_seconds"]
+        """The members' forecasts for the ``horizon`` periods after ``history``'s last date, blended, with the
+        intervals' step factors; for a non-negative measure any quantile still below zero is clipped and counted
+        (``info["clipped_quantiles"]``)."""
+        seconds, frames = 0.0, {}
+        for name in self.members:
+            member = self._member(name)
+            frames[name] = member.predict(history, future)
+            seconds += member.info.get("predict_seconds", member.info.get("fit_seconds", 0.0))
+        last = pd.Timestamp(history["date"].max())
+        out = combine(frames, self.weights, self.spread_weights, last)
+        out = apply_step_factors(out, self.step_factors, last, self.horizon)
+        clipped = sum(int(frame.attrs.get("clipped_quantiles", 0)) for frame in frames.values())
+        self.info["clipped_quantiles"] = clipped + (floor_at_zero(out) if self.nonnegative else 0)
+        out.attrs["clipped_quantiles"] = self.info["clipped_quantiles"]
         self.info["predict_seconds"] = seconds
         return out
 
     def save(self, path: Path) -> None:
         path = Path(path)
         self.transformer.save_pretrained(path)
-        if self.lightgbm is not None:
+        if self.lightgbm is not None and "lightgbm" in self.members:
             self.lightgbm.save(path / "lightgbm")
-            meta = {"kind": "ensemble", "transformer_weight": self.weight, "spread_weight": self.spread_share}
-            (path / ENSEMBLE_FILE).write_text(json.dumps(meta))
+        meta = {
+            "kind": self.kind,
+            "weights": self.weights,
+            "spread_weights": self.spread_weights,
+            "step_factors": self.step_factors,
+            "season_length": self.season_length,
+        }
+        (path / FORECASTER_FILE).write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> Forecaster:
         path = Path(path)
         # Safetensors only: a pickled ``pytorch_model.bin`` put beside it is never read.
         transformer = BIForecaster.from_pretrained(path, use_safetensors=True)
-        meta_file = path / ENSEMBLE_FILE
-        if not meta_file.exists():
+        if (path / FORECASTER_FILE).exists():
+            meta = json.loads((path / FORECASTER_FILE).read_text())
+            weights, spread = meta["weights"], meta["spread_weights"]
+            needs_lightgbm = weights.get("lightgbm", 0) > 0 or spread.get("lightgbm", 0) > 0
+            lightgbm = LightGBMModel.load(path / "lightgbm") if needs_lightgbm else None
+            return cls(transformer, lightgbm, weights, spread, meta.get("step_factors"), meta.get("season_length"))
+        if not (path / ENSEMBLE_FILE).exists():
             return cls(transformer)
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads((path / ENSEMBLE_FILE).read_text())
+        weight = float(meta["transformer_weight"])
         spread = meta.get("spread_weight")  # versions saved before the spread weight blend both alike
+        spread = weight if spread is None else float(spread)
         return cls(
             transformer,
             LightGBMModel.load(path / "lightgbm"),
-            float(meta["transformer_weight"]),
-            None if spread is None else float(spread),
+            {"transformer": weight, "lightgbm": 1.0 - weight},
+            {"transformer": spread, "lightgbm": 1.0 - spread},
         )
 
 
-def blend(first: pd.DataFrame, second: pd.DataFrame, weight: float, spread_weight: float | None = None) -> pd.DataFrame:
-    """The point forecast and the median are weight·first + (1 − weight)·second; each quantile is that median plus
-    spread_weight·(first's distance from its median) + (1 − spread_weight)·(second's). With ``spread_weight`` equal
-    to ``weight`` (the default) that is the plain weighted average of every column. The quantiles stay monotone (each
-    model's distances grow with the level). Every row of ``first`` is kept: where ``second`` has no forecast for a
-    series and date, ``first``'s stands alone."""
-    spread_weight = weight if spread_weight is None else spread_weight
-    a = first.astype({"store_id": str, "item_id": str}).set_index(KEYS)[COLUMNS]
-    b = second.astype({"store_id": str, "item_id": str}).set_index(KEYS)[COLUMNS].reindex(a.index)
-    median = quantile_column(0.5)
-    centre = a[median] * weight + b[median] * (1.0 - weight)
-    mixed = a * weight + b * (1.0 - weight)
-    for column in COLUMNS[1:]:
-        mixed[column] = (
-            centre + (a[column] - a[median]) * spread_weight + (b[column] - b[median]) * (1.0 - spread_weight)
-        )
-    return mixed.where(b.notna(), a).reset_index()
+def _normalised(weights: dict[str, float]) -> dict[str, float]:
+    total = sum(max(float(w), 0.0) for w in weights.values())
+    if total <= 0:
+        raise ValueError(f"weights {weights} give no member a share")
+    return {m: round(max(float(w), 0.0) / total, 6) for m, w in weights.items() if w > 0}
 
 
-def fit_blend_weight(
-    transformer_val: pd.DataFrame,
-    lightgbm_val: pd.DataFrame,
-    actual: pd.DataFrame,
+def combine(
+    frames: dict[str, pd.DataFrame],
+    weights: dict[str, float],
+    spread_weights: dict[str, float],
+    last: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """The blend of the members' forecasts: the median is Σ weight·median, each quantile that median plus Σ
+    spread weight·(the member's distance from its own median), and the point forecast the median. A row a member
+    does not forecast (a series too new for it) is blended from the others, their weights renormalised. With
+    ``last``, only dates after it are kept (the horizon after the history)."""
+    names = list(frames)
+    indexed = [frames[n].astype({"store_id": str, "item_id": str}).set_index(KEYS)[QCOLS] for n in names]
+    index = indexed[0].index
+    for frame in indexed[1:]:
+        index = index.union(frame.index)
+    if last is not None:
+        index = index[index.get_level_values("date") > last]
+    values = np.stack([f.reindex(index).to_numpy(dtype="float64") for f in indexed])  # (M, N, Q)
+    present = ~np.isnan(values[..., MEDIAN])  # (M, N)
+    values = np.nan_to_num(values)
+    medians = values[..., MEDIAN]
+
+    def shares(table: dict[str, float]) -> np.ndarray:
+        raw = np.array([table.get(n, 0.0) for n in names])[:, None] * present
+        total = raw.sum(0, keepdims=True)
+        # A row none of the weighted members forecast takes the members present, alike.
+        fallback = present / np.maximum(present.sum(0, keepdims=True), 1)
+        return np.where(total > 0, raw / np.where(total > 0, total, 1.0), fallback)
+
+    point, spread = shares(weights), shares(spread_weights)
+    centre = (point * medians).sum(0)
+    quantiles = centre[:, None] + (spread[..., None] * (values - medians[..., None])).sum(0)
+    out = pd.DataFrame(np.sort(quantiles, axis=1), index=index, columns=QCOLS).reset_index()
+    out.insert(3, "mean", centre)
+    return out
+
+
+def steps_after(dates: pd.Series, last: pd.Timestamp) -> np.ndarray:
+    """Each date's step after ``last`` (1 = the first period after it), by the rank among the forecast dates."""
+    grid = np.sort(pd.unique(dates[dates > last]))
+    return np.searchsorted(grid, dates.to_numpy()) + 1
+
+
+def step_groups(steps: np.ndarray, horizon: int, groups: int = STEP_GROUPS) -> np.ndarray:
+    """The group (0 … groups − 1) of each step: equal parts of the horizon."""
+    return np.minimum((np.asarray(steps) - 1) * groups // max(horizon, 1), groups - 1).clip(min=0)
+
+
+def apply_step_factors(frame: pd.DataFrame, factors: list[float], last: pd.Timestamp, horizon: int) -> pd.DataFrame:
+    """Each row's distances from its median times the factor of its step's group (:func:`step_groups`)."""
+    if not factors or len(frame) == 0:
+        return frame
+    steps = steps_after(frame["date"], last)
+    factor = np.asarray(factors)[step_groups(steps, horizon, len(factors))]
+    values = frame[QCOLS].to_numpy(dtype="float64")
+    median = values[:, MEDIAN : MEDIAN + 1]
+    frame[QCOLS] = median + (values - median) * factor[:, None]
+    return frame
+
+
+def simplex(names: list[str], step: float = WEIGHT_STEP) -> list[dict[str, float]]:
+    """Every weighting of ``names`` in steps of ``step`` that sums to 1."""
+    units = round(1 / step)
+    out = []
+    for combo in itertools.product(range(units + 1), repeat=len(names)):
+        if sum(combo) == units:
+            out.append({n: c / units for n, c in zip(names, combo, strict=True) if c})
+    return out
+
+
+def validation_forecasts(
     train: pd.DataFrame,
-    season_length: int,
-) -> float:
-    """The transformer's share in the ensemble that minimises MASE over the validation periods (never the test);
-    ties go to the weight nearest 0.5."""
-    scales = mase_scales(train, season_length)
-    losses = {}
-    for w in WEIGHTS:
-        blended = attach_actuals(blend(transformer_val, lightgbm_val, float(w)), actual).dropna(subset=["sales"])
-        losses[float(w)] = mase(blended, scales)
-    return min(losses, key=lambda w: (losses[w], abs(w - 0.5)))
+    task: Task,
+    transformer: Transformer,
+    members: tuple[str, ...],
+    origins: int = VALIDATION_ORIGINS,
+) -> tuple[dict[str, pd.DataFrame], list[pd.Timestamp], pd.DataFrame]:
+    """Each member's forecasts from the validation origins, their rows up to ``train``'s end, with ``origin`` and
+    ``step`` columns; the origins' dates; the history before the first origin (what MASE is scaled by)."""
+    result, panel, cutoff = transformer.result, transformer.panel, transformer.cutoff
+    if result is None:
+        raise RuntimeError("choosing the combination needs a transformer trained in this process")
+    validation = int(result.validation_periods)
+    first = cutoff - validation
+    indices = sorted({first + (k * validation) // origins for k in range(origins)})
+    dates = [pd.Timestamp(panel.dates[i]) for i in indices]
+    end = pd.Timestamp(panel.dates[cutoff])
+    inner = train[train["date"] <= dates[0]]
+    lightgbm = None
+    if "lightgbm" in members:
+        lightgbm = fit_lightgbm(inner, task.horizon, task.frequency, list(task.covariates))
+    frames: dict[str, list[pd.DataFrame]] = {m: [] for m in members}
+    for index, origin in zip(indices, dates, strict=True):
+        history = train[train["date"] <= origin]
+        later = train[(train["date"] > origin)].drop(columns="sales")
+        for name in members:
+            if name == "transformer":
+                out = forecast(transformer.network, panel, index)
+            elif name == "lightgbm":
+                out = predict_lightgbm(lightgbm, history, task.horizon, future=later, fitted=False)
+            else:
+                out = statistical_forecast(history, task.horizon, task.frequency, task.season, names=(name,))[name]
+            out = out.astype({"store_id": str, "item_id": str})
+            out = out[(out["date"] > origin) & (out["date"] <= end)].copy()
+            out["origin"] = origin
+            out["step"] = steps_after(out["date"], origin)
+            frames[name].append(out)
+    return {m: pd.concat(f, ignore_index=True) for m, f in frames.items()}, dates, inner
 
 
-def fit_spread_weight(
-    transformer_val: pd.DataFrame, lightgbm_val: pd.DataFrame, actual: pd.DataFrame, weight: float
-) -> float:
-    """The transformer's share of the blended distances from the median that minimises WQL over the validation
-    periods, the medians blended at ``weight``; ties go to ``weight`` (the plain blend)."""
-    losses = {}
-    for w in WEIGHTS:
-        blended = blend(transformer_val, lightgbm_val, weight, float(w))
-        losses[float(w)] = wql(attach_actuals(blended, actual).dropna(subset=["sales"]))
-    return min(losses, key=lambda w: (losses[w], abs(w - weight)))
+def select(
+    train: pd.DataFrame,
+    task: Task,
+    transformer: Transformer,
+    members: tuple[str, ...] = MEMBERS,
+    origins: int = VALIDATION_ORIGINS,
+) -> Selection:
+    """The point and spread weights and the per-step interval factors that forecast ``train``'s validation origins
+    best (module docstring)."""
+    frames, dates, inner = validation_forecasts(train, task, transformer, members, origins)
+    keys = [*KEYS, "origin"]
+    joined = None
+    for name in members:
+        part = frames[name][[*keys, "step", *QCOLS]].rename(columns={c: f"{name}:{c}" for c in QCOLS})
+        joined = part if joined is None else joined.merge(part.drop(columns="step"), on=keys, how="inner")
+    joined = attach_actuals(joined, train).dropna(subset=["sales"])
+    scales = mase_scales(inner, task.season)
+    series = pd.MultiIndex.from_frame(joined[SERIES])
+    selection = choose(
+        np.stack([joined[[f"{n}:{c}" for c in QCOLS]].to_numpy(dtype="float64") for n in members]),
+        joined["sales"].to_numpy(dtype="float64"),
+        series.map(scales.to_dict().get).to_numpy(dtype="float64"),
+        pd.factorize(series)[0],
+        joined["step"].to_numpy(),
+        task.horizon,
+        members,
+        bool(transformer.network.config.feature_spec.get("nonnegative", False)),
+    )
+    selection.origins = [str(d.date()) for d in dates]
+    return selection
 
 
-def fit_weights(train: pd.DataFrame, own_validation: pd.DataFrame, validation: int, task: Task) -> tuple[float, float]:
-    """(the transformer's point weight, its spread weight), fitted on the ``validation`` periods at the end of
-    ``train``: LightGBM refitted without them, against the transformer's forecasts of them (``own_validation``)."""
-    dates = np.sort(train["date"].unique())
-    inner_train = train[train["date"] <= dates[-validation - 1]]
-    inner_test = train[train["date"] > dates[-validation - 1]]
-    covariates = list(task.covariates)
-    lgb_val = lightgbm_forecast(inner_train, inner_test, task.horizon, task.frequency, task.season, covariates)
-    weight = fit_blend_weight(own_validation, lgb_val, inner_test, inner_train, task.season)
-    return weight, fit_spread_weight(own_validation, lgb_val, inner_test, weight)
+def choose(
+    values: np.ndarray,
+    y: np.ndarray,
+    scale: np.ndarray,
+    series: np.ndarray,
+    steps: np.ndarray,
+    horizon: int,
+    members: tuple[str, ...],
+    nonnegative: bool = False,
+) -> Selection:
+    """The choice itself, on aligned validation rows: ``values`` (members, rows, quantiles), the actuals ``y``, each
+    row's MASE scale and series code, and its step after its origin. Point weights by MASE, then spread weights by
+    WQL with the point weights fixed, then the step factors; ties go to fewer members, then to the transformer."""
+    medians = values[..., MEDIAN]
+    usable = np.isfinite(scale) & (scale > 0)
+
+    def point_loss(weights: np.ndarray) -> float:
+        errors = np.abs(y - weights @ medians)[usable] / scale[usable]
+        codes = series[usable]
+        counts = np.bincount(codes)
+        per_series = np.bincount(codes, errors)[counts > 0] / counts[counts > 0]
+        return float(per_series.mean()) if len(per_series) else float("nan")
+
+    def quantiles_of(point: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        out = (point @ medians)[:, None] + np.einsum("m,mnq->nq", spread, values - medians[..., None])
+        return np.maximum(out, 0.0) if nonnegative else out
+
+    def vector(table: dict[str, float]) -> np.ndarray:
+        return np.array([table.get(n, 0.0) for n in members])
+
+    def preference(table: dict[str, float]) -> tuple:
+        return (len(table), -table.get("transformer", 0.0))
+
+    grid = simplex(members)
+    # Rounded so that weightings equal up to floating-point noise tie, and the tie-break decides.
+    point_losses = [round(point_loss(vector(w)), 10) for w in grid]
+    best = min(range(len(grid)), key=lambda i: (point_losses[i], preference(grid[i])))
+    weights = grid[best]
+    spread_losses = [round(wql(y, quantiles_of(vector(weights), vector(s))), 10) for s in grid]
+    spread_best = min(range(len(grid)), key=lambda i: (spread_losses[i], grid[i] != weights, preference(grid[i])))
+    spread_weights = grid[spread_best]
+    blended = quantiles_of(vector(weights), vector(spread_weights))
+    factors = fit_step_factors(blended, y, steps, horizon, nonnegative)
+    scores = {}
+    for alone, name in zip(np.eye(len(members)), members, strict=True):
+        scores[name] = {"MASE": point_loss(alone), "WQL": wql(y, quantiles_of(alone, alone))}
+    calibrated = _respread(blended, steps, factors, horizon, nonnegative)
+    scores["combination"] = {"MASE": point_losses[best], "WQL": wql(y, calibrated)}
+    return Selection(weights, spread_weights, factors, [], scores, int(len(y)))
+
+
+def wql(y: np.ndarray, quantiles: np.ndarray) -> float:
+    """WQL of quantile rows (rows, :data:`QUANTILES`) against ``y`` (as in :mod:`bi_pipeline.forecasting.metrics`)."""
+    diff = y[:, None] - quantiles
+    loss = np.maximum(LEVELS * diff, (LEVELS - 1.0) * diff)
+    return float(2.0 * loss.sum() / len(LEVELS) / max(float(np.abs(y).sum()), 1e-12))
+
+
+def _respread(quantiles: np.ndarray, steps: np.ndarray, factors: list[float], horizon: int, floor: bool) -> np.ndarray:
+    factor = np.asarray(factors)[step_groups(steps, horizon, len(factors))]
+    median = quantiles[:, MEDIAN : MEDIAN + 1]
+    out = median + (quantiles - median) * factor[:, None]
+    return np.maximum(out, 0.0) if floor else out
+
+
+def fit_step_factors(
+    quantiles: np.ndarray, y: np.ndarray, steps: np.ndarray, horizon: int, nonnegative: bool
+) -> list[float]:
+    """Per group of steps (:func:`step_groups`), the factor on the distances from the median with the lowest
+    quantile loss on the validation rows of those steps; ties go to 1. A group no validation forecast reaches takes
+    the factor of the latest group before it that one does (1 if none)."""
+    groups = step_groups(steps, horizon)
+    median = quantiles[:, MEDIAN : MEDIAN + 1]
+    factors: list[float] = []
+    for group in range(STEP_GROUPS):
+        rows = groups == group
+        if not rows.any():
+            factors.append(factors[-1] if factors else 1.0)
+            continue
+        losses = {}
+        for factor in FACTOR_GRID:
+            candidate = median[rows] + (quantiles[rows] - median[rows]) * factor
+            if nonnegative:
+                candidate = np.maximum(candidate, 0.0)
+            diff = y[rows, None] - candidate
+            losses[float(factor)] = float(np.maximum(LEVELS * diff, (LEVELS - 1.0) * diff).sum())
+        factors.append(min(losses, key=lambda f: (losses[f], abs(f - 1.0))))
+    return factors

@@ -52,6 +52,9 @@ class FeatureSpec:
     # Which calendar effects join the calendar encodings (CALENDAR_EFFECTS, see calendar_effects); specs saved before
     # they existed load as "off".
     calendar_effects: str = "off"
+    # The measure was never negative in the training range (sales): the network's quantiles keep to that support
+    # (modeling.smooth_floor). Specs saved before it existed load as False.
+    nonnegative: bool = False
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -176,6 +179,7 @@ def fit_spec(
         use_static=use_static,
         profile_lag=int(profile_lag),
         calendar_effects=calendar_effects,
+        nonnegative=bool((history["sales"].dropna() >= 0).all()),
     )
 
 

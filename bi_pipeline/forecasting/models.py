@@ -165,6 +165,7 @@ class Transformer(ForecastModel):
         out = forecast(self.network, panel, origin)
         seconds = time.perf_counter() - started
         self.info.update(predict_seconds=seconds, series_per_second=panel.series / seconds if seconds else np.nan)
+        self.info["clipped_quantiles"] = int(out.attrs.get("clipped_quantiles", 0))
         return out
 
     def holdout_forecast(self) -> pd.DataFrame:

@@ -43,4 +43,21 @@ def forecast(
     for j, q in enumerate(cfg.quantiles):
         out[quantile_column(q)] = flat[:, j].astype("float64")
     out["mean"] = out[quantile_column(0.5)]
-    return out[["store_id", "item_id", "date", "mean", *[quantile_column(q) for q in QUANTILES]]]
+    out = out[["store_id", "item_id", "date", *FORECAST_COLUMNS]]
+    if cfg.feature_spec.get("nonnegative", False):
+        out.attrs["clipped_quantiles"] = floor_at_zero(out)
+    return out
+
+
+FORECAST_COLUMNS = ["mean", *[quantile_column(q) for q in QUANTILES]]
+
+
+def floor_at_zero(frame: pd.DataFrame) -> int:
+    """Clips the forecast columns of a non-negative measure at zero, in place; returns how many values were below.
+    A last guard, counted: the network's quantiles already keep to that support (modeling.smooth_floor), but the
+    per-series feedback and a blend's spread can still move a low quantile below it."""
+    values = frame[FORECAST_COLUMNS].to_numpy(dtype="float64")
+    below = int((values < 0).sum())
+    if below:
+        frame[FORECAST_COLUMNS] = np.maximum(values, 0.0)
+    return below

@@ -250,7 +250,10 @@ def training_params(
         "device": result.device,
         **{name: getattr(model_cfg, name) for name in fitted},
         "future_features": ",".join(transformer.panel.spec.future_names),
-        "lightgbm_covariates": ",".join(task.covariates) if candidate.kind == "ensemble" else "",
+        "lightgbm_covariates": ",".join(task.covariates) if "lightgbm" in candidate.model.members else "",
+        "members": candidate.model.describe(),
+        "spread_weights": ", ".join(f"{m} {w:.1f}" for m, w in candidate.model.spread_weights.items()),
+        "interval_step_factors": ", ".join(f"{f:.2f}" for f in candidate.model.step_factors),
     }
 
 
@@ -263,7 +266,7 @@ def compare_with_champion(
     champion_fc, train, test = holdout_forecast(champion, history)
     champion_scores = score(attach_actuals(champion_fc, test), train, season)
     groups = series_groups(history)
-    challenger_groups = group_mase(candidate.holdout[candidate.kind], test, train, season, groups)
+    challenger_groups = group_mase(candidate.holdout[candidate.own_key], test, train, season, groups)
     champion_groups = group_mase(champion_fc, test, train, season, groups)
     older = {}
     if history["date"].nunique() > 3 * task.horizon + 2:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bi_pipeline.forecasting.baselines import statistical_forecast
 from bi_pipeline.forecasting.calendar import (
     WEEKDAYS,
     calendar_effects,
@@ -21,7 +22,14 @@ from bi_pipeline.forecasting.calendar import (
 from bi_pipeline.forecasting.calibration import SPREAD_GRID, fit_calibration
 from bi_pipeline.forecasting.candidate import forecast_latest, holdout_score, make_candidate, train_with_holdout
 from bi_pipeline.forecasting.configuration import load_model, model_config
-from bi_pipeline.forecasting.ensemble import COLUMNS, Forecaster, blend, fit_blend_weight, fit_spread_weight
+from bi_pipeline.forecasting.ensemble import (
+    STEP_GROUPS,
+    Forecaster,
+    apply_step_factors,
+    choose,
+    combine,
+    fit_step_factors,
+)
 from bi_pipeline.forecasting.features import (
     FeatureSpec,
     fit_spec,
@@ -42,7 +50,7 @@ from bi_pipeline.forecasting.inference import INPUTS
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm, predict_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
-from bi_pipeline.forecasting.modeling import BIForecaster, pinball_loss, spread_factor
+from bi_pipeline.forecasting.modeling import BIForecaster, pinball_loss, smooth_floor, spread_factor
 from bi_pipeline.forecasting.panel import build_panel, panel_frame, panel_from_frame, split_windows, validation_length
 from bi_pipeline.forecasting.sampling import epoch_sample, gather, mix_windows, recency_weights
 from bi_pipeline.forecasting.trainer import averaged_weights, train_forecaster, update_average
@@ -332,7 +340,9 @@ def test_the_model_applies_the_width_calibration(panel):
         calibrated, _ = model(*inputs)
     median = raw[..., 4:5]
     factor = (0.9 * (width / reference) ** 0.5).reshape(6, 1, 1)
-    torch.testing.assert_close(calibrated, median + (raw - median) * factor)
+    # Sales were never negative: the floor comes after the calibration.
+    assert model.members[0].nonnegative
+    torch.testing.assert_close(calibrated, smooth_floor(median + (raw - median) * factor))
     assert float(factor.min()) < 0.9 < float(factor.max())  # narrower forecasts narrow further, wider ones widen
 
 
@@ -397,6 +407,8 @@ def test_the_error_spread_applied_at_forecast_time_is_the_one_fitted(panel, monk
     # The fit folds its common factor into spread_scale, which widens the past intervals whose error ratios are read
     # at forecast time as well; the stored reference must follow, or the factor applied is not the one chosen.
     model = train_forecaster(panel, 8, 81, tiny(epochs=2, error_spread_windows=0, level_feedback_origins=0)).model
+    for member in model.members:
+        member.nonnegative = False  # the floor would bend the low quantiles that the factors here scale linearly
     cfg, origin, series = model.config, 81 - 8, np.arange(panel.series)
     before = adjusted_forecasts(model, panel, series, origin, spread=False)
     ratio = past_error_ratio(model, panel, origin, series, 4)
@@ -562,29 +574,59 @@ def test_holdout_training_and_latest_forecasts_from_a_saved_model(tmp_path):
     assert (latest["cutoff"] == history["date"].max()).all()
 
 
-def test_ensemble_weight_is_fitted_on_validation_and_blends_quantiles():
-    dates = pd.date_range("2024-01-01", periods=4, freq="W-MON")
-    actual = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": [10.0, 12, 11, 13]})
-    train = pd.DataFrame(
-        {"store_id": "S", "item_id": "I", "date": dates - pd.Timedelta(weeks=4), "sales": [9.0, 11, 10, 12]}
+def _quantile_rows(medians, width):
+    """(rows, quantiles): each median with quantiles ``width`` apart per 0.1 of level."""
+    return np.asarray(medians, dtype="float64")[:, None] + (np.asarray(QUANTILES) - 0.5)[None, :] * width
+
+
+def test_the_choice_goes_to_the_member_that_forecasts_validation_best():
+    rng = np.random.default_rng(0)
+    y = 100 + rng.normal(0, 5, 400)
+    steps = np.tile(np.arange(1, 9), 50)
+    series, scale = np.repeat(np.arange(50), 8), np.full(400, 5.0)
+    good = _quantile_rows(y + rng.normal(0, 1, 400), 2.0)
+    bad = _quantile_rows(y + 30, 2.0)
+    # AutoETS near the actuals, the transformer 30 off: AutoETS alone, in both weights.
+    members = ("transformer", "lightgbm", "auto_ets")
+    chosen = choose(np.stack([bad, bad, good]), y, scale, series, steps, 8, members)
+    assert chosen.weights == {"auto_ets": 1.0} and chosen.spread_weights == {"auto_ets": 1.0}
+    assert chosen.scores["auto_ets"]["MASE"] < chosen.scores["transformer"]["MASE"]
+    # Two members off by +10 and −10: their even blend is exact.
+    chosen = choose(
+        np.stack([_quantile_rows(y + 10, 2.0), _quantile_rows(y - 10, 2.0)]),
+        y,
+        scale,
+        series,
+        steps,
+        8,
+        ("transformer", "lightgbm"),
     )
-
-    def frame(values):
-        out = actual[["store_id", "item_id", "date"]].copy()
-        out["mean"] = values
-        for q in QUANTILES:
-            out[quantile_column(q)] = np.asarray(values) + (q - 0.5)
-        return out
-
-    perfect, off = frame([10.0, 12, 11, 13]), frame([20.0, 22, 21, 23])
-    assert fit_blend_weight(perfect, off, actual, train, 1) == 1.0
-    assert fit_blend_weight(off, perfect, actual, train, 1) == 0.0
-    mixed = blend(perfect, off, 0.5)
-    assert mixed["mean"].tolist() == [15.0, 17.0, 16.0, 18.0]
-    assert (np.diff(mixed[QCOLS].to_numpy(), axis=1) > 0).all()
+    assert chosen.weights == {"transformer": 0.5, "lightgbm": 0.5}
+    assert chosen.scores["combination"]["MASE"] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_ensemble_blends_medians_and_spreads_with_their_own_weights():
+def test_interval_factors_widen_intervals_that_are_too_narrow_per_step():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(1)
+    steps = np.tile(np.arange(1, 13), 3000)
+    sd = 1.0 + 0.2 * (steps - 1)  # errors grow with the lead time: sd 1 at step 1, 3.2 at step 12
+    y = 100 + rng.normal(0, 1, len(steps)) * sd
+    # Quantiles of a normal with sd 1 at every step: right at step 1, three times too narrow at step 12.
+    quantiles = np.tile(100 + norm.ppf(np.asarray(QUANTILES)), (len(y), 1))
+    factors = fit_step_factors(quantiles, y, steps, 12, nonnegative=False)
+    # Groups of three steps, mean sd 1.2, 1.8, 2.4, 3.0.
+    np.testing.assert_allclose(factors, [1.2, 1.8, 2.4, 3.0], atol=0.1)
+    frame = pd.DataFrame({"date": pd.date_range("2024-01-07", periods=12, freq="W"), "mean": 100.0})
+    for j, column in enumerate(QCOLS):
+        frame[column] = quantiles[0, j]
+    calibrated = apply_step_factors(frame, factors, pd.Timestamp("2023-12-31"), 12)
+    widths = (calibrated["q0.9"] - calibrated["q0.1"]).to_numpy()
+    np.testing.assert_allclose(widths, np.repeat(factors, 3) * 2 * norm.ppf(0.9))
+    assert (calibrated["q0.5"] == 100.0).all()
+
+
+def test_combine_blends_medians_and_spreads_with_their_own_weights_and_fills_missing_rows():
     dates = pd.date_range("2024-01-01", periods=4, freq="W-MON")
     actual = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": [10.0, 12, 11, 13]})
 
@@ -597,62 +639,80 @@ def test_ensemble_blends_medians_and_spreads_with_their_own_weights():
 
     # Both medians 1 off (one above, one below), the first with tight intervals, the second with intervals 20 wide.
     tight, wide = frame([11.0, 13, 12, 14], 1.0), frame([9.0, 11, 10, 12], 20.0)
-    mixed = blend(tight, wide, 0.5, 0.75)
+    mixed = combine(
+        {"transformer": tight, "lightgbm": wide},
+        {"transformer": 0.5, "lightgbm": 0.5},
+        {"transformer": 0.75, "lightgbm": 0.25},
+    )
     assert mixed["mean"].tolist() == actual["sales"].tolist()
     # Median 10 at the first date, distance of q0.9 from it: 0.75 · 0.4 + 0.25 · 8 = 2.3.
     assert mixed["q0.9"].iloc[0] == pytest.approx(10.0 + 2.3)
     assert mixed["q0.1"].iloc[0] == pytest.approx(10.0 - 2.3)
-    # The default spread weight is the point weight: the plain weighted average of every column.
-    plain = blend(tight, wide, 0.5)
-    expected = (tight[COLUMNS] * 0.5 + wide[COLUMNS] * 0.5).to_numpy()
-    np.testing.assert_allclose(plain[COLUMNS].to_numpy(), expected)
-    # On validation, the medians blended at 0.5 are exact, so the narrowest spread (the tight model's) is best.
-    assert fit_spread_weight(tight, wide, actual, 0.5) == 1.0
-    assert fit_spread_weight(wide, tight, actual, 0.5) == 0.0
+    # A row only one member forecasts (a series too new for the other) is that member's alone.
+    partial = combine(
+        {"transformer": tight, "lightgbm": wide.iloc[:2]},
+        {"transformer": 0.5, "lightgbm": 0.5},
+        {"transformer": 0.5, "lightgbm": 0.5},
+    )
+    assert partial["mean"].tolist() == [10.0, 12.0, 12.0, 14.0]
+    # Only the dates after the history's last one.
+    assert len(combine({"transformer": tight}, {"transformer": 1.0}, {"transformer": 1.0}, dates[1])) == 2
 
 
 def test_ensemble_candidate_saves_loads_and_forecasts_from_newer_history(tmp_path):
     history = weekly_history(periods=100)
     trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=2))
     candidate = make_candidate(trained.model, history, Task("W", 8, 52, ("holiday",)), ensemble=True)
-    assert set(candidate.scores) == {"transformer", "lightgbm", "ensemble"}
+    assert set(candidate.scores) == {"transformer", "lightgbm", "auto_ets", "ensemble"}
     assert candidate.scores["transformer"] == pytest.approx(trained.scores)
-    assert candidate.kind == ("ensemble" if candidate.weight < 1 else "transformer")
+    assert candidate.own_scores == candidate.scores["ensemble"]
+    assert candidate.kind in ("transformer", "lightgbm", "auto_ets", "ensemble")
+    assert len(candidate.selection.origins) == 3 and len(candidate.model.step_factors) == STEP_GROUPS
     assert len(candidate.holdout["lightgbm"]) == 6 * 8 and len(candidate.validation) > 0
     alone = make_candidate(trained.model, history, Task("W", 8, 52), ensemble=False)
     assert alone.kind == "transformer" and set(alone.scores) == {"transformer"}
 
-    # An ensemble at weight 0.5 round-trips through its directory and forecasts after the newest period: the
-    # transformer reads the newest context, LightGBM the newest lags, blended at the saved weight.
+    # An even blend of the three round-trips through its directory and forecasts after the newest period: the
+    # transformer reads the newest context, LightGBM the newest lags, AutoETS refits on the newest history.
     train = history[history["date"] <= trained.panel.dates[trained.cutoff]]
     lightgbm = fit_lightgbm(train, 8, "W", ["holiday"])
-    Forecaster(trained.result.model, lightgbm, 0.5).save(tmp_path / "ensemble")
+    weights = {"transformer": 0.4, "lightgbm": 0.3, "auto_ets": 0.3}
+    Forecaster(trained.result.model, lightgbm, weights, None, [1.0, 1.2, 1.4, 1.6], 52).save(tmp_path / "ensemble")
     loaded = Forecaster.load(tmp_path / "ensemble")
-    assert loaded.kind == "ensemble" and loaded.weight == 0.5 and loaded.lightgbm.covariates == ["holiday"]
+    assert loaded.kind == "ensemble" and loaded.weights == weights and loaded.lightgbm.covariates == ["holiday"]
+    assert loaded.step_factors == [1.0, 1.2, 1.4, 1.6] and loaded.season_length == 52
     latest = forecast_latest(loaded, history)
     assert len(latest) == 6 * 8 and latest["date"].min() == history["date"].max() + pd.Timedelta(weeks=1)
-    transformer_only = forecast_latest(trained.result.model, history)
-    lgb_only = predict_lightgbm(lightgbm, history, 8)
-    assert lgb_only["date"].min() == latest["date"].min()
-    expected = blend(transformer_only, lgb_only, 0.5)
+    parts = {
+        "transformer": forecast_latest(trained.result.model, history),
+        "lightgbm": predict_lightgbm(lightgbm, history, 8),
+        "auto_ets": statistical_forecast(history, 8, "W", 52, names=("auto_ets",))["auto_ets"],
+    }
+    last = history["date"].max()
+    expected = apply_step_factors(combine(parts, weights, weights, last), [1.0, 1.2, 1.4, 1.6], last, 8)
     merged = latest.merge(expected, on=["store_id", "item_id", "date"], suffixes=("", "_expected"))
     assert len(merged) == len(latest)
     np.testing.assert_allclose(merged["q0.9"], merged["q0.9_expected"], rtol=1e-6)
     # The champion is re-scored on a challenger's holdout with its own parts: the same numbers after loading.
-    in_memory = Forecaster(trained.result.model, lightgbm, 0.5)
+    in_memory = Forecaster(trained.result.model, lightgbm, weights, None, [1.0, 1.2, 1.4, 1.6], 52)
     assert holdout_score(loaded, history, 52) == pytest.approx(holdout_score(in_memory, history, 52))
-    assert Forecaster.load(tmp_path / "ensemble").transformer.config.horizon == 8
+    # A choice of AutoETS alone saves no LightGBM and forecasts with AutoETS.
+    Forecaster(trained.result.model, lightgbm, {"auto_ets": 1.0}, None, None, 52).save(tmp_path / "ets")
+    assert not (tmp_path / "ets" / "lightgbm").exists()
+    ets = Forecaster.load(tmp_path / "ets")
+    assert ets.kind == "auto_ets" and ets.lightgbm is None
+    np.testing.assert_allclose(forecast_latest(ets, history)["q0.5"], parts["auto_ets"]["q0.5"], rtol=1e-6)
 
 
-def test_blend_keeps_every_row_of_the_first_forecast():
-    dates = pd.date_range("2024-01-01", periods=2, freq="W-MON")
-    first = pd.DataFrame({"store_id": ["A", "A", "B", "B"], "item_id": "I", "date": [*dates, *dates]})
-    for column in ["mean", *QCOLS]:
-        first[column] = [1.0, 2.0, 3.0, 4.0]
-    second = first[first["store_id"] == "A"].copy()
-    second[["mean", *QCOLS]] = 3.0
-    mixed = blend(first, second, 0.5)
-    assert mixed["mean"].tolist() == [2.0, 2.5, 3.0, 4.0]
+def test_a_transformer_that_loses_on_validation_gives_way_to_a_baseline():
+    # A transformer trained one epoch at a negligible learning rate forecasts noise; smooth seasonal series that
+    # AutoETS and LightGBM read well: the candidate is one of them (or their blend), without the transformer.
+    history = weekly_history(periods=110)
+    trained = train_with_holdout(history, "W", 8, 52, config=tiny(epochs=1, learning_rate=1e-7))
+    candidate = make_candidate(trained.model, history, Task("W", 8, 52, ("holiday",)))
+    assert candidate.model.weight == 0.0 and candidate.kind != "transformer"
+    assert candidate.selection.scores["transformer"]["MASE"] > candidate.selection.scores["combination"]["MASE"]
+    assert candidate.scores["ensemble"]["MASE"] < candidate.scores["transformer"]["MASE"]
 
 
 def test_validation_is_two_horizons_at_most_a_fifth_of_the_history():

@@ -160,7 +160,8 @@ def test_the_registered_model_is_logged_as_code_and_predicts_what_the_forecaster
     history = weekly_history(periods=80)
     trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=1))
     train = history[history["date"] <= trained.panel.dates[trained.cutoff]]
-    Forecaster(trained.result.model, fit_lightgbm(train, 8, "W", ["holiday"]), 0.5).save(tmp_path / "model")
+    weights = {"transformer": 0.5, "lightgbm": 0.5}
+    Forecaster(trained.result.model, fit_lightgbm(train, 8, "W", ["holiday"]), weights).save(tmp_path / "model")
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
     _, version = tracker.log_training(tmp_path / "model", {}, [], {"MASE": 0.8}, {"data_hash": "x"})
 
