@@ -110,9 +110,7 @@ def bench_ingest(
         clean += time.perf_counter() - t
         # As clean_sales does: GX on the kept rows always (the gate), on the landed rows up to the configured size.
         t = time.perf_counter()
-        landed, kept = batch_validation_frames(
-            cleaned, freq, known_stores, known_items, settings.gx_landed_max_rows
-        )
+        landed, kept = batch_validation_frames(cleaned, freq, known_stores, known_items, settings.gx_landed_max_rows)
         if len(landed) <= settings.gx_landed_max_rows:
             validate_sales(validator, "landed_sales", landed, settings)
             gx_rows["raw"] += len(landed)
@@ -191,6 +189,65 @@ def bench_ingest(
     return result
 
 
+def bare_patchtst_windows_per_second(
+    panel, model_config, cutoff: int, device, batch_size: int, windows: int, passes: int = 2
+) -> float:
+    """Training windows/s of a bare PatchTST loop (Hugging Face's backbone, a linear head over the flattened patch
+    embeddings, MAE on the context-scaled target, Adam) over the panel's training windows: batches gathered the same
+    way, the same context, patch and width as the forecaster; the first batch is a warm-up."""
+    import numpy as np
+    import torch
+    from transformers import PatchTSTModel
+
+    from bi_pipeline.forecasting.device import autocast, to_device
+    from bi_pipeline.forecasting.panel import make_windows
+    from bi_pipeline.forecasting.sampling import batches, gather
+
+    torch.manual_seed(0)
+    backbone = PatchTSTModel(model_config.backbone_config()).to(device)
+    head = torch.nn.Linear(model_config.d_model * model_config.num_patches, model_config.horizon).to(device)
+    optimizer = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=1e-3)
+    train = make_windows(panel, model_config.patch_length, None, cutoff, 0, cutoff + 1)
+    rng = np.random.default_rng(0)
+    chosen = rng.permutation(len(train))[:windows]
+    seen, started = 0, None
+    for _ in range(passes):
+        for idx in batches(len(chosen), batch_size, rng):
+            sel = chosen[idx]
+            batch = gather(
+                panel,
+                train.series[sel],
+                train.start[sel],
+                model_config.context_length,
+                model_config.horizon,
+                train.step_begin,
+                train.step_end,
+            )
+            batch = to_device(batch, device)
+            past, observed = batch["past_values"], batch["past_observed"].float()
+            scale = ((past.abs() * observed).sum(1, keepdim=True) / observed.sum(1, keepdim=True).clamp(min=1)).clamp(
+                min=1e-6
+            )
+            with autocast(device):
+                hidden = backbone(past_values=(past / scale).unsqueeze(-1)).last_hidden_state
+                prediction = head(hidden.flatten(1)).float()
+            mask = batch["mask"].float()
+            loss = ((prediction - batch["target"] / scale).abs() * mask).sum() / mask.sum().clamp(min=1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if started is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()  # after the warm-up batch
+                continue
+            seen += len(sel)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started if started is not None else 0.0
+    return seen / elapsed if elapsed else float("nan")
+
+
 def bench_forecaster(
     series: int = 300,
     periods: int = 156,
@@ -240,6 +297,9 @@ def bench_forecaster(
     out = forecast(result.model, panel, origin)
     predict_seconds = time.perf_counter() - started
     chosen = choose_device(device)
+    bare = bare_patchtst_windows_per_second(
+        panel, result.model.config, origin, chosen, batch_size, max_windows_per_epoch
+    )
     if not workdir:
         shutil.rmtree(root, ignore_errors=True)
     return {
@@ -255,6 +315,10 @@ def bench_forecaster(
         "precision": "bf16 autocast" if chosen.type == "cuda" else "fp32",
         "torch_threads": torch.get_num_threads(),
         "train_windows_per_second": round(result.windows_per_second, 1),
+        # The same windows through a bare PatchTST (one backbone, a linear head, MAE, Adam) on the same device: what
+        # the pipeline's own training costs on top (members, quantile head, mixup, weight average).
+        "bare_patchtst_windows_per_second": round(bare, 1),
+        "pipeline_vs_bare": round(result.windows_per_second / members / bare, 3) if bare else None,
         "train_seconds": round(train_seconds, 2),
         "inference_series_per_second": round(len(out) / horizon / predict_seconds, 1),
         "inference_seconds": round(predict_seconds, 3),

@@ -430,6 +430,26 @@ def cmd_bench_continual(args: argparse.Namespace) -> int:
     return _write_json(result, args.out, {k: v for k, v in result.items() if k not in ("steps", "train_config")})
 
 
+def cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    from bi_pipeline.forecasting.configuration import TrainConfig
+    from bi_pipeline.suite import SUITE, run_suite, table
+
+    names = {entry.name for entry in SUITE}
+    unknown = sorted(set(args.sets or ()) - names)
+    if unknown:
+        raise ValueError(f"unknown set(s) {', '.join(unknown)}: choose from {', '.join(sorted(names))}")
+    entries = tuple(
+        e for e in SUITE if (not args.sets or e.name in args.sets) and (not args.half or e.half == args.half)
+    )
+    training = from_args(TrainingSettings, args)
+    config = TrainConfig(**training.to_dict(), **_recipe(args.recipe))
+    workdir = Path(args.workdir) if args.workdir else None
+    report = run_suite(entries, workdir, config, say=_say, train_progress=_epoch_bar("transformer"))
+    print(table(report))
+    _save_json(report, args.out)
+    return 0
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bi_pipeline.bench import bench_ingest
 
@@ -578,6 +598,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(cont, TrainingSettings, only=("members", "epochs", "seed", "device"))
     cont.add_argument("--out", help="write the JSON here too")
     cont.set_defaults(func=cmd_bench_continual)
+    acc = bench_sub.add_parser(
+        "accuracy", help="the backtest over the suite of data sets: skill, WQL, coverage per set and per half"
+    )
+    acc.add_argument("--sets", nargs="+", metavar="NAME", help="only these sets (default: all of the suite)")
+    acc.add_argument("--half", choices=("choose", "check"), help="only the sets of one half")
+    acc.add_argument("--workdir", help="where the landing zones are made and kept (default: a temporary directory)")
+    acc.add_argument("--recipe", action="append", default=[], metavar="NAME=VALUE", help="a recipe value (ablation)")
+    add_flags(acc, TrainingSettings)
+    acc.add_argument("--out", help="write the JSON here too")
+    acc.set_defaults(func=cmd_bench_accuracy)
     return parser
 
 

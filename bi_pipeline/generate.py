@@ -75,6 +75,12 @@ class GenerationSpec:
     new_item_share: float = 0.1
     discontinued_item_share: float = 0.1
     intermittent_item_share: float = 0.25
+    # A share of series whose level steps once, for good (a lost contract, a new listing): × 0.5–0.7 or × 1.4–1.8 from
+    # a period in the later two thirds of the history.
+    level_shift_share: float = 0.0
+    # The share of periods each store is closed (renovations, strikes: runs of up to a week of days), announced in
+    # calendar.csv as a store row with ``closed`` = 1; a closed store sells nothing.
+    closure_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frequency not in FREQUENCIES:
@@ -86,7 +92,8 @@ class GenerationSpec:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.defects < 0:
             raise ValueError(f"defects must be >= 0, got {self.defects}")
-        for name in ("new_item_share", "discontinued_item_share", "intermittent_item_share"):
+        shares = ("new_item_share", "discontinued_item_share", "intermittent_item_share", "level_shift_share")
+        for name in (*shares, "closure_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         date.fromisoformat(self.start)  # fail early on a bad start date
@@ -432,6 +439,9 @@ class _Business:
     stockout: np.ndarray  # (P, S) bool
     local_mult: np.ndarray  # (P, n_stores) float32
     local_rows: list[tuple[int, int, str]]  # (period, store, event name) for calendar.csv
+    shift_at: np.ndarray | None = None  # (S,) the period a series' level steps (periods: never), or None
+    shift_factor: np.ndarray | None = None  # (S,) float32
+    closed: np.ndarray | None = None  # (P, n_stores) bool, or None
 
 
 def _spans(n_items: int, periods: int, spec: GenerationSpec, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -573,7 +583,33 @@ def _build(spec: GenerationSpec, rng: np.random.Generator) -> _Business:
         stockout=stockout,
         local_mult=local_mult,
         local_rows=local_rows,
+        **_shifts_and_closures(spec, n_series, n_st),
     )
+
+
+def _shifts_and_closures(spec: GenerationSpec, n_series: int, n_stores: int) -> dict:
+    """Level shifts and store closures, from their own random stream: with both shares 0 (the default) nothing is
+    drawn, so a business is the same whether or not these options exist."""
+    out: dict = {}
+    if not (spec.level_shift_share or spec.closure_share):
+        return out
+    rng = np.random.default_rng([spec.seed, 1])
+    periods = spec.periods
+    if spec.level_shift_share:
+        shifted = rng.random(n_series) < spec.level_shift_share
+        at = rng.integers(max(1, periods // 3), max(2, (9 * periods) // 10), n_series)
+        up = rng.random(n_series) < 0.5
+        factor = np.where(up, rng.uniform(1.4, 1.8, n_series), rng.uniform(0.5, 0.7, n_series))
+        out["shift_at"] = np.where(shifted, at, periods)
+        out["shift_factor"] = factor.astype(np.float32)
+    if spec.closure_share:
+        max_len = {"D": 7, "W": 1, "M": 1}[spec.frequency]
+        rate = np.full(n_stores, spec.closure_share * periods * 2.0 / (max_len + 1))
+        store, start, length = _windows(rng, rate, periods, max_len)
+        closed = np.zeros((periods, n_stores), dtype=bool)
+        _paint(closed, store, start, length, True)
+        out["closed"] = closed
+    return out
 
 
 def _draw_block(
@@ -613,7 +649,14 @@ def _draw_block(
     lam *= gamma / biz.shape[None, :]
     del gamma
     sales = rng.poisson(lam)
+    if biz.shift_at is not None:
+        # Poisson thinning for a step down, extra Poisson demand for a step up.
+        after = np.arange(t0, t1)[:, None] >= biz.shift_at[None, :]
+        sales = np.where(after, rng.binomial(sales, np.minimum(biz.shift_factor, 1.0)[None, :]), sales)
+        sales = sales + rng.poisson(np.where(after, lam * np.maximum(biz.shift_factor - 1.0, 0.0)[None, :], 0.0))
     sales[biz.stockout[t0:t1]] = 0
+    if biz.closed is not None:
+        sales[biz.closed[t0:t1][:, store_of]] = 0
     return sales, cents, code
 
 
@@ -844,8 +887,17 @@ def _write_master(landing: Path, biz: _Business) -> None:
     periods = biz.spec.periods
     rows: list[tuple] = [(biz.date_str[t], "", int(cal.holiday[t]), cal.event[t], 0) for t in range(periods)]
     rows.extend((biz.date_str[t], st.ids[s], int(cal.holiday[t]), name, 1) for t, s, name in biz.local_rows)
+    header: tuple[str, ...] = ("date", "store_id", "holiday", "event", "local_event")
+    if biz.closed is not None:
+        # One row per store and date: a closure on a local event's date is that row's closed flag.
+        header = (*header, "closed")
+        by_key = {(r[0], r[1]): (*r, 0) for r in rows}
+        for t, s in zip(*np.nonzero(biz.closed), strict=True):
+            key = (biz.date_str[t], st.ids[s])
+            by_key[key] = (*by_key[key][:5], 1) if key in by_key else (*key, int(cal.holiday[t]), "Store closed", 0, 1)
+        rows = list(by_key.values())
     rows.sort(key=lambda r: (r[0], r[1]))
-    _write_text(landing / "calendar.csv", _csv_text(("date", "store_id", "holiday", "event", "local_event"), rows))
+    _write_text(landing / "calendar.csv", _csv_text(header, rows))
 
 
 def generate(

@@ -84,3 +84,53 @@ def test_retail_patterns_are_present(tmp_path):
     assert {"item_id", "category", "description"} <= set(items.columns)
     calendar = pd.read_csv(tmp_path / "landing" / "calendar.csv", keep_default_na=False)
     assert (calendar["holiday"] == 1).any() and (calendar["store_id"] != "").any()
+
+
+def _sales(landing: Path) -> pd.DataFrame:
+    return pd.concat(pd.read_csv(path) for path in sorted((landing / "sales").iterdir()))
+
+
+def test_store_closures_are_announced_in_the_calendar_and_sell_nothing(tmp_path):
+    spec = GenerationSpec(stores=3, items=5, periods=120, frequency="D", defects=0, closure_share=0.05)
+    generate(tmp_path / "z", spec)
+    calendar = pd.read_csv(tmp_path / "z" / "calendar.csv")
+    assert calendar.columns.tolist() == ["date", "store_id", "holiday", "event", "local_event", "closed"]
+    assert not calendar.duplicated(["date", "store_id"]).any()
+    closed = calendar.loc[calendar["closed"] == 1, ["date", "store_id"]]
+    assert len(closed) > 0 and closed["store_id"].notna().all()
+    on_closed_days = _sales(tmp_path / "z").merge(closed, on=["date", "store_id"])
+    assert len(on_closed_days) == len(closed) * 5 and on_closed_days["sales"].sum() == 0
+    # Without closures the calendar has no such column.
+    generate(tmp_path / "open", GenerationSpec(stores=3, items=5, periods=30, frequency="D", defects=0))
+    assert "closed" not in pd.read_csv(tmp_path / "open" / "calendar.csv").columns
+
+
+def test_level_shifts_step_each_shifted_series_once(tmp_path):
+    from bi_pipeline.generate import _shifts_and_closures
+
+    spec = GenerationSpec(
+        stores=2,
+        items=10,
+        periods=104,
+        defects=0,
+        level_shift_share=1.0,
+        intermittent_item_share=0.0,
+        new_item_share=0.0,
+        discontinued_item_share=0.0,
+    )
+    generate(tmp_path / "s", spec)
+    drawn = _shifts_and_closures(spec, 20, 2)
+    assert ((drawn["shift_at"] >= 104 // 3) & (drawn["shift_at"] < 104 * 9 // 10)).all()
+    sales = _sales(tmp_path / "s").sort_values(["store_id", "item_id", "date"])
+    # Per direction, the 26 periods after each shift against the 26 before, summed over series (one series of a few
+    # units a week is too noisy to judge alone).
+    after, before = {True: 0.0, False: 0.0}, {True: 0.0, False: 0.0}
+    for number, (_, series) in enumerate(sales.groupby(["store_id", "item_id"], sort=True)):
+        values, at, up = (
+            series["sales"].to_numpy(dtype=float),
+            drawn["shift_at"][number],
+            drawn["shift_factor"][number] > 1,
+        )
+        after[up] += values[at : at + 26].mean()
+        before[up] += values[max(0, at - 26) : at].mean()
+    assert after[True] / before[True] > 1.25 and after[False] / before[False] < 0.75

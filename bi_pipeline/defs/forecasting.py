@@ -51,6 +51,11 @@ def _task(forecasting: ForecastingResource, features: pd.DataFrame, history: pd.
     return Task(split.frequency, split.horizon, season, covariates)
 
 
+def _reason_counts(skipped: pd.DataFrame) -> dict[str, int]:
+    """Series not forecast per kind of reason (the text before its colon: ``ended``, ``no forecast from the model``)."""
+    return {str(k): int(v) for k, v in skipped["reason"].str.split(":").str[0].value_counts().items()}
+
+
 def _md_table(frame: pd.DataFrame, digits: int = 3) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.round(digits).to_markdown(index=False))
 
@@ -297,8 +302,11 @@ def forecasts(
     except NoChampion as exc:
         raise dg.Failure(str(exc)) from None
     out, model, version = published.forecasts, published.model, published.version
+    skipped = published.not_forecast
     context.log.info(
-        f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version} ({model.kind})"
+        f"{out[SERIES].drop_duplicates().shape[0]} series forecast from champion v{version} ({model.kind}); "
+        f"{len(skipped)} not forecast"
+        + (f" ({', '.join(f'{n} {r}' for r, n in _reason_counts(skipped).items())})" if len(skipped) else "")
     )
     volume = history.groupby(SERIES, observed=True)["sales"].sum().sort_values(ascending=False)
     recent = history[history["date"] > history["date"].max() - pd.Timedelta(days=int(3 * 365.25))]
@@ -319,6 +327,11 @@ def forecasts(
             "series": int(out[SERIES].drop_duplicates().shape[0]),
             "horizon": model.horizon,
             "model_kind": model.kind,
+            "members": model.describe(),
+            "series_not_forecast": len(skipped),
+            "not_forecast_by_reason": dg.MetadataValue.json(_reason_counts(skipped)),
+            "not_forecast_series": _md_table(skipped.head(50)) if len(skipped) else "none",
+            "clipped_negative_values": published.clipped_quantiles,
             "archived_as": dg.MetadataValue.path(str(published.archived)),
             "rows": len(out),
             **FORECASTS.observed_metadata(out),

@@ -10,6 +10,7 @@ from bi_pipeline.forecasting.device import autocast, to_device
 from bi_pipeline.forecasting.modeling import (
     BIForecaster,
     pinball_loss,
+    smooth_floor,
     spread_factor,
 )
 from bi_pipeline.forecasting.panel import (
@@ -61,12 +62,16 @@ def calibrated_loss(
     level: float,
     power: float = 0.0,
     reference: float = 1.0,
+    floor: bool = False,
 ) -> float:
+    """The validation pinball loss with the factors applied as the model's forward applies them (the spread, the
+    non-negative floor when the measure has one, then the level)."""
     total, weight = 0.0, 0.0
     for quantiles, target, mask in outputs:
         centre = quantiles[..., median : median + 1]
         factor = spread_factor(quantiles, spread, power, reference)
-        calibrated = (centre + (quantiles - centre) * factor) * level
+        spread_out = centre + (quantiles - centre) * factor
+        calibrated = (smooth_floor(spread_out) if floor else spread_out) * level
         count = float((mask != 0).sum())
         total += float(pinball_loss(calibrated, target, mask, levels)) * count
         weight += count
@@ -89,13 +94,17 @@ def calibrate(
     or narrower, than recent data needs) and, with ``spread_power``, a power of each forecast's own interval width
     relative to the median width (see :func:`bi_pipeline.forecasting.modeling.spread_factor`), fitted jointly."""
     outputs = validation_outputs(model, panel, windows, device)
-    return fit_calibration(outputs, list(model.config.quantiles), level, spread_power)
+    floor = model.members[0].nonnegative
+    return fit_calibration(outputs, list(model.config.quantiles), level, spread_power, floor)
 
 
 def fit_calibration(
-    outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True
+    outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True, floor: bool = False
 ) -> dict[str, float]:
     """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask)."""
+    if len(outputs) > 1:
+        # One tensor each: every factor on the grid is then one vectorised pass instead of one per batch.
+        outputs = [tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))]
     device = outputs[0][0].device if outputs else torch.device("cpu")
     levels = torch.tensor(quantiles, device=device)
     median = quantiles.index(0.5)
@@ -110,12 +119,14 @@ def fit_calibration(
     level_scale = 1.0
     if level:
         (level_scale,) = best(
-            [(float(f),) for f in LEVEL_GRID], lambda f: calibrated_loss(outputs, levels, median, 1.0, f), (1.0,)
+            [(float(f),) for f in LEVEL_GRID],
+            lambda f: calibrated_loss(outputs, levels, median, 1.0, f, floor=floor),
+            (1.0,),
         )
     powers = POWER_GRID if spread_power else (0.0,)
     spread_scale, power = best(
         [(float(f), float(p)) for p in powers for f in SPREAD_GRID],
-        lambda f, p: calibrated_loss(outputs, levels, median, f, level_scale, p, reference),
+        lambda f, p: calibrated_loss(outputs, levels, median, f, level_scale, p, reference, floor),
         (1.0, 0.0),
     )
     return {

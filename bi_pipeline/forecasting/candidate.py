@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from bi_pipeline.forecasting.registry import Tracker
 
 
-
 @dataclass
 class Trained:
     """A transformer trained on all but the last ``horizon`` periods, and its scores on them."""
@@ -231,11 +230,34 @@ def forecast_latest(
     model: Forecaster | BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
-    date, from a saved model and its own encodings."""
+    date, from a saved model and its own encodings. ``attrs["not_forecast"]`` lists every other series of the
+    history with the reason (:func:`not_forecast`)."""
     out = as_forecaster(model).predict(history, future)
     last = pd.Timestamp(history["date"].max())
     ends = history.groupby(SERIES, observed=True)["date"].max().reset_index()
     active = ends[ends["date"] == last][SERIES].astype(str)
+    clipped = out.attrs.get("clipped_quantiles", 0)
     out = out.merge(active, on=SERIES, how="inner")
     out["cutoff"] = last
+    out.attrs["clipped_quantiles"] = clipped
+    out.attrs["not_forecast"] = not_forecast(history, out)
     return out
+
+
+def not_forecast(history: pd.DataFrame, forecasts: pd.DataFrame) -> pd.DataFrame:
+    """Each series of ``history`` without a forecast, and why: ``ended`` (its last landed period is before the
+    history's last, so it is not active: a discontinued item, a closed store) or ``no forecast from the model`` (an
+    active series the model returned nothing for)."""
+    last = pd.Timestamp(history["date"].max())
+    ends = history.groupby(SERIES, observed=True)["date"].max().reset_index().astype({"store_id": str, "item_id": str})
+    done = forecasts[SERIES].astype(str).drop_duplicates()
+    missing = ends.merge(done, on=SERIES, how="left", indicator=True)
+    missing = missing[missing["_merge"] == "left_only"].drop(columns="_merge")
+    ended = missing["date"] < last
+    missing["last_period"] = missing.pop("date").dt.date.astype(str)
+    missing["reason"] = np.where(
+        ended,
+        "ended: its last landed period is " + missing["last_period"] + ", before " + str(last.date()),
+        "no forecast from the model",
+    )
+    return missing.reset_index(drop=True)

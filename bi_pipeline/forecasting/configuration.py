@@ -47,6 +47,9 @@ class TrainConfig(TrainingSettings):
     recency_halflife: float = 10.0
     validation_periods: int | None = None  # None: validation_horizons horizons, at most a fifth of the history
     validation_horizons: float = 2.0  # see panel.validation_length
+    # Early stopping and the calibrations read at most this many validation windows (a fixed draw): a few thousand
+    # series make hundreds of thousands, and each epoch would score them all. Walmart and aus_retail have fewer.
+    max_validation_windows: int = 16384
     min_context: int | None = None  # None: two patches
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
     calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width

@@ -273,7 +273,10 @@ def fit_lightgbm(
     recipe["scaled_bounds"] = [low - 0.5 * (high - low), high + 0.5 * (high - low)]
     model = _mlforecast(recipe, models)
     started = time.perf_counter()
-    model.fit(data, static_features=recipe["static_features"])
+    with warnings.catch_warnings():
+        # A series shorter than the longest lag trains no rows (it still forecasts, its missing lags read as such).
+        warnings.filterwarnings("ignore", message="The following series were dropped", category=UserWarning)
+        model.fit(data, static_features=recipe["static_features"])
     model.models_ = {name: Clipped(fitted, *recipe["scaled_bounds"]) for name, fitted in model.models_.items()}
     return LightGBMModel(model, frequency, freq, covariates, time.perf_counter() - started, recipe)
 

@@ -186,6 +186,14 @@ def make_windows(
     return Windows(np.concatenate(series), np.concatenate(starts), step_begin, step_end)
 
 
+def subsample(windows: Windows, size: int, seed: int = 0) -> Windows:
+    """At most ``size`` of the windows, a fixed draw in their original order (all of them when there are fewer)."""
+    if size <= 0 or len(windows) <= size:
+        return windows
+    keep = np.sort(np.random.default_rng(seed).choice(len(windows), size, replace=False))
+    return Windows(windows.series[keep], windows.start[keep], windows.step_begin, windows.step_end)
+
+
 def validation_length(horizon: int, history_len: int, horizons: float = 2.0) -> int:
     """Periods held out before the cutoff for early stopping and the calibrations: ``horizons`` horizons, at most a
     fifth of the (median) history, at least one. Two horizons give the validation origins a whole horizon of their

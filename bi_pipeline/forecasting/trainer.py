@@ -35,6 +35,7 @@ from bi_pipeline.forecasting.panel import (
     Panel,
     Windows,
     split_windows,
+    subsample,
     validation_length,
 )
 from bi_pipeline.forecasting.sampling import (
@@ -206,6 +207,7 @@ def train_forecaster(
     validation = config.validation_periods or validation_length(horizon, history_len, config.validation_horizons)
     min_context = config.min_context or 2 * model_cfg.patch_length
     train_w, valid_w = split_windows(panel, horizon, cutoff, min_context, validation)
+    valid_w = subsample(valid_w, config.max_validation_windows, config.seed)
     if window_filter is not None:
         train_w = window_filter(train_w)
     if len(train_w) == 0:

@@ -320,6 +320,16 @@ class Publication:
     version: str
     archived: Path
 
+    @property
+    def not_forecast(self) -> pd.DataFrame:
+        """Every series of the history without a forecast, with the reason."""
+        return self.forecasts.attrs.get("not_forecast", pd.DataFrame(columns=["store_id", "item_id", "reason"]))
+
+    @property
+    def clipped_quantiles(self) -> int:
+        """Forecast values of a non-negative measure that were still below zero and were clipped (a last guard)."""
+        return int(self.forecasts.attrs.get("clipped_quantiles", 0))
+
 
 class NoChampion(RuntimeError):
     """There is no champion model to forecast from yet."""
