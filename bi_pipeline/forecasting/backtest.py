@@ -83,9 +83,8 @@ def run_backtest(
             per_model.setdefault(name, []).append(score(attach_actuals(forecast, test), train, season_length))
             info.setdefault(name, []).append(dict(model.info))
             if name == "ensemble" and progress:
-                spread = " + ".join(f"{m} {w:.1f}" for m, w in model.spread_weights.items())
                 factors = ", ".join(f"{f:.2f}" for f in model.step_factors)
-                progress(f"  ensemble: {model.describe()} (spread: {spread}; interval factors by step: {factors})")
+                progress(f"  ensemble: {model.describe()}; interval factors by quarter of the horizon: {factors}")
     result_models = {}
     for name in (m for m in MODELS if m in models):
         scores, spent = per_model[name], info[name]

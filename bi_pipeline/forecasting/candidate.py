@@ -230,8 +230,7 @@ def forecast_latest(
     model: Forecaster | BIForecaster, history: pd.DataFrame, future: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Forecasts for the ``horizon`` periods after the last date of ``history``, for every series active at that
-    date, from a saved model and its own encodings. ``attrs["not_forecast"]`` lists every other series of the
-    history with the reason (:func:`not_forecast`)."""
+    date, from a saved model and its own encodings (:func:`not_forecast` lists the others, with the reason)."""
     out = as_forecaster(model).predict(history, future)
     last = pd.Timestamp(history["date"].max())
     ends = history.groupby(SERIES, observed=True)["date"].max().reset_index()
@@ -240,7 +239,6 @@ def forecast_latest(
     out = out.merge(active, on=SERIES, how="inner")
     out["cutoff"] = last
     out.attrs["clipped_quantiles"] = clipped
-    out.attrs["not_forecast"] = not_forecast(history, out)
     return out
 
 

@@ -133,8 +133,14 @@ class Forecaster(ForecastModel):
         return bool(self.transformer.config.feature_spec.get("nonnegative", False))
 
     def describe(self) -> str:
-        """The members and their point weights, e.g. ``transformer 0.6 + lightgbm 0.4``."""
-        return " + ".join(f"{m} {self.weights.get(m, 0.0):.1f}" for m in self.members)
+        """The members and their weights, e.g. ``transformer 0.6 + lightgbm 0.4`` or, when the spread weights differ,
+        ``transformer 0.9 + lightgbm 0.1 (spread: transformer 0.6 + auto_ets 0.4)``."""
+
+        def listed(table: dict[str, float]) -> str:
+            return " + ".join(f"{m} {table[m]:.1f}" for m in MEMBERS if table.get(m, 0.0) > 0)
+
+        point, spread = listed(self.weights), listed(self.spread_weights)
+        return point if spread == point else f"{point} (spread: {spread})"
 
     def fit(self, train: pd.DataFrame, task: Task, future: pd.DataFrame | None = None) -> Forecaster:
         """Fits the members not fitted yet on ``train`` (the transformer, LightGBM), then chooses the weights and the

@@ -59,18 +59,25 @@ def batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarr
     return [order[i : i + size] for i in range(0, n, size)]
 
 
+def gather_windows(
+    panel: Panel, windows: Windows, rows: np.ndarray, cfg: BIForecasterConfig
+) -> dict[str, torch.Tensor]:
+    """:func:`gather` for the windows at ``rows``, with the network's context and horizon."""
+    return gather(
+        panel,
+        windows.series[rows],
+        windows.start[rows],
+        cfg.context_length,
+        cfg.horizon,
+        windows.step_begin,
+        windows.step_end,
+    )
+
+
 def ordered_batches(panel: Panel, windows: Windows, cfg: BIForecasterConfig, batch_size: int):
     """The windows' tensors in order, ``batch_size`` at a time (evaluation: no shuffling)."""
     for idx in batches(len(windows), batch_size, None):
-        yield gather(
-            panel,
-            windows.series[idx],
-            windows.start[idx],
-            cfg.context_length,
-            cfg.horizon,
-            windows.step_begin,
-            windows.step_end,
-        )
+        yield gather_windows(panel, windows, idx, cfg)
 
 
 PERIODS_PER_YEAR = {"D": 365.25, "W": 52.18, "M": 12.0}

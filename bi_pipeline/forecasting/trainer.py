@@ -42,7 +42,7 @@ from bi_pipeline.forecasting.sampling import (
     PERIODS_PER_YEAR,
     batches,
     epoch_sample,
-    gather,
+    gather_windows,
     mix_windows,
     ordered_batches,
 )
@@ -110,15 +110,7 @@ def train_epoch(
     losses = []
     for idx in batches(len(chosen), config.batch_size, rng):
         sel = chosen[idx]
-        batch = gather(
-            panel,
-            windows.series[sel],
-            windows.start[sel],
-            cfg.context_length,
-            cfg.horizon,
-            windows.step_begin,
-            windows.step_end,
-        )
+        batch = gather_windows(panel, windows, sel, cfg)
         if config.mixup:
             batch = mix_windows(panel, batch, windows, sel, cfg, config.mixup, rng)
         if not bool(batch["mask"].any()):

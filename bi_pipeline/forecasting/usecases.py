@@ -24,6 +24,7 @@ from bi_pipeline.forecasting.candidate import (
     lineage_of,
     load_champion,
     make_candidate,
+    not_forecast,
 )
 from bi_pipeline.forecasting.configuration import Progress, TrainConfig
 from bi_pipeline.forecasting.continual import (
@@ -319,11 +320,7 @@ class Publication:
     model: Forecaster
     version: str
     archived: Path
-
-    @property
-    def not_forecast(self) -> pd.DataFrame:
-        """Every series of the history without a forecast, with the reason."""
-        return self.forecasts.attrs.get("not_forecast", pd.DataFrame(columns=["store_id", "item_id", "reason"]))
+    not_forecast: pd.DataFrame  # every series of the history without a forecast, with the reason
 
     @property
     def clipped_quantiles(self) -> int:
@@ -350,7 +347,7 @@ def publish_forecasts(
     future = future_covariates(calendar, history, model.horizon, pandas_freq(history, model.frequency))
     out = forecast_latest(model, history, future)
     out["model_version"] = version
-    return Publication(out, model, version, archive_forecasts(archive, out))
+    return Publication(out, model, version, archive_forecasts(archive, out), not_forecast(history, out))
 
 
 @dataclass

@@ -52,16 +52,14 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert {"holdout_MASE", "holdout_WQL", "fit_train_loss", "fit_validation_loss"} <= set(run.data.metrics)
         assert tracker.client.get_metric_history(run.info.run_id, "fit_train_loss")[-1].step == 2
         assert version.tags["decision"] == "promoted"
-        # The candidate is the transformer or its blend with LightGBM, whichever validation chose; each part's
-        # holdout metrics are in the run.
-        assert version.tags["kind"] == run.data.params["kind"]
-        assert version.tags["kind"] == (
-            "ensemble" if float(run.data.params["transformer_weight"]) < 1 else "transformer"
-        )
-        parts = ("transformer", "lightgbm", "ensemble")
-        assert {f"{part}_holdout_MASE" for part in parts} <= set(run.data.metrics)
+        # The candidate is one member or a blend, whichever the validation origins chose; each member's holdout
+        # metrics are in the run, and the candidate's own are the ensemble row's.
         kind = version.tags["kind"]
-        assert run.data.metrics["holdout_MASE"] == pytest.approx(run.data.metrics[f"{kind}_holdout_MASE"])
+        assert kind == run.data.params["kind"] and kind in ("transformer", "lightgbm", "auto_ets", "ensemble")
+        assert run.data.params["members"].startswith(kind if kind != "ensemble" else "")
+        parts = ("transformer", "lightgbm", "auto_ets", "ensemble")
+        assert {f"{part}_holdout_MASE" for part in parts} <= set(run.data.metrics)
+        assert run.data.metrics["holdout_MASE"] == pytest.approx(run.data.metrics["ensemble_holdout_MASE"])
 
         trained = result.asset_materializations_for_node("forecaster")[0].metadata
         assert trained["model_version"].value == "1" and trained["decision"].value == "promoted"
@@ -84,7 +82,13 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert len(forecasts) == len(active) * 6
         assert forecasts["date"].min() > last and (forecasts["model_version"] == "1").all()
         assert (np.diff(forecasts[[quantile_column(q) for q in QUANTILES]].to_numpy(), axis=1) >= 0).all()
-        plots = result.asset_materializations_for_node("forecasts")[0].metadata["plots"].value
+        published = result.asset_materializations_for_node("forecasts")[0].metadata
+        # Every series not forecast is counted with its reason: here, those whose sales ended before the last period.
+        ended = len(integrated[["store_id", "item_id"]].drop_duplicates()) - len(active)
+        assert published["series_not_forecast"].value == ended
+        assert published["not_forecast_by_reason"].value == ({"ended": ended} if ended else {})
+        assert (forecasts[[quantile_column(q) for q in QUANTILES]] >= 0).all().all()
+        plots = published["plots"].value
         assert plots.count("data:image/png;base64,") == 4
 
         table = pd.read_parquet(landed.asset_dir / "backtest.parquet")
@@ -111,7 +115,8 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         # An ensemble champion serves the forecasts: the transformer of v1 blended with a LightGBM.
         integrated = pd.read_parquet(landed.asset_dir / "integrated_sales.parquet")
         v1 = Forecaster.load(tracker.model_dir("1"))
-        blended = Forecaster(v1.transformer, fit_lightgbm(integrated, 6, "W"), 0.3)
+        weights = {"transformer": 0.3, "lightgbm": 0.7}
+        blended = Forecaster(v1.transformer, fit_lightgbm(integrated, 6, "W"), weights)
         blended.save(landed.home / "ensemble")
         _, v3 = tracker.log_training(
             landed.home / "ensemble", {}, [], {"MASE": 0.5}, {}, version_tags={"kind": "ensemble"}

@@ -20,7 +20,13 @@ from bi_pipeline.forecasting.calendar import (
     effect_names,
 )
 from bi_pipeline.forecasting.calibration import SPREAD_GRID, fit_calibration
-from bi_pipeline.forecasting.candidate import forecast_latest, holdout_score, make_candidate, train_with_holdout
+from bi_pipeline.forecasting.candidate import (
+    forecast_latest,
+    holdout_score,
+    make_candidate,
+    not_forecast,
+    train_with_holdout,
+)
 from bi_pipeline.forecasting.configuration import load_model, model_config
 from bi_pipeline.forecasting.ensemble import (
     STEP_GROUPS,
@@ -681,6 +687,11 @@ def test_ensemble_candidate_saves_loads_and_forecasts_from_newer_history(tmp_pat
     loaded = Forecaster.load(tmp_path / "ensemble")
     assert loaded.kind == "ensemble" and loaded.weights == weights and loaded.lightgbm.covariates == ["holiday"]
     assert loaded.step_factors == [1.0, 1.2, 1.4, 1.6] and loaded.season_length == 52
+    assert loaded.describe() == "transformer 0.4 + lightgbm 0.3 + auto_ets 0.3"
+    spread = {"transformer": 0.5, "auto_ets": 0.5}
+    assert Forecaster(trained.result.model, None, {"transformer": 1.0}, spread).describe() == (
+        "transformer 1.0 (spread: transformer 0.5 + auto_ets 0.5)"
+    )
     latest = forecast_latest(loaded, history)
     assert len(latest) == 6 * 8 and latest["date"].min() == history["date"].max() + pd.Timedelta(weeks=1)
     parts = {
@@ -724,3 +735,43 @@ def test_validation_is_two_horizons_at_most_a_fifth_of_the_history():
     assert validation_length(12, 3) == 1
     assert validation_length(12, 417, horizons=1.0) == 12
     assert validation_length(12, 417, horizons=1.5) == 18
+
+
+def test_every_series_without_a_forecast_is_listed_with_the_reason():
+    history = weekly_history(series=3, periods=20)
+    last = history["date"].max()
+    history = history[~((history["item_id"] == "I1") & (history["date"] > last - pd.Timedelta(weeks=3)))]
+    forecasts = history[history["date"] == last][["store_id", "item_id"]].astype(str)
+    forecasts = forecasts[forecasts["item_id"] != "I2"]  # an active series the model returned nothing for
+    skipped = not_forecast(history, forecasts)
+    assert skipped[["item_id", "reason"]].to_dict("records") == [
+        {
+            "item_id": "I1",
+            "reason": f"ended: its last landed period is {(last - pd.Timedelta(weeks=3)).date()}, before {last.date()}",
+        },
+        {"item_id": "I2", "reason": "no forecast from the model"},
+    ]
+
+
+def test_a_zero_heavy_panel_gets_no_negative_quantile_from_the_network_itself(tmp_path):
+    from bi_pipeline.config import Settings
+    from bi_pipeline.forecasting.backtest import load_history
+    from bi_pipeline.forecasting.inference import quantile_forecasts
+    from bi_pipeline.forecasting.models import Transformer
+    from bi_pipeline.generate import GenerationSpec, generate
+
+    # Slow movers only: most days sell nothing.
+    spec = GenerationSpec(stores=2, items=12, periods=240, frequency="D", defects=0, intermittent_item_share=1.0)
+    generate(tmp_path / "landing", spec)
+    history, frequency, _ = load_history(tmp_path / "landing", Settings(home=tmp_path, landing=tmp_path / "landing"))
+    assert (history["sales"] == 0).mean() > 0.5
+    train = history[history["date"] <= history["date"].max() - pd.Timedelta(days=14)]
+    model = Transformer(tiny(epochs=2)).fit(train, Task("D", 14, 7))
+    assert model.network.members[0].nonnegative
+    # The network's own quantiles, before any per-series feedback or guard, keep to the measure's support.
+    raw = quantile_forecasts(model.network, model.panel, np.arange(model.panel.series), model.cutoff)
+    assert (raw >= 0).all()
+    out = model.predict(train)
+    assert (out[QCOLS] >= 0).all().all() and len(out) == model.panel.series * 14
+    # Intermittent series are forecast as such: the low quantiles sit at (or next to) zero.
+    assert (out["q0.1"] < 0.05).mean() > 0.5

@@ -47,7 +47,8 @@ def test_train_and_promote_registers_and_judges_a_candidate(tmp_path, tracker):
         history, panel, cutoff, task, tiny(epochs=2), tracker, tmp_path / "work", log=logged.append, warn=logged.append
     )
     assert (first.version, first.mode, first.champion_version, first.gate) == ("1", "full", None, None)
-    assert set(first.candidate.scores) == {"transformer", "lightgbm", "ensemble"}
+    assert set(first.candidate.scores) == {"transformer", "lightgbm", "auto_ets", "ensemble"}
+    assert first.params["members"] == first.candidate.model.describe()
     # With no champion, the floor alone decides: promoted exactly when the candidate beats seasonal naive.
     beats_floor = first.candidate.own_scores["MASE"] < first.floor
     assert first.decision.promoted == beats_floor
