@@ -145,9 +145,13 @@ def _print_summary(summary, settings: Settings) -> None:
         print(f"  MLflow            {trained['mlflow_ui']}")
     published = summary.materialized.get("forecasts")
     if published:
+        reasons = published.get("not_forecast_by_reason") or {}
+        why = f" ({', '.join(f'{count} {reason}' for reason, count in reasons.items())})" if reasons else ""
         print(
             f"  forecasts         {published['series']} series x {published['horizon']} periods after "
-            f"{published['cutoff']} from champion v{published['model_version']}"
+            f"{published['cutoff']} from champion v{published['model_version']}; "
+            f"{published.get('series_not_forecast', 0)} series not forecast{why}, each with its reason in the "
+            f"metadata; {published.get('clipped_negative_values', 0)} negative values clipped at 0"
         )
     compared = summary.materialized.get("backtest")
     if compared:

@@ -36,8 +36,9 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert "quarantine matches the injected defects: True" in out
     assert "integrated_sales" in out and "check clean_sales:clean_sales_expectations" in out
     assert "forecaster        model v1 promoted (no champion yet; MASE " in out
-    # 2 of the 12 series were discontinued before the last period: 10 are forecast.
+    # 2 of the 12 series were discontinued before the last period: 10 are forecast, and the 2 are said why.
     assert "10 series x 4 periods" in out and "backtest on the holdout" in out and "| ensemble" in out
+    assert "2 series not forecast (2 ended), each with its reason in the metadata" in out
     # The run is in the persistent instance under the home, where `make ui` will show it.
     assert (home / "dagster" / "dagster.yaml").exists()
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
