@@ -207,6 +207,15 @@ def test_bench_forecaster_reports_throughput(tmp_path):
     assert result["series"] == 6 and result["device"] == "cpu" and result["precision"] == "fp32"
     assert result["train_windows_per_second"] > 0 and result["inference_series_per_second"] > 0
     assert result["epochs"] == 1
+    # The bare PatchTST loop on the same windows, and the pipeline's share of its speed per network.
+    assert result["bare_patchtst_windows_per_second"] > 0
+    expected = result["train_windows_per_second"] / result["bare_patchtst_windows_per_second"]
+    assert result["pipeline_vs_bare"] == pytest.approx(expected, abs=0.002)
+
+
+def test_bench_accuracy_names_an_unknown_set(capsys):
+    assert main(["bench", "accuracy", "--sets", "walmart", "no_such_set"]) == 2
+    assert "unknown set(s) no_such_set: choose from aus_retail, daily_intermittent" in capsys.readouterr().err
 
 
 def test_bench_continual_command_writes_the_replay_json(tmp_path, capsys):
