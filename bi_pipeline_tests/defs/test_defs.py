@@ -11,45 +11,9 @@ import pandas as pd
 import pytest
 
 from bi_pipeline.config import Settings
-from bi_pipeline.contract import scan_sales_dir
-from bi_pipeline.defs.cleaning import clean_sales
-from bi_pipeline.defs.collection import (
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    calendar,
-    items,
-    raw_sales,
-    sales_periods,
-    stores,
-)
-from bi_pipeline.defs.integration import integrated_sales
-from bi_pipeline.defs.resources import ParquetIOManager, PipelineResource
 from bi_pipeline.generate import GenerationSpec, generate
 from bi_pipeline_tests.conftest import write_sales
-
-ASSETS = [stores, items, calendar, raw_sales, clean_sales, integrated_sales]
-
-
-def resources(settings: Settings) -> dict:
-    return {
-        "pipeline": PipelineResource.from_settings(settings),
-        "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
-    }
-
-
-def materialize_all(settings: Settings, instance: dg.DagsterInstance, raise_on_error: bool = True):
-    keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0, assume_complete=True).ready)
-    instance.add_dynamic_partitions(
-        sales_periods.name, [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
-    )
-    all_keys = instance.get_dynamic_partitions(sales_periods.name)
-    return dg.materialize(
-        ASSETS,
-        instance=instance,
-        resources=resources(settings),
-        tags={RANGE_START_TAG: all_keys[0], RANGE_END_TAG: all_keys[-1]},
-        raise_on_error=raise_on_error,
-    )
+from bi_pipeline_tests.defs.chain import materialize_chain
 
 
 def checks(result) -> dict[str, dg.AssetCheckEvaluation]:
@@ -69,7 +33,7 @@ def generated(tmp_path_factory) -> tuple[Settings, dict]:
 def test_whole_chain_quarantines_exactly_the_injected_defects(generated):
     settings, report = generated
     with dg.instance_for_test() as instance:
-        result = materialize_all(settings, instance)
+        result = materialize_chain(settings, instance)
         assert result.success
         # One run for all 40 periods (single-run backfill).
         assert len(instance.get_runs()) == 1
@@ -170,7 +134,7 @@ def test_a_partition_over_the_bad_row_threshold_blocks_integration(tmp_path):
         header + "2024-01-02,S1,I1,x\n2024-01-02,S1,I2,-1\n2024-01-02,S1,I3,1\n",
     )
     with dg.instance_for_test() as instance:
-        result = materialize_all(settings, instance, raise_on_error=False)
+        result = materialize_chain(settings, instance, raise_on_error=False)
         assert not result.success
         evaluation = checks(result)["bad_row_rate"]
         assert not evaluation.passed
@@ -186,7 +150,7 @@ def test_unreadable_file_fails_its_partition_with_a_named_error(tmp_path):
     write_sales(settings.landing, "2024-01-01", "date,store_id,item_id,sales\n2024-01-01,S1,I1,3\n")
     write_sales(settings.landing, "2024-01-02", "day,shop,sku,units\n2024-01-02,S1,I1,3\n")
     with dg.instance_for_test() as instance:
-        result = materialize_all(settings, instance, raise_on_error=False)
+        result = materialize_chain(settings, instance, raise_on_error=False)
         evaluation = checks(result)["bad_row_rate"]
         assert not evaluation.passed
         assert "sales/2024-01-02.csv" in evaluation.description and "missing_columns" in evaluation.description
@@ -207,7 +171,7 @@ def test_big_runs_count_landed_defects_with_the_rules_and_still_gate_with_gx(tmp
     )
     report = generate(settings.landing, GenerationSpec(stores=2, items=8, periods=12, frequency="W", defects=1))
     with dg.instance_for_test() as instance:
-        result = materialize_all(settings, instance)
+        result = materialize_chain(settings, instance)
         evaluations = checks(result)
         landed = evaluations["landed_rows_expectations"]
         assert landed.metadata["validated_by"].value == "rules"

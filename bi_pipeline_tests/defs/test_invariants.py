@@ -11,43 +11,14 @@ import pandas as pd
 import pytest
 
 from bi_pipeline.config import Settings
-from bi_pipeline.contract import scan_sales_dir
-from bi_pipeline.defs.cleaning import clean_sales
 from bi_pipeline.defs.collection import (
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    calendar,
-    items,
-    raw_sales,
     sales_periods,
-    stores,
 )
-from bi_pipeline.defs.integration import integrated_sales
-from bi_pipeline.defs.resources import ParquetIOManager, PipelineResource
 from bi_pipeline.defs.runner import remove_period
 from bi_pipeline.generate import GenerationSpec, generate
 from bi_pipeline.state import load_removals
 from bi_pipeline_tests.conftest import write_sales
-
-ASSETS = [stores, items, calendar, raw_sales, clean_sales, integrated_sales]
-
-
-def run(settings: Settings, instance: dg.DagsterInstance, keys: list[str] | None = None):
-    """The chain over the given periods (all registered ones by default), as one single-run backfill."""
-    ready = sorted(f.key for f in scan_sales_dir(settings.landing, 0, assume_complete=True).ready)
-    known = set(instance.get_dynamic_partitions(sales_periods.name))
-    instance.add_dynamic_partitions(sales_periods.name, [k for k in ready if k not in known])
-    keys = keys or instance.get_dynamic_partitions(sales_periods.name)
-    return dg.materialize(
-        ASSETS,
-        instance=instance,
-        resources={
-            "pipeline": PipelineResource.from_settings(settings),
-            "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
-        },
-        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
-        raise_on_error=False,
-    )
+from bi_pipeline_tests.defs.chain import materialize_chain
 
 
 def stored_view(settings: Settings) -> pd.DataFrame:
@@ -65,7 +36,7 @@ def landed(tmp_path) -> tuple[Settings, dict]:
 def test_the_view_holds_exactly_the_accepted_rows_and_reruns_without_files_change_nothing(landed, tmp_path):
     settings, report = landed
     with dg.instance_for_test() as instance:
-        first = run(settings, instance)
+        first = materialize_chain(settings, instance, raise_on_error=False)
         assert first.success
         clean = pd.concat(first.output_for_node("clean_sales", "clean_sales").values())
         quarantine = pd.concat(first.output_for_node("clean_sales", "sales_quarantine").values())
@@ -80,7 +51,7 @@ def test_the_view_holds_exactly_the_accepted_rows_and_reruns_without_files_chang
         # Every landed file archived away: re-running every partition keeps what was ingested.
         shutil.move(settings.landing / "sales", tmp_path / "archive")
         (settings.landing / "sales").mkdir()
-        again = run(settings, instance)
+        again = materialize_chain(settings, instance, raise_on_error=False)
         assert again.success
         pd.testing.assert_frame_equal(stored_view(settings), view)
         raw = next(e for e in again.get_asset_materialization_events() if e.asset_key == dg.AssetKey("raw_sales"))
@@ -91,7 +62,7 @@ def test_the_view_holds_exactly_the_accepted_rows_and_reruns_without_files_chang
 def test_a_failed_period_holds_the_view_until_it_is_fixed_or_removed(landed):
     settings, _ = landed
     with dg.instance_for_test() as instance:
-        assert run(settings, instance).success
+        assert materialize_chain(settings, instance, raise_on_error=False).success
         good_view = stored_view(settings)
         keys = instance.get_dynamic_partitions(sales_periods.name)
         last = pd.Timestamp(keys[-1])
@@ -101,12 +72,12 @@ def test_a_failed_period_holds_the_view_until_it_is_fixed_or_removed(landed):
         store, item = good_view["store_id"].iloc[0], good_view["item_id"].iloc[0]
         # A period where every row breaks a rule: its blocking check fails.
         write_sales(settings.landing, bad_key, header + f"{bad_key},{store},{item},abc\n{bad_key},{store},{item},-\n")
-        failed = run(settings, instance, [bad_key])
+        failed = materialize_chain(settings, instance, [bad_key], raise_on_error=False)
         assert not failed.success
         assert stored_view(settings).equals(good_view)
         # A later, good period lands and is ingested: the view still waits for the failed one.
         write_sales(settings.landing, next_key, header + f"{next_key},{store},{item},5\n")
-        later = run(settings, instance, [next_key])
+        later = materialize_chain(settings, instance, [next_key], raise_on_error=False)
         assert not later.success
         failure = next(e for e in later.all_events if e.is_step_failure and e.step_key == "integrated_sales")
         message = failure.step_failure_data.error.message

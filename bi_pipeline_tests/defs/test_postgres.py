@@ -10,7 +10,7 @@ import pytest
 
 from bi_pipeline.config import Settings
 from bi_pipeline.generate import GenerationSpec, generate
-from bi_pipeline_tests.defs.test_defs import materialize_all
+from bi_pipeline_tests.defs.chain import materialize_chain
 
 PG_HOST = os.environ.get("BI_PIPELINE_TEST_PG_HOST", "127.0.0.1")
 
@@ -39,7 +39,7 @@ def test_chain_runs_on_postgres_storage(tmp_path, postgres_url):
     report = generate(settings.landing, GenerationSpec(stores=2, items=8, periods=12, frequency="W", defects=1))
     with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": postgres_url}}}) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        result = materialize_all(settings, instance)
+        result = materialize_chain(settings, instance)
         assert result.success
         assert len(instance.get_dynamic_partitions("sales_periods")) == 12
         runs = instance.get_runs()
