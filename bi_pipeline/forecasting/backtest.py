@@ -75,11 +75,13 @@ def run_backtest(
                 f"window {index}/{windows}: train to {pd.Timestamp(train['date'].max()).date()}, {len(test)} test rows"
             )
         future = test.drop(columns="sales")
+        made: dict[str, pd.DataFrame] = {}  # this window's forecasts: the ensemble blends its members' as they are
         for name, model in build_models(models, train_config, train_progress, seed).items():
             if progress:
                 progress(f"  {name}: fitting")
             model.fit(train, task, future)
-            forecast = model.predict(train, future)
+            forecast = model.predict(train, future, made) if name == "ensemble" else model.predict(train, future)
+            made[name] = forecast
             per_model.setdefault(name, []).append(score(attach_actuals(forecast, test), train, season_length))
             info.setdefault(name, []).append(dict(model.info))
             if name == "ensemble" and progress:

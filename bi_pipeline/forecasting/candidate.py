@@ -176,7 +176,7 @@ def make_candidate(transformer: Transformer, history: pd.DataFrame, task: Task, 
     chosen = Forecaster(parts=parts).fit(train, task, future)
     for name in ("lightgbm", "auto_ets"):
         holdout[name] = parts[name].predict(train, future)
-    holdout["ensemble"] = chosen.predict(train, future)
+    holdout["ensemble"] = chosen.predict(train, future, made=holdout)
     scores = {name: score(attach_actuals(frame, test), train, task.season) for name, frame in holdout.items()}
     return Candidate(chosen.deployable(), holdout, scores, own, floor, chosen.selection)
 

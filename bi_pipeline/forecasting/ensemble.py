@@ -185,14 +185,20 @@ class Forecaster(ForecastModel):
             return LightGBM(model=self.lightgbm, task=task)
         return AutoETS(task)
 
-    def predict(self, history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
+    def predict(
+        self,
+        history: pd.DataFrame,
+        future: pd.DataFrame | None = None,
+        made: dict[str, pd.DataFrame] | None = None,
+    ) -> pd.DataFrame:
         """The members' forecasts for the ``horizon`` periods after ``history``'s last date, blended, with the
         intervals' step factors; for a non-negative measure any quantile still below zero is clipped and counted
-        (``info["clipped_quantiles"]``)."""
+        (``info["clipped_quantiles"]``). ``made`` holds members' forecasts of the same history already made (a
+        backtest or a candidate scores each member alone first): those are blended as they are, not made again."""
         seconds, frames = 0.0, {}
         for name in self.members:
             member = self._member(name)
-            frames[name] = member.predict(history, future)
+            frames[name] = made[name] if made and name in made else member.predict(history, future)
             seconds += member.info.get("predict_seconds", member.info.get("fit_seconds", 0.0))
         last = pd.Timestamp(history["date"].max())
         out = combine(frames, self.weights, self.spread_weights, last)
@@ -301,11 +307,8 @@ def apply_step_factors(frame: pd.DataFrame, factors: list[float], last: pd.Times
     """Each row's distances from its median times the factor of its step's group (:func:`step_groups`)."""
     if not factors or len(frame) == 0:
         return frame
-    steps = steps_after(frame["date"], last)
-    factor = np.asarray(factors)[step_groups(steps, horizon, len(factors))]
     values = frame[QCOLS].to_numpy(dtype="float64")
-    median = values[:, MEDIAN : MEDIAN + 1]
-    frame[QCOLS] = median + (values - median) * factor[:, None]
+    frame[QCOLS] = respread(values, steps_after(frame["date"], last), factors, horizon)
     return frame
 
 
@@ -437,7 +440,7 @@ def choose(
     scores = {}
     for alone, name in zip(np.eye(len(members)), members, strict=True):
         scores[name] = {"MASE": point_loss(alone), "WQL": wql(y, quantiles_of(alone, alone))}
-    calibrated = _respread(blended, steps, factors, horizon, nonnegative)
+    calibrated = respread(blended, steps, factors, horizon, nonnegative)
     scores["combination"] = {"MASE": point_losses[best], "WQL": wql(y, calibrated)}
     return Selection(weights, spread_weights, factors, [], scores, int(len(y)))
 
@@ -449,7 +452,11 @@ def wql(y: np.ndarray, quantiles: np.ndarray) -> float:
     return float(2.0 * loss.sum() / len(LEVELS) / max(float(np.abs(y).sum()), 1e-12))
 
 
-def _respread(quantiles: np.ndarray, steps: np.ndarray, factors: list[float], horizon: int, floor: bool) -> np.ndarray:
+def respread(
+    quantiles: np.ndarray, steps: np.ndarray, factors: list[float], horizon: int, floor: bool = False
+) -> np.ndarray:
+    """Quantile rows with their distances from the median times the factor of each row's step group (and, with
+    ``floor``, kept at or above zero)."""
     factor = np.asarray(factors)[step_groups(steps, horizon, len(factors))]
     median = quantiles[:, MEDIAN : MEDIAN + 1]
     out = median + (quantiles - median) * factor[:, None]
