@@ -454,6 +454,18 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from bi_pipeline.suite import SPEED, run_suite, speed_table
+
+    entries = tuple(e for e in SPEED if not args.sets or e.name in args.sets)
+    workdir = Path(args.workdir) if args.workdir else None
+    report = run_suite(entries, workdir, say=_say, train_progress=_epoch_bar("transformer"))
+    report["cpu_count"] = os.cpu_count()
+    print(speed_table(report))
+    _save_json(report, args.out)
+    return 0
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bi_pipeline.bench import bench_ingest
 
@@ -612,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(acc, TrainingSettings)
     acc.add_argument("--out", help="write the JSON here too")
     acc.set_defaults(func=cmd_bench_accuracy)
+    speed = bench_sub.add_parser(
+        "speed", help="the whole backtest's seconds on Walmart, 2,970 weekly and 350 monthly series, against targets"
+    )
+    speed.add_argument("--sets", nargs="+", choices=("walmart", "weekly_3000", "monthly_350"), metavar="NAME")
+    speed.add_argument("--workdir", help="where the landing zones are made and kept (default: a temporary directory)")
+    speed.add_argument("--out", help="write the JSON here too")
+    speed.set_defaults(func=cmd_bench_speed)
     return parser
 
 

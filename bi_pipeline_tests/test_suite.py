@@ -9,7 +9,7 @@ import pytest
 
 from bi_pipeline.forecasting.interface import MODELS
 from bi_pipeline.generate import GenerationSpec
-from bi_pipeline.suite import SUITE, SuiteSet, aggregate, prepare, run_suite, table
+from bi_pipeline.suite import SPEED, SUITE, SuiteSet, aggregate, prepare, run_suite, speed_table, table
 from bi_pipeline_tests.forecasting.helpers import tiny
 
 
@@ -53,6 +53,7 @@ def test_run_suite_backtests_every_model_and_aggregates_per_half(tmp_path, monke
     assert check["sets"] == ["tiny_totals"]
     assert check["ensemble"]["geomean_skill"] == pytest.approx(totals["models"]["ensemble"]["skill"])
     assert (tmp_path / "work" / "tiny_weekly" / "sales").exists()  # kept for a rerun
+    assert "target_seconds" not in totals  # only bench speed's sets carry a target
     assert prepare(entries[0], tmp_path / "work") == tmp_path / "work" / "tiny_weekly"
     assert "| check | ensemble |" in table(report)
 
@@ -71,3 +72,19 @@ def test_the_aggregate_is_the_geometric_mean_of_skill_and_counts_wins():
     assert out["ensemble"]["losses_against_best_baseline"] == ["b"]
     assert out["transformer"]["wins_against_best_baseline"] == ["a"]
     assert np.isclose(out["lightgbm"]["geomean_relative_WQL"], math.sqrt(0.6 * 0.5))
+
+
+def test_bench_speed_times_the_shapes_with_runtime_targets_and_tabulates_each_model():
+    assert {e.name: (e.horizon, e.target_seconds) for e in SPEED} == {
+        "walmart": (39, 120),
+        "weekly_3000": (39, 480),
+        "monthly_350": (12, 240),
+    }
+    weekly = next(e for e in SPEED if e.name == "weekly_3000").spec
+    assert weekly.stores * weekly.items == 2970 and weekly.frequency == "W"
+    models = {m: {"fit_seconds": 1.0, "predict_seconds": 0.5} for m in MODELS}
+    models["transformer"]["fit_seconds"] = 60.0
+    # The ensemble's fit holds its members' fits (62) and the choice (13); its forecast time is its members'.
+    models["ensemble"].update(fit_seconds=75.0, predict_seconds=2.0)
+    result = {"name": "w", "series": 45, "horizon": 39, "seconds": 100.4, "target_seconds": 120, "models": models}
+    assert speed_table({"sets": {"w": result}}).splitlines()[-1] == "| w | 45 | 39 | 100 | 120 | 60 | 2 | 2 | 13 |"

@@ -381,7 +381,7 @@ def backtest(
     return dg.Output(
         table,
         metadata={
-            "comparison": _md_table(table[["model", "MASE", "skill", "WAPE", "WQL", "coverage_80", "bias"]]),
+            "comparison": _md_table(table[["model", "MASE", "skill", "RMSSE", "WAPE", "WQL", "coverage_80", "bias"]]),
             "best_model": str(best),
             "ensemble_transformer_weight": float(forecaster["transformer_weight"].iloc[0]),
             "holdout_start": str(pd.Timestamp(test["date"].min()).date()),

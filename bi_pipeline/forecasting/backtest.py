@@ -121,11 +121,13 @@ def run_backtest(
 def table(result: dict) -> str:
     """The result as a terminal table, with skill (MASE ÷ seasonal naive's MASE)."""
     naive = result["models"].get("seasonal_naive", {}).get("MASE")
-    lines = [f"{'model':<16}{'MASE':>8}{'skill':>8}{'WAPE':>8}{'WQL':>8}{'cov80':>8}{'bias':>8}{'fit s':>8}"]
+    lines = [
+        f"{'model':<16}{'MASE':>8}{'skill':>8}{'RMSSE':>8}{'WAPE':>8}{'WQL':>8}{'cov80':>8}{'bias':>8}{'fit s':>8}"
+    ]
     for name, m in result["models"].items():
         skill = m["MASE"] / naive if naive else float("nan")
         lines.append(
-            f"{name:<16}{m['MASE']:>8.3f}{skill:>8.3f}{m['WAPE']:>8.3f}{m['WQL']:>8.3f}{m['coverage_80']:>8.3f}"
-            f"{m['bias']:>8.3f}{m['fit_seconds']:>8.1f}"
+            f"{name:<16}{m['MASE']:>8.3f}{skill:>8.3f}{m['RMSSE']:>8.3f}{m['WAPE']:>8.3f}{m['WQL']:>8.3f}"
+            f"{m['coverage_80']:>8.3f}{m['bias']:>8.3f}{m['fit_seconds']:>8.1f}"
         )
     return "\n".join(lines)

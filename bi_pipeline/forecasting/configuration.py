@@ -50,6 +50,9 @@ class TrainConfig(TrainingSettings):
     # Early stopping and the calibrations read at most this many validation windows (a fixed draw): a few thousand
     # series make hundreds of thousands, and each epoch would score them all. Walmart and aus_retail have fewer.
     max_validation_windows: int = 16384
+    # Early stopping reads at most this many of them after every epoch (a fixed draw; the calibrations read them all):
+    # at a few thousand series scoring 16384 windows took as long as the epoch's training.
+    early_stopping_windows: int = 4096
     min_context: int | None = None  # None: two patches
     calibrate_level: bool = True  # fit a factor on the forecasts' level on the validation windows
     calibrate_spread_power: bool = True  # let the spread factor follow each forecast's own interval width

@@ -7,8 +7,8 @@ How the combination is chosen (:func:`select`), never on the holdout:
 - **Origins.** The transformer's training targets end ``validation`` periods before the cutoff (its early-stopping
   stretch). Every member forecasts from :data:`VALIDATION_ORIGINS` origins spread over that stretch, each forecast
   scored on its periods up to the cutoff: LightGBM fitted up to the first origin and reading the newer lags with the
-  same trees, AutoETS fitted on the history up to each origin (as it is on every forecast), the transformer from its
-  own panel.
+  same trees, AutoETS fitted up to the first origin and reading the newer periods with the same parameters at the
+  later ones (as statsforecast's ``cross_validation(refit=False)`` does), the transformer from its own panel.
 - **Weights.** Two weights per member on a simplex grid (steps of 0.1), as before for two: the point weights blend
   the medians and are chosen on MASE; the spread weights blend each member's distances from its own median and are
   chosen on WQL. Every vertex is a single model, so a business where AutoETS or LightGBM forecasts best gets that
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
+from bi_pipeline.forecasting.baselines import attach_actuals, forecasts_from_origins
 from bi_pipeline.forecasting.interface import ForecastModel, Task
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, predict_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, SERIES, mase_scales, quantile_column
@@ -343,17 +343,23 @@ def validation_forecasts(
     lightgbm = None
     if "lightgbm" in members:
         lightgbm = fit_lightgbm(inner, task.horizon, task.frequency, list(task.covariates))
+    statistical = {}
+    if "auto_ets" in members:
+        statistical = forecasts_from_origins(train, dates, task.horizon, task.frequency, task.season)
     frames: dict[str, list[pd.DataFrame]] = {m: [] for m in members}
-    for index, origin in zip(indices, dates, strict=True):
+    for k, (index, origin) in enumerate(zip(indices, dates, strict=True)):
         history = train[train["date"] <= origin]
         later = train[(train["date"] > origin)].drop(columns="sales")
         for name in members:
             if name == "transformer":
                 out = forecast(transformer.network, panel, index)
             elif name == "lightgbm":
-                out = predict_lightgbm(lightgbm, history, task.horizon, future=later, fitted=False)
+                # Only the steps up to the cutoff are scored: a recursive forecast's first steps do not depend on
+                # how many follow, so the rest is not made.
+                steps = min(task.horizon, cutoff - index)
+                out = predict_lightgbm(lightgbm, history, steps, future=later, fitted=False)
             else:
-                out = statistical_forecast(history, task.horizon, task.frequency, task.season, names=(name,))[name]
+                out = statistical[k]
             out = out.astype({"store_id": str, "item_id": str})
             out = out[(out["date"] > origin) & (out["date"] <= end)].copy()
             out["origin"] = origin

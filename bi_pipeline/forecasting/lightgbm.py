@@ -126,12 +126,17 @@ class CalendarEffect:
     def __init__(self, frequency: str, column: int) -> None:
         self.frequency, self.column = frequency, column
         self.__name__ = calendar_names(frequency, LIGHTGBM_EFFECTS)[len(calendar_names(frequency)) + column]
+        self.known: dict[np.datetime64, float] = {}  # the column's value per period computed so far
 
     def __call__(self, dates) -> np.ndarray:
-        # mlforecast passes one date per row (every series): compute each distinct period once.
+        # mlforecast passes one date per row (every series), and asks again at every recursive step of every quantile
+        # model: compute each distinct period once.
         unique, index = np.unique(pd.DatetimeIndex(dates).to_numpy(), return_inverse=True)
-        values = effects_and_changes(pd.DatetimeIndex(unique), self.frequency, LIGHTGBM_EFFECTS)
-        return values[index, self.column]
+        missing = [d for d in unique if d not in self.known]
+        if missing:
+            values = effects_and_changes(pd.DatetimeIndex(missing), self.frequency, LIGHTGBM_EFFECTS)
+            self.known.update(zip(missing, values[:, self.column].tolist(), strict=True))
+        return np.array([self.known[d] for d in unique], dtype="float64")[index]
 
 
 def calendar_effect_features(frequency: str) -> list[CalendarEffect]:
@@ -339,10 +344,15 @@ def _future_covariates(
     rows, also for series that ended early): the ``future`` frame's values where given, else the last known."""
     ids = series_id(history)
     last = history.assign(unique_id=ids).sort_values("date").groupby("unique_id", observed=True).tail(1)
-    rows = []
-    for uid, end in zip(last["unique_id"], last["date"], strict=True):
-        rows.append(pd.DataFrame({"unique_id": uid, "ds": pd.date_range(end, periods=horizon + 1, freq=freq)[1:]}))
-    grid = pd.concat(rows, ignore_index=True)
+    ends = last["date"].to_numpy()
+    # Most series end on the same date: one date range per distinct end, not one per series.
+    dates = {end: pd.date_range(end, periods=horizon + 1, freq=freq)[1:] for end in set(ends)}
+    grid = pd.DataFrame(
+        {
+            "unique_id": np.repeat(last["unique_id"].to_numpy(), horizon),
+            "ds": np.concatenate([dates[end] for end in ends]) if len(ends) else pd.DatetimeIndex([]),
+        }
+    )
     known = history.assign(unique_id=ids)[["unique_id", "date", *covariates]]
     if future is not None and len(future):
         known = pd.concat([known, future.assign(unique_id=series_id(future))[["unique_id", "date", *covariates]]])

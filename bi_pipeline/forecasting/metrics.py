@@ -5,6 +5,9 @@ quantile columns ``q0.1`` … ``q0.9``. Definitions (the backtest's JSON uses th
 
 - MASE: per series, mean |y - ŷ| over the horizon divided by the in-sample mean absolute M-step difference
   (M = season length: 7 daily, 52 weekly, 12 monthly by default); averaged over series with a non-zero scale.
+- RMSSE: per series, the root of mean (y - ŷ)² over the horizon divided by the in-sample mean squared one-step
+  difference, averaged over series with a non-zero scale: M5's accuracy measure, made for intermittent demand, where
+  MASE rewards a forecast of all zeros (the median of a series of mostly zeros) and RMSSE does not.
 - WAPE: Σ|y - ŷ| / Σ|y|.
 - WQL: the mean over the quantile levels of 2·Σ pinball_q / Σ|y|.
 - coverage_80: share of actuals inside [q0.1, q0.9].
@@ -17,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-METRICS = ("MASE", "WAPE", "WQL", "coverage_80", "bias")
+METRICS = ("MASE", "RMSSE", "WAPE", "WQL", "coverage_80", "bias")
 SEASON_LENGTH = {"D": 7, "W": 52, "M": 12}
 SERIES = ["store_id", "item_id"]
 
@@ -57,6 +60,22 @@ def mase(forecast: pd.DataFrame, scales: pd.Series, point: str = "mean") -> floa
     return float((per_series[usable] / scale[usable]).mean())
 
 
+def rmsse_scales(train: pd.DataFrame, target: str = "sales") -> pd.Series:
+    """In-sample mean squared one-step difference per series (NaN when a series has a single period)."""
+    ordered = train.sort_values([*SERIES, "date"])
+    lagged = ordered.groupby(SERIES, observed=True)[target].shift(1)
+    squared = (ordered[target] - lagged) ** 2
+    return squared.groupby([ordered[c] for c in SERIES], observed=True).mean()
+
+
+def rmsse(forecast: pd.DataFrame, scales: pd.Series, point: str = "mean") -> float:
+    squared = (forecast["sales"] - forecast[point]) ** 2
+    per_series = squared.groupby([forecast[c] for c in SERIES], observed=True).mean()
+    scale = scales.reindex(per_series.index)
+    usable = scale.notna() & (scale > 0)
+    return float(np.sqrt(per_series[usable] / scale[usable]).mean())
+
+
 def wape(forecast: pd.DataFrame, point: str = "mean") -> float:
     return float((forecast["sales"] - forecast[point]).abs().sum() / forecast["sales"].abs().sum())
 
@@ -86,6 +105,7 @@ def score(forecast: pd.DataFrame, train: pd.DataFrame, season_length: int) -> di
     forecast = forecast.dropna(subset=["sales"])
     return {
         "MASE": mase(forecast, mase_scales(train, season_length)),
+        "RMSSE": rmsse(forecast, rmsse_scales(train)),
         "WAPE": wape(forecast),
         "WQL": wql(forecast),
         "coverage_80": coverage(forecast),

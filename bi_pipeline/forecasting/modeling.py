@@ -18,11 +18,92 @@ Design choices, each measured (docs/accuracy.md):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import PatchTSTConfig, PatchTSTModel, PretrainedConfig, PreTrainedModel
+from transformers import AttentionInterface, PatchTSTConfig, PatchTSTModel, PretrainedConfig, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.patchtst.modeling_patchtst import PatchTSTAttention
 
 from bi_pipeline.forecasting.metrics import QUANTILES
+
+ATTENTION = "bi_pipeline"  # the backbone's attention: SDPA, with its dropout drawn by DropoutNoise on the CPU
+
+
+class DropoutNoise:
+    """The random stream of the network's dropout masks on the CPU. torch draws a CPU dropout mask from MT19937 one
+    element at a time: on this small network that was a third of a training step (docs/benchmarks.md). NumPy's PCG64
+    draws the same Bernoulli masks several times faster. On an accelerator torch's own dropout runs."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = np.random.default_rng(seed)
+
+    def reseed(self, seed: int | list[int]) -> None:
+        """A new stream: training reseeds it every epoch, so a resumed run draws what it would have drawn."""
+        self.generator = np.random.default_rng(seed)
+
+    def drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """``nn.functional.dropout(x, p, training=True)``: zero each element with probability ``p``, scale the rest."""
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, p, True)
+        # 16 random bits an element, compared in NumPy: p to within 1/65536, at a third of float32 draws' cost.
+        bits = self.generator.integers(0, 65536, size=tuple(x.shape), dtype=np.uint16)
+        keep = torch.from_numpy(bits >= round(p * 65536))
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` with its CPU masks from a :class:`DropoutNoise`."""
+
+    def __init__(self, p: float, noise: DropoutNoise) -> None:
+        super().__init__()
+        self.p, self.noise = p, noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noise.drop(x, self.p) if self.training and self.p > 0 else x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """PatchTST's attention: SDPA, except for training on the CPU, where SDPA's dropout falls back to its slow path
+    and draws from torch's generator; there the weights are dropped by the module's :class:`DropoutNoise`."""
+    noise = getattr(module, "noise", None)
+    if not dropout or noise is None or query.device.type != "cpu":
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    # By hand: torch's CPU softmax over a dozen patches took four times as long as these three operations.
+    exp = (scores - scores.amax(-1, keepdim=True).detach()).exp()
+    weights = noise.drop(exp / exp.sum(-1, keepdim=True), dropout)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, _attention)
+
+
+def share_noise(module: nn.Module, noise: DropoutNoise) -> None:
+    """Every ``nn.Dropout`` under ``module`` becomes a :class:`Dropout` on ``noise``, and every attention layer draws
+    its dropout from it; parameters and saved files are unchanged."""
+    for parent in list(module.modules()):
+        if isinstance(parent, PatchTSTAttention):
+            parent.noise = noise
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, Dropout(child.p, noise))
 
 
 class BIForecasterConfig(PretrainedConfig):
@@ -112,6 +193,7 @@ class BIForecasterConfig(PretrainedConfig):
             scaling=None,  # windows arrive scaled (see BIForecaster.scale)
             pooling_type=None,
             prediction_length=self.horizon,
+            attn_implementation=ATTENTION,
         )
 
     @property
@@ -146,8 +228,40 @@ class _Member(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.head_dim, quantiles),
         )
+        self._widths = [
+            config.head_dim,
+            config.embedding_dim,
+            *[config.embedding_dim] * len(config.static_cardinalities),
+            *([config.num_static_numeric] if config.num_static_numeric else []),
+            *([config.num_future_features] if config.num_future_features else []),
+        ]
         self.median_index = list(config.quantiles).index(0.5)
         self.nonnegative = bool(config.feature_spec.get("nonnegative", False))
+
+    def step_input(
+        self,
+        flat: torch.Tensor,
+        future_features: torch.Tensor | None,
+        static_categorical: torch.Tensor | None,
+        static_numeric: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The step MLP's first layer, (B, H, head_dim), on the concatenation [context, step embedding, static
+        embeddings, static numbers, future covariates] at every step, computed part by part: the per-window parts
+        once per window and the step embedding once per step, instead of a (B·H, width) concatenation (the same
+        weights and sums; on the CPU the concatenation and its product were a fifth of a training step)."""
+        first = self.step_mlp[0]
+        blocks = torch.split(first.weight, self._widths, dim=1)
+        per_window = nn.functional.linear(self.context(flat), blocks[0], first.bias)
+        for j, embedding in enumerate(self.embeddings):
+            per_window = per_window + nn.functional.linear(embedding(static_categorical[:, j]), blocks[2 + j])
+        k = 2 + len(self.embeddings)
+        if self.config.num_static_numeric:
+            per_window = per_window + nn.functional.linear(static_numeric, blocks[k])
+            k += 1
+        hidden = per_window.unsqueeze(1) + nn.functional.linear(self.step.weight, blocks[1]).unsqueeze(0)
+        if self.config.num_future_features:
+            hidden = hidden + nn.functional.linear(future_features, blocks[k])
+        return hidden
 
     def forward(
         self,
@@ -158,18 +272,7 @@ class _Member(nn.Module):
     ) -> torch.Tensor:
         hidden = self.backbone(past_values=scaled.unsqueeze(-1)).last_hidden_state  # (B, 1, patches, d_model)
         flat = self.dropout(hidden.flatten(1))
-        batch, horizon = flat.shape[0], self.config.horizon
-        parts = [
-            self.context(flat).unsqueeze(1).expand(batch, horizon, -1),
-            self.step.weight.unsqueeze(0).expand(batch, horizon, -1),
-        ]
-        for j, embedding in enumerate(self.embeddings):
-            parts.append(embedding(static_categorical[:, j]).unsqueeze(1).expand(batch, horizon, -1))
-        if self.config.num_static_numeric:
-            parts.append(static_numeric.unsqueeze(1).expand(batch, horizon, -1))
-        if self.config.num_future_features:
-            parts.append(future_features)
-        step = self.step_mlp(torch.cat(parts, dim=-1))  # (B, H, Q)
+        step = self.step_mlp[1:](self.step_input(flat, future_features, static_categorical, static_numeric))
         median = self.direct(flat) + step[..., self.median_index]
         gaps = nn.functional.softplus(step) + 1e-4
         below = torch.flip(torch.cumsum(torch.flip(gaps[..., : self.median_index], [-1]), -1), [-1])
@@ -188,6 +291,8 @@ class BIForecaster(PreTrainedModel):
         self.members = nn.ModuleList(_Member(config) for _ in range(config.num_members))
         self._backbone_modules = {id(m) for member in self.members for m in member.backbone.modules()}
         self.post_init()
+        self.noise = DropoutNoise(torch.initial_seed())
+        share_noise(self.members, self.noise)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Each backbone initialises itself (PatchTST's own scheme); only the heads' layers are set here.

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bi_pipeline.forecasting.baselines import attach_actuals, split_last, statistical_forecast
+from bi_pipeline.forecasting.baselines import attach_actuals, forecasts_from_origins, split_last, statistical_forecast
 from bi_pipeline.forecasting.calendar import pandas_freq
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, lightgbm_forecast, predict_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column, score
@@ -92,6 +92,29 @@ def test_lightgbm_knows_where_easter_falls_and_is_saved_and_loaded_with_it(tmp_p
     assert (rebuilt["easter_week"].frequency, rebuilt["easter_week"].column) == ("W", effects["easter_week"].column)
     np.testing.assert_allclose(rebuilt["easter_week"](weeks), [5 / 8, 3 / 8])
     pd.testing.assert_frame_equal(predict_lightgbm(model, history, 6), predict_lightgbm(loaded, history, 6))
+    # Each period is computed once and then remembered: asked again, alone or among others, the values are the same.
+    np.testing.assert_allclose(effects["easter_week"](pd.DatetimeIndex(["2024-03-29"] * 3)), [3 / 8] * 3)
+    np.testing.assert_allclose(effects["easter_week"](weeks[::-1]), [3 / 8, 5 / 8])
+
+
+def test_autoets_from_later_origins_reads_the_newer_periods_with_the_first_origins_fit():
+    history = weekly_history(series=3, weeks=70)
+    late = weekly_history(series=1, weeks=70).assign(store_id="LATE")
+    history = pd.concat([history, late[late["date"] >= late["date"].iloc[55]]], ignore_index=True)
+    dates = np.sort(history["date"].unique())
+    origins = [pd.Timestamp(dates[50]), pd.Timestamp(dates[54]), pd.Timestamp(dates[60])]
+    frames = forecasts_from_origins(history, origins, 6, "W", 4)
+    # The first origin is the plain fit; a series that began after it is fitted where it has history.
+    first = statistical_forecast(history[history["date"] <= origins[0]], 6, "W", 4, names=("auto_ets",))["auto_ets"]
+    pd.testing.assert_frame_equal(frames[0], first)
+    for origin, frame in zip(origins, frames, strict=True):
+        assert frame.groupby("store_id")["date"].min().eq(origin + pd.Timedelta(weeks=1)).all()
+        assert np.all(np.diff(frame[QCOLS].to_numpy(), axis=1) >= 0)
+    assert set(frames[1]["store_id"]) == {"S0", "S1", "S2"} and set(frames[2]["store_id"]) == {"S0", "S1", "S2", "LATE"}
+    # LATE had no history at the first origin: it is fitted at the origin, exactly as a plain fit there.
+    refit = statistical_forecast(history[history["date"] <= origins[2]], 6, "W", 4, names=("auto_ets",))["auto_ets"]
+    late_rows = frames[2][frames[2]["store_id"] == "LATE"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(late_rows, refit[refit["store_id"] == "LATE"].reset_index(drop=True))
 
 
 def test_walmart_statistical_baselines_match_the_reference_protocol(settings):

@@ -56,7 +56,15 @@ from bi_pipeline.forecasting.inference import INPUTS
 from bi_pipeline.forecasting.interface import Task
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm, predict_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
-from bi_pipeline.forecasting.modeling import BIForecaster, pinball_loss, smooth_floor, spread_factor
+from bi_pipeline.forecasting.modeling import (
+    BIForecaster,
+    BIForecasterConfig,
+    Dropout,
+    DropoutNoise,
+    pinball_loss,
+    smooth_floor,
+    spread_factor,
+)
 from bi_pipeline.forecasting.panel import build_panel, panel_frame, panel_from_frame, split_windows, validation_length
 from bi_pipeline.forecasting.sampling import epoch_sample, gather, mix_windows, recency_weights
 from bi_pipeline.forecasting.trainer import averaged_weights, train_forecaster, update_average
@@ -225,6 +233,59 @@ def test_pinball_loss_matches_hand_computation():
     loss = pinball_loss(quantiles, target, torch.tensor([[True]]), levels)
     assert loss.item() == pytest.approx(0.15)
     assert pinball_loss(quantiles, target, torch.tensor([[False]]), levels).item() == 0.0
+
+
+def test_dropout_drops_its_share_scales_the_rest_and_replays_after_a_reseed():
+    noise = DropoutNoise(0)
+    layer = Dropout(0.25, noise).train()
+    x = torch.ones(400, 500)
+    out = layer(x)
+    assert out.unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert (out == 0).float().mean().item() == pytest.approx(0.25, abs=0.005)
+    noise.reseed([7, 1, 0])
+    first = layer(x)
+    noise.reseed([7, 1, 0])
+    assert torch.equal(layer(x), first) and not torch.equal(first, out)
+    assert torch.equal(layer.eval()(x), x)
+    # Every dropout of the network draws from its noise, the backbone's attention included; evaluation draws none.
+    model = BIForecaster(BIForecasterConfig(horizon=4, context_length=16, patch_length=4, num_members=2))
+    assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    attention = [m for m in model.modules() if type(m).__name__ == "PatchTSTAttention"]
+    assert attention and all(m.noise is model.noise for m in attention)
+    past, observed = torch.rand(3, 16), torch.ones(3, 16, dtype=torch.bool)
+    model.train()
+    model.noise.reseed(1)
+    a = model(past, observed)[0]
+    model.noise.reseed(1)
+    assert torch.equal(model(past, observed)[0], a) and not torch.equal(model(past, observed)[0], a)
+    model.eval()
+    assert torch.equal(model(past, observed)[0], model(past, observed)[0])
+
+
+def test_the_step_layer_computed_part_by_part_equals_it_on_the_concatenated_inputs():
+    config = BIForecasterConfig(
+        horizon=5,
+        context_length=16,
+        patch_length=4,
+        static_cardinalities=[3, 2],
+        num_static_numeric=2,
+        num_future_features=3,
+        num_members=1,
+    )
+    member = BIForecaster(config).members[0]
+    batch = 4
+    flat = torch.randn(batch, config.d_model * config.num_patches)
+    categorical, numeric = torch.tensor([[0, 1], [2, 0], [1, 1], [0, 0]]), torch.randn(batch, 2)
+    future = torch.randn(batch, 5, 3)
+    every_step = [
+        member.context(flat).unsqueeze(1).expand(batch, 5, -1),
+        member.step.weight.unsqueeze(0).expand(batch, 5, -1),
+        *[e(categorical[:, j]).unsqueeze(1).expand(batch, 5, -1) for j, e in enumerate(member.embeddings)],
+        numeric.unsqueeze(1).expand(batch, 5, -1),
+        future,
+    ]
+    expected = member.step_mlp[0](torch.cat(every_step, dim=-1))
+    torch.testing.assert_close(member.step_input(flat, future, categorical, numeric), expected)
 
 
 def test_mixed_windows_are_mixtures_of_scaled_series_over_the_same_dates():
@@ -570,7 +631,7 @@ def test_holdout_training_and_latest_forecasts_from_a_saved_model(tmp_path):
     history = weekly_history(periods=100)
     trained = train_with_holdout(history, "W", horizon=8, season_length=52, config=tiny(epochs=3))
     assert trained.lineage["training_end"] == str(pd.Timestamp(history["date"].unique()[-9]).date())
-    assert set(trained.scores) == {"MASE", "WAPE", "WQL", "coverage_80", "bias"}
+    assert set(trained.scores) == {"MASE", "RMSSE", "WAPE", "WQL", "coverage_80", "bias"}
     trained.result.model.save_pretrained(tmp_path / "m")
     model = BIForecaster.from_pretrained(tmp_path / "m")
     assert holdout_score(model, history, 52) == pytest.approx(trained.scores)

@@ -9,6 +9,7 @@ MASE, which it averages over series. How the two line up, each asserted below:
         = 2·n·``mqloss`` / Σ|y| over one pooled id
         = Σ_i scaled_crps_i·Σ|y_i| / Σ|y| (the volume-weighted mean of the per-series scaled CRPS).
 - coverage_80 = utilsforecast ``coverage`` at level 80 (``is_between`` with both ends closed) over one pooled id.
+- RMSSE = mean of utilsforecast's per-series ``rmsse`` at seasonality 1 over the series whose value is finite.
 - MASE  = mean of utilsforecast's per-series ``mase`` over the series whose value is finite: utilsforecast divides by a
   zero in-sample scale (inf) or by a NaN one (history no longer than the season) where the project drops the series.
 """
@@ -27,6 +28,8 @@ from bi_pipeline.forecasting.metrics import (
     mase,
     mase_scales,
     quantile_column,
+    rmsse,
+    rmsse_scales,
     score,
     wape,
     wql,
@@ -135,6 +138,28 @@ def test_mase_scales_match_utilsforecast_seasonal_naive_mae(panel):
     assert scales["s2/b"] == 0.0 and np.isnan(scales["s3/a"])
 
 
+def test_rmsse_matches_utilsforecast_per_series_mean(panel):
+    train, forecast = panel
+    per_series = per_id(losses.rmsse(as_utils(forecast), ["mean"], seasonality=1, train_df=as_utils(train)))
+    assert np.isinf(per_series["s2/b"])  # a constant history: scale 0, dropped by the project
+    expected = per_series[np.isfinite(per_series)].mean()
+    np.testing.assert_allclose(rmsse(forecast, rmsse_scales(train)), expected, rtol=RTOL)
+
+
+def test_rmsse_does_not_reward_forecasting_zero_for_intermittent_demand_as_mase_does():
+    dates = pd.date_range("2024-01-01", periods=40, freq="D")
+    sales = np.where(np.arange(40) % 4 == 0, 8.0, 0.0)  # a sale of 8 every fourth day
+    train = pd.DataFrame({"store_id": "s", "item_id": "i", "date": dates[:28], "sales": sales[:28]})
+    test = pd.DataFrame({"store_id": "s", "item_id": "i", "date": dates[28:], "sales": sales[28:]})
+    zero, rate = test.assign(mean=0.0), test.assign(mean=2.0)  # all zeros against the mean rate
+    assert mase(zero, mase_scales(train, 1)) < mase(rate, mase_scales(train, 1))
+    # MSE over the 12 test days (3 sales): zero 3·64/12 = 16, rate (3·36 + 9·4)/12 = 12. In-sample, 13 of the 27
+    # one-step differences are ±8: a scale of 13·64/27.
+    assert rmsse(zero, rmsse_scales(train)) == pytest.approx(np.sqrt(16 / (13 * 64 / 27)))
+    assert rmsse(rate, rmsse_scales(train)) == pytest.approx(np.sqrt(12 / (13 * 64 / 27)))
+    assert rmsse(rate, rmsse_scales(train)) < rmsse(zero, rmsse_scales(train))
+
+
 def test_wape_matches_utilsforecast(panel):
     _, forecast = panel
     project = wape(forecast)
@@ -191,8 +216,10 @@ def test_score_matches_utilsforecast(panel):
     pooled, frame = as_utils(kept, pooled=True), as_utils(kept)
     models, quantiles = {"mean": QUANTILE_COLUMNS}, np.array(QUANTILES)
     per_series_mase = per_id(losses.mase(frame, ["mean"], seasonality=SEASON, train_df=as_utils(train)))
+    per_series_rmsse = per_id(losses.rmsse(frame, ["mean"], seasonality=1, train_df=as_utils(train)))
     expected = {
         "MASE": per_series_mase[np.isfinite(per_series_mase)].mean(),
+        "RMSSE": per_series_rmsse[np.isfinite(per_series_rmsse)].mean(),
         "WAPE": one(losses.wape(pooled, ["mean"])),
         "WQL": one(losses.scaled_crps(pooled, models, quantiles)),
         "coverage_80": one(losses.coverage(pooled, ["mean"], level=80)),
@@ -261,10 +288,18 @@ def test_wql_by_hand():
 def test_score_by_hand():
     train = pd.DataFrame(
         {"store_id": "s", "item_id": "i", "date": pd.date_range("2024-01-01", periods=3), "sales": [4.0, 6.0, 5.0]}
-    )  # 1-step diffs 2, 1 -> scale 1.5
+    )  # 1-step diffs 2, 1 -> scale 1.5; squared 4, 1 -> RMSSE's scale 2.5
     exact = {column.replace(".", "_"): [10.0, 20.0, 0.0] for column in QUANTILE_COLUMNS}
     forecast = frame([10.0, 20.0, np.nan], [12.0, 17.0, 3.0], **exact)
-    # Without the row lacking an actual: errors 2, 3 -> MAE 2.5; Σ|y| = 30; every quantile exact.
+    # Without the row lacking an actual: errors 2, 3 -> MAE 2.5, MSE 6.5; Σ|y| = 30; every quantile exact.
     assert score(forecast, train, season_length=1) == pytest.approx(
-        {"MASE": 2.5 / 1.5, "WAPE": 5 / 30, "WQL": 0.0, "coverage_80": 1.0, "bias": -1 / 30}, rel=RTOL
+        {
+            "MASE": 2.5 / 1.5,
+            "RMSSE": np.sqrt(6.5 / 2.5),
+            "WAPE": 5 / 30,
+            "WQL": 0.0,
+            "coverage_80": 1.0,
+            "bias": -1 / 30,
+        },
+        rel=RTOL,
     )
