@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.forecasting.calendar import pandas_freq
+from bi_pipeline.forecasting.calendar import dates_after, pandas_freq
 from bi_pipeline.forecasting.metrics import QUANTILES, SERIES, quantile_column
 
 # Central interval levels whose bounds are the quantiles 0.1..0.4 and 0.6..0.9.
@@ -122,13 +122,10 @@ def forecasts_from_origins(
             ends.append(series["ds"].iloc[-1])
             values.append(np.column_stack([result["mean"], *(result[key] for key in levels)]))
         frames = []
-        if ids:
-            # One frame for every series at once; most series end on the same date, so few date ranges are built.
-            future = {end: pd.date_range(end, periods=horizon + 1, freq=freq)[1:] for end in set(ends)}
-            stacked = np.concatenate(values)
-            rows = pd.DataFrame(stacked, columns=[alias, *(f"{alias}-{key}" for key in levels)])
+        if ids:  # one frame for every series at once
+            rows = pd.DataFrame(np.concatenate(values), columns=[alias, *(f"{alias}-{key}" for key in levels)])
             rows.insert(0, "unique_id", np.repeat(ids, horizon))
-            rows.insert(1, "ds", np.concatenate([future[end] for end in ends]))
+            rows.insert(1, "ds", dates_after(np.array(ends), horizon, freq))
             frames.append(_frames(rows, data, (name,))[name])
         if refit:
             fresh = part[series_id(part).isin(refit)]

@@ -131,3 +131,13 @@ def pandas_freq(history: pd.DataFrame, frequency: str) -> str:
     if frequency == "W":
         return "W-" + pd.Timestamp(history["date"].min()).day_name()[:3].upper()
     return {"D": "D", "M": "MS"}[frequency]
+
+
+def dates_after(ends: np.ndarray, horizon: int, freq: str) -> np.ndarray:
+    """For each end date, the ``horizon`` period dates after it (at the pandas offset ``freq``), concatenated. Most
+    series end on the same date: one date range is built per distinct end, not one per series."""
+    ends = np.asarray(ends, dtype="datetime64[ns]")
+    if not len(ends):
+        return np.array([], dtype="datetime64[ns]")
+    ranges = {end: pd.date_range(end, periods=horizon + 1, freq=freq)[1:].to_numpy() for end in set(ends)}
+    return np.concatenate([ranges[end] for end in ends])

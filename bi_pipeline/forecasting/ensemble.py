@@ -343,7 +343,7 @@ def validation_forecasts(
     lightgbm = None
     if "lightgbm" in members:
         lightgbm = fit_lightgbm(inner, task.horizon, task.frequency, list(task.covariates))
-    statistical = {}
+    statistical: list[pd.DataFrame] = []  # AutoETS's forecast from each origin
     if "auto_ets" in members:
         statistical = forecasts_from_origins(train, dates, task.horizon, task.frequency, task.season)
     frames: dict[str, list[pd.DataFrame]] = {m: [] for m in members}

@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 
 from bi_pipeline.forecasting.baselines import series_id, to_nixtla
-from bi_pipeline.forecasting.calendar import calendar_names, effect_names, effects_and_changes, pandas_freq
+from bi_pipeline.forecasting.calendar import (
+    calendar_names,
+    dates_after,
+    effect_names,
+    effects_and_changes,
+    pandas_freq,
+)
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
 
 # LightGBM's calendar effects: the transformer's default (docs/model.md, "Calendar effects").
@@ -344,13 +350,10 @@ def _future_covariates(
     rows, also for series that ended early): the ``future`` frame's values where given, else the last known."""
     ids = series_id(history)
     last = history.assign(unique_id=ids).sort_values("date").groupby("unique_id", observed=True).tail(1)
-    ends = last["date"].to_numpy()
-    # Most series end on the same date: one date range per distinct end, not one per series.
-    dates = {end: pd.date_range(end, periods=horizon + 1, freq=freq)[1:] for end in set(ends)}
     grid = pd.DataFrame(
         {
             "unique_id": np.repeat(last["unique_id"].to_numpy(), horizon),
-            "ds": np.concatenate([dates[end] for end in ends]) if len(ends) else pd.DatetimeIndex([]),
+            "ds": dates_after(last["date"].to_numpy(), horizon, freq),
         }
     )
     known = history.assign(unique_id=ids)[["unique_id", "date", *covariates]]

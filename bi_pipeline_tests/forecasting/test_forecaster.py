@@ -16,6 +16,7 @@ from bi_pipeline.forecasting.calendar import (
     calendar_effects,
     calendar_features,
     calendar_names,
+    dates_after,
     easter_date,
     effect_names,
 )
@@ -128,6 +129,15 @@ def test_calendar_effects_count_easter_days_and_weekdays_that_occur_five_times()
         calendar_features(weeks, "W", effects="easter")[:, 8:],
         calendar_effects(weeks, "W") - calendar_effects(weeks - pd.Timedelta(days=364), "W"),
     )
+
+
+def test_dates_after_gives_each_end_its_next_periods_in_order():
+    ends = np.array(["2024-01-01", "2024-03-01", "2024-01-01"], dtype="datetime64[ns]")
+    expected = ["2024-02-01", "2024-03-01", "2024-04-01", "2024-05-01", "2024-02-01", "2024-03-01"]
+    assert list(dates_after(ends, 2, "MS")) == list(np.array(expected, dtype="datetime64[ns]"))
+    weeks = dates_after(np.array([pd.Timestamp("2024-03-22")]), 3, "W-FRI")
+    assert list(pd.DatetimeIndex(weeks).strftime("%Y-%m-%d")) == ["2024-03-29", "2024-04-05", "2024-04-12"]
+    assert len(dates_after(np.array([], dtype="datetime64[ns]"), 3, "D")) == 0
 
 
 def test_specs_saved_before_calendar_effects_load_without_them():
