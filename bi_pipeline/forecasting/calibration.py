@@ -3,11 +3,14 @@ spread that may follow each forecast's own interval width (docs/model.md, "Calib
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from bi_pipeline.forecasting.device import autocast, to_device
 from bi_pipeline.forecasting.modeling import (
+    SPREAD_LIMITS,
     BIForecaster,
     pinball_loss,
     smooth_floor,
@@ -101,15 +104,9 @@ def calibrate(
 def fit_calibration(
     outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True, floor: bool = False
 ) -> dict[str, float]:
-    """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask)."""
-    if len(outputs) > 1:
-        # One tensor each: every factor on the grid is then one vectorised pass instead of one per batch.
-        outputs = [tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))]
-    device = outputs[0][0].device if outputs else torch.device("cpu")
-    levels = torch.tensor(quantiles, device=device)
-    median = quantiles.index(0.5)
-    widths = torch.cat([(q[..., -1] - q[..., 0]).mean(-1) for q, _, _ in outputs]) if outputs else torch.ones(1)
-    reference = max(float(np.median(widths.float().cpu().numpy())), 1e-6)
+    """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask). Each
+    factor on the grid scores what :func:`calibrated_loss` scores, on the masked-in steps alone."""
+    rows = CalibrationRows.of(outputs, quantiles)
 
     def best(grid: list, loss, default: tuple) -> tuple:
         # Ties go to the factors nearest no calibration.
@@ -118,20 +115,66 @@ def fit_calibration(
 
     level_scale = 1.0
     if level:
-        (level_scale,) = best(
-            [(float(f),) for f in LEVEL_GRID],
-            lambda f: calibrated_loss(outputs, levels, median, 1.0, f, floor=floor),
-            (1.0,),
-        )
+        base = smooth_floor(rows.centre + rows.distance) if floor else rows.centre + rows.distance
+        (level_scale,) = best([(float(f),) for f in LEVEL_GRID], lambda f: rows.loss(base * f), (1.0,))
     powers = POWER_GRID if spread_power else (0.0,)
     spread_scale, power = best(
         [(float(f), float(p)) for p in powers for f in SPREAD_GRID],
-        lambda f, p: calibrated_loss(outputs, levels, median, f, level_scale, p, reference, floor),
+        lambda f, p: rows.loss(rows.calibrated(f, level_scale, p, floor)),
         (1.0, 0.0),
     )
     return {
         "level_scale": float(level_scale),
         "spread_scale": spread_scale,
         "spread_power": power,
-        "spread_reference": reference if power else 1.0,
+        "spread_reference": rows.reference if power else 1.0,
     }
+
+
+@dataclass
+class CalibrationRows:
+    """The validation outputs' masked-in steps, one row each, with what every factor on the grid reuses: the
+    median, the distances from it, the target and the width of the row's window (:func:`spread_factor`'s). A
+    validation stretch shorter than the horizon masks out many steps of every window; scoring only the rest, with
+    the median and distances computed once, makes the grid search several times faster."""
+
+    centre: torch.Tensor  # (N, 1)
+    distance: torch.Tensor  # (N, Q)
+    target: torch.Tensor  # (N, 1)
+    width: torch.Tensor  # (N, 1)
+    reference: float
+    levels: torch.Tensor  # (Q,)
+
+    @classmethod
+    def of(cls, outputs: list, quantiles: list[float]) -> CalibrationRows:
+        if outputs:
+            predicted, target, mask = (torch.cat(parts) for parts in zip(*outputs, strict=True))
+        else:
+            predicted, target, mask = torch.zeros(0, 1, len(quantiles)), torch.zeros(0, 1), torch.zeros(0, 1)
+        widths = (predicted[..., -1] - predicted[..., 0]).mean(-1, keepdim=True)  # (B, 1), over the whole horizon
+        reference = max(float(np.median(widths.float().cpu().numpy())), 1e-6) if len(widths) else 1.0
+        keep = mask != 0
+        rows = predicted[keep]
+        median = quantiles.index(0.5)
+        centre = rows[:, median : median + 1]
+        return cls(
+            centre=centre,
+            distance=rows - centre,
+            target=target[keep].unsqueeze(-1),
+            width=widths.clamp(min=1e-6).expand_as(mask)[keep].unsqueeze(-1),
+            reference=reference,
+            levels=torch.tensor(quantiles, device=rows.device, dtype=rows.dtype),
+        )
+
+    def calibrated(self, spread: float, level: float, power: float, floor: bool) -> torch.Tensor:
+        """The quantiles as the model's forward calibrates them: the spread, the floor, then the level."""
+        factor = (spread * (self.width / self.reference) ** power).clamp(*SPREAD_LIMITS) if power else spread
+        out = self.centre + self.distance * factor
+        return (smooth_floor(out) if floor else out) * level
+
+    def loss(self, quantiles: torch.Tensor) -> float:
+        """Mean pinball loss over the rows and levels: max(a·d, (a − 1)·d) = a·d + max(−d, 0)."""
+        if not len(quantiles):
+            return float("nan")
+        diff = self.target - quantiles
+        return float((diff @ self.levels).mean() / len(self.levels) + torch.relu(-diff).mean())

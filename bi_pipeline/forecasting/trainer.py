@@ -325,6 +325,7 @@ def fit_epochs(
             "train_loss": loss,
             "validation_loss": valid_loss,
             "best": improved,
+            "windows": count,
             "seconds": round(seconds, 2),
         }
         state["history"].append(record)

@@ -30,12 +30,15 @@ from bi_pipeline.forecasting.candidate import (
 )
 from bi_pipeline.forecasting.configuration import load_model, model_config
 from bi_pipeline.forecasting.ensemble import (
+    COVERAGE_TARGET,
+    FACTOR_LIMITS,
     STEP_GROUPS,
     Forecaster,
     apply_step_factors,
     choose,
     combine,
     fit_step_factors,
+    needed_factors,
 )
 from bi_pipeline.forecasting.features import (
     FeatureSpec,
@@ -379,6 +382,29 @@ def test_spread_factor_follows_each_forecasts_own_width():
     assert float(spread_factor(q, 1.0, 8.0, 0.01).max()) == 10.0  # clamped
 
 
+@pytest.mark.parametrize("floor", [False, True])
+def test_the_calibration_grid_scores_what_the_forward_pass_would(floor):
+    # The grid search scores only the masked-in steps, with the median and distances computed once; each score must
+    # equal the loss of the quantiles the model's forward pass makes with those factors, over whole batches.
+    from bi_pipeline.forecasting.calibration import CalibrationRows, calibrated_loss
+
+    levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    generator = torch.Generator().manual_seed(3)
+    outputs = []
+    for size in (7, 5):
+        scale = torch.rand(size, 1, 1, generator=generator) * 2 + 0.1
+        quantiles = torch.sort(torch.randn(size, 6, 9, generator=generator) * scale, dim=-1).values
+        target = torch.randn(size, 6, generator=generator)
+        mask = (torch.rand(size, 6, generator=generator) < 0.6).float()
+        outputs.append((quantiles, target, mask))
+    rows = CalibrationRows.of(outputs, levels)
+    assert len(rows.target) == int(sum(float(m.sum()) for _, _, m in outputs))
+    level_tensor, median = torch.tensor(levels), levels.index(0.5)
+    for spread, level, power in [(1.0, 1.0, 0.0), (0.6, 1.05, 0.0), (1.3, 0.95, 0.5), (0.8, 1.0, 1.5)]:
+        expected = calibrated_loss(outputs, level_tensor, median, spread, level, power, rows.reference, floor)
+        assert rows.loss(rows.calibrated(spread, level, power, floor)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_width_calibration_finds_errors_that_grow_faster_than_the_intervals():
     # Forecasts whose 80% intervals are w wide and whose errors are proportional to w²: one spread factor cannot fit
     # both, a factor growing with the width can. Targets are the median plus errors at the 10%..90% quantiles of a
@@ -687,13 +713,22 @@ def test_interval_factors_widen_intervals_that_are_too_narrow_per_step():
 
     rng = np.random.default_rng(1)
     steps = np.tile(np.arange(1, 13), 3000)
-    sd = 1.0 + 0.2 * (steps - 1)  # errors grow with the lead time: sd 1 at step 1, 3.2 at step 12
+    sd = 0.5 + 0.25 * (steps - 1)  # errors grow with the lead time: sd 0.5 at step 1, 3.25 at step 12
     y = 100 + rng.normal(0, 1, len(steps)) * sd
-    # Quantiles of a normal with sd 1 at every step: right at step 1, three times too narrow at step 12.
+    # Quantiles of a normal with sd 1 at every step: too wide at first, three times too narrow at step 12.
     quantiles = np.tile(100 + norm.ppf(np.asarray(QUANTILES)), (len(y), 1))
-    factors = fit_step_factors(quantiles, y, steps, 12, nonnegative=False)
-    # Groups of three steps, mean sd 1.2, 1.8, 2.4, 3.0.
-    np.testing.assert_allclose(factors, [1.2, 1.8, 2.4, 3.0], atol=0.1)
+    factors = fit_step_factors(quantiles, y, steps, 12)
+    # Groups of three steps. The first is too wide and is left so (widening only); the others cover exactly the
+    # target share of their validation rows once widened (split conformal).
+    assert factors[0] == 1.0
+    groups = np.minimum((steps - 1) // 3, 3)
+    lower, upper = quantiles[:, 0], quantiles[:, -1]
+    for group in (1, 2, 3):
+        rows = groups == group
+        factor = factors[group]
+        inside = (y[rows] >= 100 - (100 - lower[rows]) * factor) & (y[rows] <= 100 + (upper[rows] - 100) * factor)
+        assert inside.mean() == pytest.approx(COVERAGE_TARGET, abs=1 / rows.sum())
+    assert factors[1] < factors[2] < factors[3] < FACTOR_LIMITS[1]
     frame = pd.DataFrame({"date": pd.date_range("2024-01-07", periods=12, freq="W"), "mean": 100.0})
     for j, column in enumerate(QCOLS):
         frame[column] = quantiles[0, j]
@@ -701,6 +736,14 @@ def test_interval_factors_widen_intervals_that_are_too_narrow_per_step():
     widths = (calibrated["q0.9"] - calibrated["q0.1"]).to_numpy()
     np.testing.assert_allclose(widths, np.repeat(factors, 3) * 2 * norm.ppf(0.9))
     assert (calibrated["q0.5"] == 100.0).all()
+
+
+def test_needed_factors_at_the_median_beside_a_point_forecast_and_at_zero():
+    # q0.1 … q0.9 at 0, 2.5, …, 20 around a median of 10: the half-widths are 10 on both sides.
+    quantiles = np.tile(np.linspace(0.0, 20.0, len(QUANTILES)), (4, 1))
+    quantiles[3] = 5.0  # a forecast with no width
+    y = np.array([10.0, 25.0, 0.0, 6.0])
+    np.testing.assert_allclose(needed_factors(quantiles, y), [0.0, 1.5, 1.0, np.inf])
 
 
 def test_combine_blends_medians_and_spreads_with_their_own_weights_and_fills_missing_rows():
