@@ -10,11 +10,10 @@ import torch
 
 from bi_pipeline.forecasting.device import autocast, to_device
 from bi_pipeline.forecasting.modeling import (
-    SPREAD_LIMITS,
     BIForecaster,
-    pinball_loss,
+    forecast_width,
     smooth_floor,
-    spread_factor,
+    width_factor,
 )
 from bi_pipeline.forecasting.panel import (
     Panel,
@@ -57,30 +56,6 @@ def validation_outputs(
     return out
 
 
-def calibrated_loss(
-    outputs: list,
-    levels: torch.Tensor,
-    median: int,
-    spread: float,
-    level: float,
-    power: float = 0.0,
-    reference: float = 1.0,
-    floor: bool = False,
-) -> float:
-    """The validation pinball loss with the factors applied as the model's forward applies them (the spread, the
-    non-negative floor when the measure has one, then the level)."""
-    total, weight = 0.0, 0.0
-    for quantiles, target, mask in outputs:
-        centre = quantiles[..., median : median + 1]
-        factor = spread_factor(quantiles, spread, power, reference)
-        spread_out = centre + (quantiles - centre) * factor
-        calibrated = (smooth_floor(spread_out) if floor else spread_out) * level
-        count = float((mask != 0).sum())
-        total += float(pinball_loss(calibrated, target, mask, levels)) * count
-        weight += count
-    return total / weight if weight else float("nan")
-
-
 def calibrate(
     model: BIForecaster,
     panel: Panel,
@@ -105,7 +80,8 @@ def fit_calibration(
     outputs: list, quantiles: list[float], level: bool = True, spread_power: bool = True, floor: bool = False
 ) -> dict[str, float]:
     """:func:`calibrate` on cached validation outputs: per batch (averaged quantiles, scaled targets, mask). Each
-    factor on the grid scores what :func:`calibrated_loss` scores, on the masked-in steps alone."""
+    factor on the grid is scored by the validation pinball loss of the quantiles the model's forward pass would make
+    with it, on the masked-in steps alone (:class:`CalibrationRows`)."""
     rows = CalibrationRows.of(outputs, quantiles)
 
     def best(grid: list, loss, default: tuple) -> tuple:
@@ -151,7 +127,7 @@ class CalibrationRows:
             predicted, target, mask = (torch.cat(parts) for parts in zip(*outputs, strict=True))
         else:
             predicted, target, mask = torch.zeros(0, 1, len(quantiles)), torch.zeros(0, 1), torch.zeros(0, 1)
-        widths = (predicted[..., -1] - predicted[..., 0]).mean(-1, keepdim=True)  # (B, 1), over the whole horizon
+        widths = forecast_width(predicted)  # (B, 1), over the whole horizon, masked steps too
         reference = max(float(np.median(widths.float().cpu().numpy())), 1e-6) if len(widths) else 1.0
         keep = mask != 0
         rows = predicted[keep]
@@ -161,14 +137,14 @@ class CalibrationRows:
             centre=centre,
             distance=rows - centre,
             target=target[keep].unsqueeze(-1),
-            width=widths.clamp(min=1e-6).expand_as(mask)[keep].unsqueeze(-1),
+            width=widths.expand_as(mask)[keep].unsqueeze(-1),
             reference=reference,
             levels=torch.tensor(quantiles, device=rows.device, dtype=rows.dtype),
         )
 
     def calibrated(self, spread: float, level: float, power: float, floor: bool) -> torch.Tensor:
         """The quantiles as the model's forward calibrates them: the spread, the floor, then the level."""
-        factor = (spread * (self.width / self.reference) ** power).clamp(*SPREAD_LIMITS) if power else spread
+        factor = width_factor(self.width, spread, power, self.reference) if power else spread
         out = self.centre + self.distance * factor
         return (smooth_floor(out) if floor else out) * level
 

@@ -367,8 +367,17 @@ def spread_factor(
     wide (aus_retail: 99% of the largest series' actuals inside the 80% interval). (B, 1, 1), or ``spread``."""
     if not power:
         return spread
-    width = (quantiles[..., -1] - quantiles[..., 0]).mean(-1, keepdim=True).clamp(min=1e-6)
-    return (spread * (width / reference) ** power).clamp(*SPREAD_LIMITS).unsqueeze(-1)
+    return width_factor(forecast_width(quantiles), spread, power, reference).unsqueeze(-1)
+
+
+def forecast_width(quantiles: torch.Tensor) -> torch.Tensor:
+    """Each forecast's width: the mean distance between its outer quantiles over the horizon (B, 1), at least 1e-6."""
+    return (quantiles[..., -1] - quantiles[..., 0]).mean(-1, keepdim=True).clamp(min=1e-6)
+
+
+def width_factor(width: torch.Tensor, spread: float, power: float, reference: float) -> torch.Tensor:
+    """:func:`spread_factor` of forecasts of the given widths."""
+    return (spread * (width / reference) ** power).clamp(*SPREAD_LIMITS)
 
 
 def pinball_loss(

@@ -386,7 +386,19 @@ def test_spread_factor_follows_each_forecasts_own_width():
 def test_the_calibration_grid_scores_what_the_forward_pass_would(floor):
     # The grid search scores only the masked-in steps, with the median and distances computed once; each score must
     # equal the loss of the quantiles the model's forward pass makes with those factors, over whole batches.
-    from bi_pipeline.forecasting.calibration import CalibrationRows, calibrated_loss
+    from bi_pipeline.forecasting.calibration import CalibrationRows
+
+    def calibrated_loss(outputs, levels, median, spread, level, power, reference, floor) -> float:
+        # Batch by batch, every step scored under its mask, through the model's own spread_factor.
+        total, weight = 0.0, 0.0
+        for quantiles, target, mask in outputs:
+            centre = quantiles[..., median : median + 1]
+            spread_out = centre + (quantiles - centre) * spread_factor(quantiles, spread, power, reference)
+            calibrated = (smooth_floor(spread_out) if floor else spread_out) * level
+            count = float((mask != 0).sum())
+            total += float(pinball_loss(calibrated, target, mask, levels)) * count
+            weight += count
+        return total / weight
 
     levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     generator = torch.Generator().manual_seed(3)
