@@ -23,7 +23,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from bi_pipeline.config import FREQUENCIES, ForecastSettings, Settings, TrainingSettings, add_flags, from_args, from_env
+from bi_pipeline.config import (
+    FREQUENCIES,
+    DecisionSettings,
+    ForecastSettings,
+    Settings,
+    TrainingSettings,
+    add_flags,
+    from_args,
+    from_env,
+)
 from bi_pipeline.forecasting.interface import DEFAULT_HORIZON, MODELS
 from bi_pipeline.state import ensure_private_dir
 
@@ -156,6 +165,19 @@ def _print_summary(summary, settings: Settings) -> None:
     compared = summary.materialized.get("backtest")
     if compared:
         print("  backtest on the holdout:\n" + "\n".join("    " + line for line in compared["comparison"].splitlines()))
+    ordered = summary.materialized.get("orders")
+    if ordered:
+        print(
+            f"  orders            order-up-to levels for {ordered['series']} series from v{ordered['model_version']} "
+            f"({ordered['dependence']}); the largest:"
+        )
+        print("\n".join("    " + line for line in str(ordered["largest"]).splitlines()))
+    tables = summary.materialized.get("bi_tables")
+    if tables:
+        print(
+            f"  BI tables         {tables['forecasts_rows']} forecast rows and {tables['orders_rows']} order rows in "
+            f"{tables['warehouse']} (docs/decisions.md: pointing a BI tool at them)"
+        )
     from bi_pipeline.docs_site import docs_url, site_dir
 
     if (site_dir(settings.gx_dir) / "index.html").exists():
@@ -316,6 +338,10 @@ def _recipe(pairs: list[str]) -> dict:
     return recipe
 
 
+# The economics the backtest's decisions section simulates (docs/decisions.md).
+DECISION_FLAGS = ("service_level", "lead_time", "review_period", "holding_cost_rate")
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from bi_pipeline.forecasting.backtest import load_history, run_backtest, table
     from bi_pipeline.forecasting.configuration import TrainConfig
@@ -343,8 +369,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         models=tuple(args.models),
         train_config=config,
         train_progress=_epoch_bar("transformer"),
+        economics=from_args(DecisionSettings, args),
     )
     print(table(result))
+    if "decisions" in result:
+        from bi_pipeline.decisions.evaluation import decisions_table
+
+        print(decisions_table(result["decisions"]))
     _save_json(result, args.out)
     return 0
 
@@ -554,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(backtest, ForecastSettings, only=("horizon", "season_length"))
     add_flags(backtest, TrainingSettings)
+    add_flags(backtest, DecisionSettings, only=DECISION_FLAGS)
     backtest.set_defaults(func=cmd_backtest)
 
     listing = sub.add_parser("settings", help="print every setting (variable, flag, default, help) as markdown")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,29 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path}")
     return path
+
+
+PG_HOST = os.environ.get("BI_PIPELINE_TEST_PG_HOST", "127.0.0.1")
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the machine's PostgreSQL (trust auth), dropped afterwards; a clean skip without one."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"bi_pipeline_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(host=PG_HOST, user="postgres", dbname="postgres", connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}: {exc}")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@{PG_HOST}:5432/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture

@@ -164,6 +164,10 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
             "error_spread_windows=3",
             "--recipe",
             "level_feedback_origins=0",
+            "--lead-time",
+            "2",
+            "--service-level",
+            "0.9",
             "--out",
             str(out),
         ]
@@ -196,8 +200,19 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
     assert result["models"]["transformer"]["train_windows_per_second"] > 0
     assert 0.0 <= result["models"]["ensemble"]["transformer_weight"] <= 1.0
     assert result["transformer_config"]["members"] == 1
+    # Every model's forecasts through the same order-up-to policy, with the economics given.
+    decisions = result["decisions"]
+    assert decisions["economics"] == {"service_level": 0.9, "lead_time": 2, "review_period": 1, "priced_series": 0}
+    assert decisions["series"] + decisions["series_left_out"] == 10
+    assert list(decisions["models"]) == list(result["models"])
+    for outcome in decisions["models"].values():
+        assert outcome["total_cost"] == pytest.approx(outcome["holding_cost"] + outcome["lost_margin"])
+        assert 0 < outcome["fill_rate"] <= 1 and 0 <= outcome["cumulative_coverage_80"] <= 1
+        assert outcome["windows_scored"] == decisions["series"] * (4 - 3 + 1)
+    assert min(m["cost_vs_lowest"] for m in decisions["models"].values()) == 1.0
+    assert decisions["models"][decisions["lowest_cost"]]["cost_vs_lowest"] == 1.0
     printed = capsys.readouterr().out
-    assert "transformer" in printed and "ensemble" in printed
+    assert "transformer" in printed and "ensemble" in printed and "decisions: order-up-to" in printed
 
 
 def test_bench_forecaster_reports_throughput(tmp_path):

@@ -6,15 +6,22 @@ import os
 
 import dagster as dg
 
-from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, from_env
+from bi_pipeline.config import DecisionSettings, ForecastSettings, Settings, TrainingSettings, from_env
 from bi_pipeline.defs.accuracy import forecast_accuracy
 from bi_pipeline.defs.automation import automation_sensor, build_schedules, forecast_sensor, retrain_sensor
 from bi_pipeline.defs.cleaning import clean_sales
 from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
+from bi_pipeline.defs.decisions import alerts, bi_tables, orders
 from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
 from bi_pipeline.defs.integration import integrated_sales
 from bi_pipeline.defs.jobs import JOBS
-from bi_pipeline.defs.resources import ForecastingResource, MLflowResource, ParquetIOManager, PipelineResource
+from bi_pipeline.defs.resources import (
+    DecisionResource,
+    ForecastingResource,
+    MLflowResource,
+    ParquetIOManager,
+    PipelineResource,
+)
 
 MLFLOW_URI_ENV = "BI_PIPELINE_MLFLOW_URI"
 
@@ -24,15 +31,18 @@ def build_defs(
     forecast: ForecastSettings | None = None,
     training: TrainingSettings | None = None,
     recipe: dict | None = None,
+    decisions: DecisionSettings | None = None,
 ) -> dg.Definitions:
     """The code location's definitions; each settings object defaults to the environment's."""
     settings = settings or Settings.from_env()
     forecast = forecast or ForecastSettings.from_env()
     training = training or from_env(TrainingSettings)
+    decisions = decisions or DecisionSettings.from_env()
     return dg.Definitions(
         assets=[
             *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
             *(features, forecaster, forecasts, backtest, forecast_accuracy),
+            *(orders, alerts, bi_tables),
         ],
         jobs=list(JOBS),
         sensors=[landing_zone_sensor, retrain_sensor, forecast_sensor, automation_sensor],
@@ -47,6 +57,7 @@ def build_defs(
                 else forecast.mlflow_tracking_uri or settings.mlflow_uri,
                 artifact_location=str(settings.mlflow_artifacts),
             ),
+            "decisions": DecisionResource.from_settings(decisions),
             "io_manager": ParquetIOManager(base_dir=str(settings.asset_dir)),
         },
     )

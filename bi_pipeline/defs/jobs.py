@@ -17,14 +17,16 @@ integrate_job = dg.define_asset_job(
 )
 train_job = dg.define_asset_job(
     "train_job",
-    selection=dg.AssetSelection.assets("features", "forecaster", "forecasts", "backtest"),
+    selection=dg.AssetSelection.assets(
+        "features", "forecaster", "forecasts", "backtest", "orders", "alerts", "bi_tables"
+    ),
     description="Features, training (full or incremental; MLflow, champion/challenger), forecasts from the champion, "
-    "and the backtest.",
+    "the backtest, orders, alerts and the BI tables.",
 )
 forecast_job = dg.define_asset_job(
     "forecast_job",
-    selection=dg.AssetSelection.assets("forecasts", "forecast_accuracy"),
-    description="Forecasts from the champion on the latest data, and live accuracy.",
+    selection=dg.AssetSelection.assets("forecasts", "forecast_accuracy", "orders", "alerts", "bi_tables"),
+    description="Forecasts from the champion on the latest data, live accuracy, orders, alerts and the BI tables.",
 )
 pipeline_job = dg.define_asset_job(
     "pipeline_job",

@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, settings_fields
+from bi_pipeline.config import DecisionSettings, ForecastSettings, Settings, TrainingSettings, settings_fields
 from bi_pipeline.state import atomic_write
 
 
@@ -119,6 +119,25 @@ class ForecastingResource(_ForecastingBase):
     def forecast_settings(self) -> ForecastSettings:
         values = {f.name: getattr(self, f.name) for f in settings_fields(ForecastSettings) if f.name not in _BUILD_TIME}
         return ForecastSettings(**values)
+
+
+_DecisionBase = settings_resource(
+    "_DecisionBase",
+    "The economics orders are computed with and where the BI tables go (docs/configuration.md).",
+    (DecisionSettings,),
+)
+
+
+class DecisionResource(_DecisionBase):
+    """The economics orders are computed with and where the BI tables go; defaults from the environment
+    (docs/configuration.md)."""
+
+    @classmethod
+    def from_settings(cls, decisions: DecisionSettings) -> DecisionResource:
+        return cls(**_from(DecisionSettings, decisions))
+
+    def economics(self) -> DecisionSettings:
+        return DecisionSettings(**_values(self, DecisionSettings))
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bi_pipeline.config import Settings
+from bi_pipeline.decisions.evaluation import average_sections, decisions_section, model_dependence
+from bi_pipeline.decisions.inventory import Economics
 from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.catalog import MODELS, build_models
 from bi_pipeline.forecasting.configuration import Progress, TrainConfig
@@ -59,6 +61,8 @@ def run_backtest(
     train_config: TrainConfig | None = None,
     seed: int = 0,
     train_progress: Progress | None = None,
+    decisions: bool = True,
+    economics: Economics | None = None,
 ) -> dict:
     """The JSON of `bi-pipeline backtest`: per model the averaged metrics and the fit/predict seconds. Every model is
     fitted on each window's training periods and forecasts its test periods through the one model interface.
@@ -69,6 +73,7 @@ def run_backtest(
     task = Task(frequency, horizon, season_length, tuple(covariates or ()))
     per_model: dict[str, list[dict]] = {}
     info: dict[str, list[dict]] = {}
+    sections: list[dict] = []  # the decisions section of each window
     for index, (train, test) in enumerate(windows_of(history, horizon, windows), start=1):
         if progress:
             progress(
@@ -76,7 +81,8 @@ def run_backtest(
             )
         future = test.drop(columns="sales")
         made: dict[str, pd.DataFrame] = {}  # this window's forecasts: the ensemble blends its members' as they are
-        for name, model in build_models(models, train_config, train_progress, seed).items():
+        built = build_models(models, train_config, train_progress, seed)
+        for name, model in built.items():
             if progress:
                 progress(f"  {name}: fitting")
             model.fit(train, task, future)
@@ -87,6 +93,11 @@ def run_backtest(
             if name == "ensemble" and progress:
                 factors = ", ".join(f"{f:.2f}" for f in model.step_factors)
                 progress(f"  ensemble: {model.describe()}; interval factors by quarter of the horizon: {factors}")
+        if decisions:
+            selection = getattr(built.get("ensemble"), "selection", None)
+            floor = bool((train["sales"] >= 0).all())
+            dependence = model_dependence(list(made), selection, train, task, floor)
+            sections.append(decisions_section(made, train, test, frequency, dependence, economics, seed))
     result_models = {}
     for name in (m for m in MODELS if m in models):
         scores, spent = per_model[name], info[name]
@@ -115,6 +126,7 @@ def run_backtest(
         "frequency": frequency,
         "models": result_models,
         "transformer_config": train_config.to_dict() if {"transformer", "ensemble"} & set(models) else None,
+        **({"decisions": average_sections(sections)} if sections else {}),
     }
 
 

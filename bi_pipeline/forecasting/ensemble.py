@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bi_pipeline.decisions.demand import Dependence, fit_dependence
 from bi_pipeline.forecasting.baselines import attach_actuals, forecasts_from_origins
 from bi_pipeline.forecasting.interface import ForecastModel, Task
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, predict_lightgbm
@@ -74,6 +75,9 @@ class Selection:
     origins: list[str] = field(default_factory=list)  # the validation origins' dates
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # per member and "combination": MASE, WQL
     rows: int = 0
+    # Per member and "combination": how their validation errors move together across steps (decisions.demand).
+    dependence: dict[str, Dependence] = field(default_factory=dict)
+    calibrated: np.ndarray | None = field(default=None, repr=False)  # the combination's validation quantiles
 
 
 class Forecaster(ForecastModel):
@@ -90,12 +94,15 @@ class Forecaster(ForecastModel):
         step_factors: list[float] | None = None,
         season_length: int | None = None,
         parts: dict[str, ForecastModel] | None = None,
+        dependence: Dependence | None = None,
     ) -> None:
         self.transformer, self.lightgbm = transformer, lightgbm  # the network and the boosters
         self.weights = _normalised(weights or {"transformer": 1.0})
         self.spread_weights = _normalised(spread_weights or self.weights)
         self.step_factors = [float(f) for f in step_factors or []]
         self.season_length = season_length
+        # How the blend's errors move together across steps, for cumulative demand (1 between all: none fitted).
+        self.dependence = dependence or Dependence()
         self.parts = parts  # the members fitted in this process (fit); a loaded version rebuilds its own
         self.selection: Selection | None = None
         self.info: dict = {}
@@ -161,6 +168,7 @@ class Forecaster(ForecastModel):
         self.parts, self.task, self.selection = parts, task, selection
         self.weights, self.spread_weights = selection.weights, selection.spread_weights
         self.step_factors, self.season_length = selection.step_factors, task.season_length
+        self.dependence = selection.dependence.get("combination", Dependence())
         self.transformer = transformer.network
         self.lightgbm = parts["lightgbm"].model if "lightgbm" in parts else None
         self.info.update(weight=self.weight, spread_weight=self.spread_share, members=self.describe())
@@ -173,7 +181,13 @@ class Forecaster(ForecastModel):
         """What a registered version holds: the transformer, LightGBM when it has a weight, and the choice."""
         lightgbm = self.lightgbm if "lightgbm" in self.members else None
         return Forecaster(
-            self.transformer, lightgbm, self.weights, self.spread_weights, self.step_factors, self.season_length
+            self.transformer,
+            lightgbm,
+            self.weights,
+            self.spread_weights,
+            self.step_factors,
+            self.season_length,
+            dependence=self.dependence,
         )
 
     def _member(self, name: str) -> ForecastModel:
@@ -223,6 +237,7 @@ class Forecaster(ForecastModel):
             "spread_weights": self.spread_weights,
             "step_factors": self.step_factors,
             "season_length": self.season_length,
+            "dependence": self.dependence.to_dict(),
         }
         (path / FORECASTER_FILE).write_text(json.dumps(meta, indent=1))
 
@@ -236,7 +251,15 @@ class Forecaster(ForecastModel):
             weights, spread = meta["weights"], meta["spread_weights"]
             needs_lightgbm = weights.get("lightgbm", 0) > 0 or spread.get("lightgbm", 0) > 0
             lightgbm = LightGBMModel.load(path / "lightgbm") if needs_lightgbm else None
-            return cls(transformer, lightgbm, weights, spread, meta.get("step_factors"), meta.get("season_length"))
+            return cls(
+                transformer,
+                lightgbm,
+                weights,
+                spread,
+                meta.get("step_factors"),
+                meta.get("season_length"),
+                dependence=Dependence.from_dict(meta.get("dependence")),
+            )
         if not (path / ENSEMBLE_FILE).exists():
             return cls(transformer)
         meta = json.loads((path / ENSEMBLE_FILE).read_text())
@@ -249,6 +272,13 @@ class Forecaster(ForecastModel):
             {"transformer": weight, "lightgbm": 1.0 - weight},
             {"transformer": spread, "lightgbm": 1.0 - spread},
         )
+
+
+def saved_dependence(path: Path) -> Dependence:
+    """The error dependence a registered version saved (none fitted: steps move together), read without loading
+    its networks."""
+    meta = Path(path) / FORECASTER_FILE
+    return Dependence.from_dict(json.loads(meta.read_text()).get("dependence")) if meta.exists() else Dependence()
 
 
 def _normalised(weights: dict[str, float]) -> dict[str, float]:
@@ -400,6 +430,14 @@ def select(
         bool(transformer.network.config.feature_spec.get("nonnegative", False)),
     )
     selection.origins = [str(d.date()) for d in dates]
+    floor = bool(transformer.network.config.feature_spec.get("nonnegative", False))
+    rows = joined[[*SERIES, "origin", "step", "sales"]]
+    selection.dependence = {
+        name: fit_dependence(rows.assign(**{c: joined[f"{name}:{c}"] for c in QCOLS}), floor) for name in members
+    }
+    if selection.calibrated is not None:
+        combined = rows.assign(**dict(zip(QCOLS, selection.calibrated.T, strict=True)))
+        selection.dependence["combination"] = fit_dependence(combined, floor)
     return selection
 
 
@@ -451,7 +489,7 @@ def choose(
         scores[name] = {"MASE": point_loss(alone), "WQL": wql(y, quantiles_of(alone, alone))}
     calibrated = respread(blended, steps, factors, horizon, nonnegative)
     scores["combination"] = {"MASE": point_losses[best], "WQL": wql(y, calibrated)}
-    return Selection(weights, spread_weights, factors, [], scores, int(len(y)))
+    return Selection(weights, spread_weights, factors, [], scores, int(len(y)), calibrated=calibrated)
 
 
 def wql(y: np.ndarray, quantiles: np.ndarray) -> float:

@@ -7,26 +7,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings
+from bi_pipeline.config import DecisionSettings, ForecastSettings, Settings, TrainingSettings
 from bi_pipeline.contract import scan_sales_dir
+from bi_pipeline.decisions.warehouse import Warehouse, default_url
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, sales_periods
 from bi_pipeline.forecasting.candidate import forecast_latest
-from bi_pipeline.forecasting.ensemble import Forecaster
+from bi_pipeline.forecasting.ensemble import Forecaster, saved_dependence
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
 from bi_pipeline.forecasting.registry import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS, Tracker
 from bi_pipeline.generate import GenerationSpec, generate
+from bi_pipeline_tests.decisions.test_alerts import Sink
 
 TINY = ForecastSettings(horizon=6)
 TINY_TRAINING = TrainingSettings(members=1, epochs=2, max_windows_per_epoch=256)
 
 
-def run_all(settings: Settings, instance: dg.DagsterInstance, forecast: ForecastSettings = TINY):
+def run_all(
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    forecast: ForecastSettings = TINY,
+    decisions: DecisionSettings | None = None,
+):
     keys = sorted(f.key for f in scan_sales_dir(settings.landing, settle_seconds=0, assume_complete=True).ready)
     new = [k for k in keys if not instance.has_dynamic_partition(sales_periods.name, k)]
     instance.add_dynamic_partitions(sales_periods.name, new)
-    defs = build_defs(settings, forecast, TINY_TRAINING)
+    defs = build_defs(settings, forecast, TINY_TRAINING, decisions=decisions)
     tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
     return defs.resolve_job_def("pipeline_job").execute_in_process(instance=instance, tags=tags)
 
@@ -101,6 +108,18 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
             mase = table.loc[table["model"] == part, "MASE"].iloc[0]
             assert mase == pytest.approx(run.data.metrics[f"{part}_holdout_MASE"])
 
+        # Orders for every forecast series, from the champion's fitted error dependence; the publication in the BI
+        # database (DuckDB under the home by default).
+        planned = pd.read_parquet(landed.asset_dir / "orders.parquet")
+        assert len(planned) == len(active) and (planned["model_version"] == "1").all()
+        assert (planned["protection_periods"] == 2).all() and (planned["economics"] == "service level").all()
+        assert (planned["demand_p10"] <= planned["demand_p50"]).all() and (planned["order_up_to"] >= 0).all()
+        saved = saved_dependence(tracker.model_dir("1"))
+        ordered = result.asset_materializations_for_node("orders")[0].metadata
+        assert ordered["dependence"].value == saved.describe()
+        warehouse = Warehouse(default_url(landed.home))
+        assert len(warehouse.read("forecasts")) == len(forecasts) and len(warehouse.read("orders")) == len(active)
+
         # A second training on the same data competes with the champion on the same holdout.
         again = (
             build_defs(landed, TINY, TINY_TRAINING).resolve_job_def("train_job").execute_in_process(instance=instance)
@@ -111,6 +130,9 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert "champion_holdout_MASE" in meta
         expected = "2" if meta["decision"].value == "promoted" else "1"
         assert tracker.alias_version(CHAMPION) == expected and tracker.alias_version(CHALLENGER) == "2"
+        # The same cutoff from the same champion replaces its rows; a new champion's publication is added.
+        published = warehouse.read("forecasts").groupby("model_version").size().to_dict()
+        assert published == ({"1": len(forecasts), "2": len(forecasts)} if expected == "2" else {"1": len(forecasts)})
 
         # An ensemble champion serves the forecasts: the transformer of v1 blended with a LightGBM.
         integrated = pd.read_parquet(landed.asset_dir / "integrated_sales.parquet")
@@ -134,6 +156,41 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert len(out) == len(active) * 6 and (out["model_version"] == v3).all()
         expected = forecast_latest(Forecaster.load(tracker.model_dir(v3)), integrated)
         np.testing.assert_allclose(out["q0.5"].to_numpy(), expected["q0.5"].to_numpy(), rtol=1e-5)
+
+        # A new week lands in which store S002 reports nothing and one series sells 50 times its usual: the alerts
+        # hold a high-severity anomaly for it and the stopped store, the webhook gets each alert once.
+        last_file = sorted((landed.landing / "sales").iterdir())[-1]
+        week = pd.read_csv(last_file, dtype=str)
+        week["date"] = str((pd.Timestamp(week["date"].iloc[0]) + pd.Timedelta(days=7)).date())
+        week = week[week["store_id"] == "S001"].copy()
+        spike = week["item_id"].iloc[0]
+        usual = float(integrated.loc[integrated["item_id"].astype(str) == spike, "sales"].mean())
+        week.loc[week.index[0], "sales"] = str(int(50 * max(usual, 1.0)) + 100)
+        week.to_csv(landed.landing / "sales" / f"{week['date'].iloc[0]}.csv", index=False)
+        sink = Sink()
+        try:
+            decisions = DecisionSettings(alert_webhook=sink.url)
+            assert run_all(landed, instance, decisions=decisions).success
+            raised = pd.read_parquet(landed.asset_dir / "alerts.parquet")
+            stopped = raised[raised["kind"] == "stopped_reporting"]
+            assert stopped["store_id"].tolist() == ["S002"] and stopped["severity"].tolist() == ["high"]
+            anomaly = raised[(raised["kind"] == "demand_anomaly") & (raised["item_id"] == spike)]
+            assert anomaly["severity"].tolist() == ["high"] and anomaly["forecast_version"].tolist() == [v3]
+            assert anomaly["period"].iloc[0] == pd.Timestamp(week["date"].iloc[0])
+            delivered = [a["alert_id"] for body in sink.bodies for a in body["alerts"]]
+            assert sorted(delivered) == sorted(raised["alert_id"])
+            # Run again on the same data: the same alerts, none sent twice.
+            forecast_job = build_defs(landed, TINY, TINY_TRAINING, decisions=decisions).resolve_job_def("forecast_job")
+            assert forecast_job.execute_in_process(instance=instance).success
+            assert len(sink.bodies) == 1
+            check = instance.get_latest_asset_check_evaluation_record(
+                dg.AssetCheckKey(dg.AssetKey("alerts"), "no_high_severity_alerts")
+            )
+            assert check.event.dagster_event.event_specific_data.passed is False
+            warehouse_alerts = Warehouse(default_url(landed.home)).read("alerts")
+            assert set(warehouse_alerts["alert_id"]) == set(raised["alert_id"])
+        finally:
+            sink.close()
 
 
 def tiny_model_dir(path):

@@ -1,0 +1,210 @@
+"""Decisions: orders from the published forecasts, and the tables BI tools read. Wiring around
+:mod:`bi_pipeline.decisions`."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+
+from bi_pipeline.decisions.alerts import (
+    KINDS,
+    bad_periods,
+    combine,
+    deliver,
+    demand_anomalies,
+    model_accuracy,
+    stopped_reporting,
+)
+from bi_pipeline.decisions.inventory import attribute_errors, plan_orders, series_parameters
+from bi_pipeline.decisions.warehouse import Warehouse, default_url
+from bi_pipeline.defs.checks import master_or_none
+from bi_pipeline.defs.collection import partition_frequency
+from bi_pipeline.defs.resources import DecisionResource, ForecastingResource, MLflowResource, PipelineResource
+from bi_pipeline.forecasting.ensemble import saved_dependence
+from bi_pipeline.forecasting.live import load_archive
+from bi_pipeline.forecasting.metrics import season_length_for
+from bi_pipeline.forecasting.usecases import live_report
+from bi_pipeline.privacy import redact_uri
+
+GROUP = "decisions"
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"})
+def orders(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    decisions: DecisionResource,
+    mlflow_tracking: MLflowResource,
+    forecasts: pd.DataFrame,
+    items: pd.DataFrame,
+    stores: pd.DataFrame,
+) -> dg.Output:
+    """Per series, the order-up-to level for the next review: the quantile at the critical ratio (from unit price,
+    unit cost and holding cost, or the service level) of cumulative demand over lead time + review period, drawn from
+    the forecast's per-period quantiles joined by the champion's fitted error dependence; with the P10–P90 of that
+    demand. Rounded to whole packs and the minimum order when a stock snapshot gives the quantity to order."""
+    economics = decisions.economics()
+    master = [master_or_none(items), master_or_none(stores)]
+    errors = [*attribute_errors(master[0], "items.csv"), *attribute_errors(master[1], "stores.csv")]
+    if errors:
+        raise dg.Failure("decision attributes break their rules:\n" + "\n".join(errors[:20]))
+    if forecasts.empty:
+        raise dg.Failure("the forecasts hold no rows: nothing to order")
+    version = str(forecasts["model_version"].iloc[0])
+    dependence = saved_dependence(mlflow_tracking.tracker().model_dir(version))
+    frequency = partition_frequency(context, pipeline)
+    parameters = series_parameters(forecasts, frequency, economics, master)
+    floor = bool((forecasts["q0.5"] >= 0).all())
+    out = plan_orders(forecasts, parameters, dependence, inventory=None, floor=floor)
+    by_economics = out["economics"].value_counts().to_dict()
+    top = out.sort_values("order_up_to", ascending=False).head(10)
+    context.log.info(
+        f"order-up-to levels for {len(out)} series from v{version}; {dependence.describe()}; "
+        + ", ".join(f"{n} by {k}" for k, n in by_economics.items())
+    )
+    return dg.Output(
+        out,
+        metadata={
+            "series": len(out),
+            "model_version": version,
+            "cutoff": str(pd.Timestamp(out["cutoff"].iloc[0]).date()) if len(out) else "",
+            "dependence": dependence.describe(),
+            "economics": dg.MetadataValue.json({str(k): int(v) for k, v in by_economics.items()}),
+            "service_level": economics.service_level,
+            "lead_time_default": economics.lead_time,
+            "review_period_default": economics.review_period,
+            "protection_truncated": int(out["protection_truncated"].sum()),
+            "total_order_up_to": float(out["order_up_to"].sum()),
+            "largest": dg.MetadataValue.md(
+                top[["store_id", "item_id", "demand_p10", "demand_p50", "demand_p90", "order_up_to"]]
+                .round(1)
+                .to_markdown(index=False)
+            ),
+        },
+    )
+
+
+ALERT_CHECK = "no_high_severity_alerts"
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    deps=["forecasts"],
+    ins={
+        # The newest landed period's rows only: its bad-row rate is what a data alert is about.
+        "clean_sales": dg.AssetIn(partition_mapping=dg.LastPartitionMapping()),
+        "sales_quarantine": dg.AssetIn(partition_mapping=dg.LastPartitionMapping()),
+    },
+    check_specs=[
+        dg.AssetCheckSpec(
+            ALERT_CHECK, asset="alerts", description="No high-severity alert is open (a warning, not a block)"
+        )
+    ],
+)
+def alerts(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    forecasting: ForecastingResource,
+    decisions: DecisionResource,
+    mlflow_tracking: MLflowResource,
+    integrated_sales: pd.DataFrame,
+    clean_sales: dict[str, pd.DataFrame],
+    sales_quarantine: dict[str, pd.DataFrame],
+    items: pd.DataFrame,
+):
+    """What needs attention: actuals of the newest periods outside the published P10–P90 of their forecast (ranked by
+    units beyond the band, and money with a unit price), stores that stopped reporting, a newest period whose bad-row
+    rate failed, and a champion whose live accuracy is worse than its backtest. Each alert has a kind, severity,
+    series, period, numbers and a sentence; new ones are POSTed once to the alert webhook when one is set."""
+    settings, economics = pipeline.settings(), decisions.economics()
+    frequency = partition_frequency(context, pipeline)
+    season = season_length_for(frequency, int(integrated_sales["date"].nunique()), forecasting.season_length)
+    archive = load_archive(settings.home / "forecast_archive")
+    report = live_report(integrated_sales, settings.home / "forecast_archive", mlflow_tracking.tracker(), season)
+    rates = {
+        key: (len(sales_quarantine.get(key, ())), len(clean_sales.get(key, ())) + len(sales_quarantine.get(key, ())))
+        for key in set(clean_sales) | set(sales_quarantine)
+    }
+    master = master_or_none(items)
+    price = None
+    if master is not None and "unit_price" in master.columns:
+        price = pd.to_numeric(master.set_index(master["item_id"].astype(str))["unit_price"], errors="coerce")
+    out = combine(
+        [
+            bad_periods(rates, settings.max_bad_row_rate),
+            stopped_reporting(integrated_sales),
+            model_accuracy(
+                report.evidence,
+                report.champion_mase,
+                forecasting.degradation_threshold,
+                forecasting.degradation_min_periods,
+            ),
+            demand_anomalies(archive, integrated_sales, economics.alert_periods, price),
+        ]
+    )
+    counts = {f"{kind}": int((out["kind"] == kind).sum()) for kind in KINDS}
+    high = int((out["severity"] == "high").sum())
+    sent, error = 0, None
+    if economics.alert_webhook:
+        sent, error = deliver(out, economics.alert_webhook, settings.state_dir / "alerts_sent.json")
+        if error:
+            context.log.warning(f"alerts not delivered ({error}); they are sent again on the next run")
+    context.log.info(
+        f"{len(out)} alert(s), {high} high: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        + (f"; {sent} new sent to the webhook" if economics.alert_webhook else "")
+    )
+    shown = out[["severity", "kind", "store_id", "item_id", "period", "units", "message"]].head(20)
+    yield dg.Output(
+        out,
+        metadata={
+            "alerts": len(out),
+            "high_severity": high,
+            "by_kind": dg.MetadataValue.json(counts),
+            "delivered": sent,
+            "delivery_error": error or "none",
+            "webhook": redact_uri(economics.alert_webhook) if economics.alert_webhook else "unset",
+            "top": dg.MetadataValue.md(shown.assign(period=shown["period"].dt.date).to_markdown(index=False))
+            if len(out)
+            else "none",
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=ALERT_CHECK,
+        passed=high == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{high} high-severity alert(s) open" if high else "no high-severity alert",
+        metadata={"high_severity": high, **{k: v for k, v in counts.items()}},
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "postgres"})
+def bi_tables(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    decisions: DecisionResource,
+    forecasts: pd.DataFrame,
+    orders: pd.DataFrame,
+    alerts: pd.DataFrame,
+) -> dg.MaterializeResult:
+    """The publication's forecasts, orders and alerts in the BI database (DuckDB under the home, or PostgreSQL): a
+    re-run replaces the rows of the same cutoff and model version, earlier publications stay (docs/decisions.md)."""
+    url = decisions.warehouse_url or default_url(pipeline.settings().home)
+    warehouse = Warehouse(url)
+    publication = {"cutoff": forecasts["cutoff"].iloc[0], "model_version": str(forecasts["model_version"].iloc[0])}
+    written = {
+        "forecasts": warehouse.write("forecasts", forecasts),
+        "orders": warehouse.write("orders", orders),
+        # Alerts are raised with a publication: its cutoff and model version are their keys.
+        "alerts": warehouse.write("alerts", alerts.assign(**publication), publication=publication),
+    }
+    context.log.info(f"wrote {json.dumps(written)} rows to {redact_uri(url)}")
+    return dg.MaterializeResult(
+        metadata={
+            "warehouse": redact_uri(url),
+            **{f"{table}_rows": rows for table, rows in written.items()},
+            "cutoff": str(pd.Timestamp(forecasts["cutoff"].iloc[0]).date()) if len(forecasts) else "",
+            "model_version": str(forecasts["model_version"].iloc[0]) if len(forecasts) else "",
+        }
+    )
