@@ -92,9 +92,22 @@ def _add_generation_args(parser: argparse.ArgumentParser, defaults: dict) -> Non
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--defects", type=int, default=3, help="instances of each defect type (0: clean data)")
     parser.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv")
+    parser.add_argument(
+        "--inventory",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.get("inventory", False),
+        help="a stock snapshot for the last period in inventory/ (the demo's default)",
+    )
 
 
-DEMO_DEFAULTS = {"stores": 10, "items": 30, "periods": 156, "frequency": "W", "start": "2022-01-03"}
+DEMO_DEFAULTS = {
+    "stores": 10,
+    "items": 30,
+    "periods": 156,
+    "frequency": "W",
+    "start": "2022-01-03",
+    "inventory": True,
+}
 
 
 def _spec(args: argparse.Namespace):
@@ -109,6 +122,7 @@ def _spec(args: argparse.Namespace):
         seed=args.seed,
         defects=args.defects,
         fmt=args.fmt,
+        inventory=args.inventory,
     )
 
 
@@ -172,11 +186,16 @@ def _print_summary(summary, settings: Settings) -> None:
             f"({ordered['dependence']}); the largest:"
         )
         print("\n".join("    " + line for line in str(ordered["largest"]).splitlines()))
+    raised = summary.materialized.get("alerts")
+    if raised:
+        kinds = ", ".join(f"{n} {k}" for k, n in (raised.get("by_kind") or {}).items() if n) or "none"
+        print(f"  alerts            {raised['alerts']} ({raised['high_severity']} high severity): {kinds}; the top:")
+        print("\n".join("    " + line for line in str(raised["top"]).splitlines()[:12]))
     tables = summary.materialized.get("bi_tables")
     if tables:
         print(
-            f"  BI tables         {tables['forecasts_rows']} forecast rows and {tables['orders_rows']} order rows in "
-            f"{tables['warehouse']} (docs/decisions.md: pointing a BI tool at them)"
+            f"  BI tables         {tables['forecasts_rows']} forecast rows, {tables['orders_rows']} order rows and "
+            f"{tables['alerts_rows']} alerts in {tables['warehouse']} (docs/decisions.md: pointing a BI tool at them)"
         )
     from bi_pipeline.docs_site import docs_url, site_dir
 

@@ -348,6 +348,7 @@ def scan_sales_dir(
     frequency: str | None = None,
     week_start: str | None = None,
     removed: dict[str, dict] | None = None,
+    subdir: str = SALES_DIR,
 ) -> ScanResult:
     """List the sales files that are ready to ingest, those still being written and those that break the contract.
 
@@ -360,7 +361,7 @@ def scan_sales_dir(
     that calls this must keep running whatever lands.
     """
     result = ScanResult()
-    sales_dir = landing / SALES_DIR
+    sales_dir = landing / subdir
     if not sales_dir.is_dir():
         return result
     now = time.time() if now is None else now
@@ -368,7 +369,7 @@ def scan_sales_dir(
     by_key: dict[str, list[tuple[Path, str]]] = {}
     for entry in sorted(os.scandir(sales_dir), key=lambda e: e.name):
         name = entry.name
-        rel = f"{SALES_DIR}/{name}"
+        rel = f"{subdir}/{name}"
         path = Path(entry.path)
         if name.startswith((".", "~")) or name.lower().endswith(_IN_PROGRESS_SUFFIXES):
             result.pending.append(f"{rel}: temporary name (rename it when complete)")
@@ -391,7 +392,7 @@ def scan_sales_dir(
         key, suffix = split_sales_name(name)
         if suffix not in SALES_SUFFIXES:
             hint = (
-                "compressed files are not read: decompress it into sales/ as .csv or .parquet"
+                f"compressed files are not read: decompress it into {subdir}/ as .csv or .parquet"
                 if suffix in _COMPRESSED_SUFFIXES
                 else f"expected one of {', '.join(SALES_SUFFIXES)}"
             )
@@ -413,11 +414,11 @@ def scan_sales_dir(
         if len(paths) > 1:
             names = ", ".join(p.name for p, _ in paths)
             result.rejected.append(
-                ContractError(f"{SALES_DIR}/{key}", "duplicate_period", f"more than one file for {key}: {names}")
+                ContractError(f"{subdir}/{key}", "duplicate_period", f"more than one file for {key}: {names}")
             )
             continue
         path, suffix = paths[0]
-        rel = f"{SALES_DIR}/{path.name}"
+        rel = f"{subdir}/{path.name}"
         if result.grid is not None and not result.grid.on_grid(date.fromisoformat(key)):
             result.rejected.append(result.grid.off_grid_error(date.fromisoformat(key), rel))
             continue

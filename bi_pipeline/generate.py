@@ -81,6 +81,9 @@ class GenerationSpec:
     # The share of periods each store is closed (renovations, strikes: runs of up to a week of days), announced in
     # calendar.csv as a store row with ``closed`` = 1; a closed store sells nothing.
     closure_share: float = 0.0
+    # A stock snapshot for the last period, inventory/<date>.csv (on hand about 0–3 periods of recent sales, some on
+    # order), so that orders come with quantities.
+    inventory: bool = False
 
     def __post_init__(self) -> None:
         if self.frequency not in FREQUENCIES:
@@ -865,6 +868,27 @@ def _write_file(
     return text_table.num_rows
 
 
+def _write_inventory(
+    landing: Path, biz: _Business, t: int, sales: np.ndarray, rows: slice | np.ndarray, rng: np.random.Generator
+) -> None:
+    """The stock at the end of period ``t`` of the series active in it: on hand a random 0–3 periods of its sales
+    there (a few at 0), an order of about one period's sales on the way for a third of them."""
+    index = np.arange(len(biz.store_of))[rows]
+    level = np.maximum(np.asarray(sales, dtype="float64")[rows], 1.0)
+    on_hand = np.round(level * rng.uniform(0.0, 3.0, len(index)))
+    on_hand[rng.random(len(index)) < 0.05] = 0
+    on_order = np.where(rng.random(len(index)) < 1 / 3, np.round(level * rng.uniform(0.5, 1.5, len(index))), 0)
+    lines = [
+        (biz.stores.ids[biz.store_of[i]], biz.items.ids[biz.item_of[i]], int(h), int(o))
+        for i, h, o in zip(index, on_hand, on_order, strict=True)
+    ]
+    (landing / "inventory").mkdir(parents=True, exist_ok=True)
+    _write_text(
+        landing / "inventory" / f"{biz.date_str[t]}.csv",
+        _csv_text(("store_id", "item_id", "on_hand", "on_order"), lines),
+    )
+
+
 def _write_master(landing: Path, biz: _Business) -> None:
     st, it, cal = biz.stores, biz.items, biz.cal
     _write_text(
@@ -951,6 +975,8 @@ def generate(
                 biz.date_str,
                 malformed if t == malformed_file else [],
             )
+            if t == periods - 1 and spec.inventory:
+                _write_inventory(landing, biz, t, sales[k], rows, np.random.default_rng(spec.seed + 7))
             if progress is not None:
                 progress(t + 1, periods)
         del sales, cents, code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from bi_pipeline.bench import bench_ingest, split_series
@@ -42,10 +43,21 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     # The run is in the persistent instance under the home, where `make ui` will show it.
     assert (home / "dagster" / "dagster.yaml").exists()
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].is_success
+        runs = sorted(instance.get_runs(), key=lambda r: r.job_name)
+        # The stock snapshot of the last period is read first, in its own partition; then every stage.
+        assert [r.job_name for r in runs] == ["inventory_job", "pipeline_job"] and all(r.is_success for r in runs)
         assert len(instance.get_dynamic_partitions("sales_periods")) == 20
+        assert instance.get_dynamic_partitions("inventory_periods") == ["2022-05-16"]
     assert (home / "assets" / "integrated_sales.parquet").exists()
+    # Orders with quantities, from the snapshot; the demo prints the largest and where the BI tables are.
+    orders = pd.read_parquet(home / "assets" / "orders.parquet")
+    assert len(orders) == 10 and orders["on_hand"].notna().all() and orders["order_quantity"].notna().all()
+    gap = orders["order_up_to"] - orders["on_hand"] - orders["on_order"]
+    assert ((orders["order_quantity"] > 0) == (gap > 0)).all()
+    assert "orders            order-up-to levels for 10 series" in out and "order_quantity" in out
+    assert "BI tables         40 forecast rows, 10 order rows and " in out
+    assert f"alerts in duckdb:///{home}/warehouse.duckdb" in out
+    assert "  alerts            " in out
     assert (home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 
@@ -60,7 +72,7 @@ def test_long_histories_run_in_ranges_then_one_integration(home, capsys, monkeyp
     assert "quarantine matches the injected defects: True" in out
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = sorted(instance.get_runs(), key=lambda r: r.create_timestamp if hasattr(r, "create_timestamp") else 0)
-        assert sorted(r.job_name for r in runs) == ["ingest_job"] * 3 + ["integrate_job", "train_job"]
+        assert sorted(r.job_name for r in runs) == ["ingest_job"] * 3 + ["integrate_job", "inventory_job", "train_job"]
         assert all(r.is_success for r in runs)
 
 

@@ -37,7 +37,8 @@ COLUMNS = [
     "money",
     "message",
 ]
-KINDS = ("demand_anomaly", "stopped_reporting", "bad_row_rate", "model_accuracy")
+KINDS = ("demand_anomaly", "stockout_risk", "overstock", "stopped_reporting", "bad_row_rate", "model_accuracy")
+OVERSTOCK_FACTOR = 2.0  # stock on hand and on order above this many times the order-up-to level is overstock
 
 
 def alert_id(*parts: object) -> str:
@@ -145,6 +146,61 @@ def stopped_reporting(history: pd.DataFrame) -> pd.DataFrame:
                 ),
             }
         )
+    return _frame(records)
+
+
+def stock_alerts(orders: pd.DataFrame) -> pd.DataFrame:
+    """From orders with a stock snapshot: stock-out risk where on hand + on order is below the median demand before
+    an order placed now arrives (high), overstock where it is above :data:`OVERSTOCK_FACTOR` times the order-up-to
+    level (medium)."""
+    if "on_hand" not in orders or orders["on_hand"].isna().all():
+        return _frame([])
+    rows = orders[orders["on_hand"].notna()]
+    records = []
+    for row in rows.to_dict(orient="records"):
+        position = float(row["on_hand"]) + float(row.get("on_order") or 0.0)
+        needed, level = float(row["lead_time_demand_p50"]), float(row["order_up_to"])
+        common = {
+            "store_id": str(row["store_id"]),
+            "item_id": str(row["item_id"]),
+            "period": pd.Timestamp(row["first_period"]),
+            "forecast_cutoff": pd.Timestamp(row["cutoff"]),
+            "forecast_version": str(row["model_version"]),
+            "actual": position,
+        }
+        stock = f"{row['on_hand']:,.0f} on hand and {row.get('on_order') or 0:,.0f} on order"
+        if position < needed:
+            records.append(
+                {
+                    **common,
+                    "alert_id": alert_id("stockout_risk", row["store_id"], row["item_id"], _day(row["cutoff"])),
+                    "kind": "stockout_risk",
+                    "severity": "high",
+                    "expected": needed,
+                    "units": needed - position,
+                    "message": (
+                        f"{row['store_id']} / {row['item_id']}: {stock}, {needed - position:,.0f} short of the "
+                        f"{needed:,.0f} expected to sell before an order placed now arrives (lead time "
+                        f"{row['lead_time']})."
+                    ),
+                }
+            )
+        elif level > 0 and position > OVERSTOCK_FACTOR * level:
+            records.append(
+                {
+                    **common,
+                    "alert_id": alert_id("overstock", row["store_id"], row["item_id"], _day(row["cutoff"])),
+                    "kind": "overstock",
+                    "severity": "medium",
+                    "expected": level,
+                    "high": OVERSTOCK_FACTOR * level,
+                    "units": position - level,
+                    "message": (
+                        f"{row['store_id']} / {row['item_id']}: {stock}, {position / level:.1f} times the "
+                        f"order-up-to level of {level:,.0f}."
+                    ),
+                }
+            )
     return _frame(records)
 
 

@@ -158,6 +158,9 @@ def plan_orders(
         ]
     )
     window = window_quantiles(quantiles, protection, levels, dependence, seed=seed, floor=floor)[:, 0, :]
+    # Demand before an order placed now arrives: what the stock on hand and on order must cover.
+    lead = params["lead_time"].to_numpy()
+    before = window_quantiles(quantiles, lead, [0.5], dependence, seed=seed, floor=floor)[:, 0, 0]
     out = series.copy()
     meta = forecasts.drop_duplicates(SERIES).assign(
         store_id=lambda f: f["store_id"].astype(str), item_id=lambda f: f["item_id"].astype(str)
@@ -172,6 +175,7 @@ def plan_orders(
     out["protection_truncated"] = protection > len(dates)
     out["demand_p10"], out["demand_p50"], out["demand_p90"] = window[:, 0], window[:, 1], window[:, 2]
     out["order_up_to"] = window[:, 3]
+    out["lead_time_demand_p50"] = np.where(lead > 0, before, 0.0)
     if inventory is not None:
         stock = inventory.assign(store_id=inventory["store_id"].astype(str), item_id=inventory["item_id"].astype(str))
         stock = out[SERIES].merge(stock, on=SERIES, how="left")

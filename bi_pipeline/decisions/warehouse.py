@@ -45,6 +45,7 @@ TABLES: dict[str, dict[str, str]] = {
         "demand_p50": "DOUBLE PRECISION",
         "demand_p90": "DOUBLE PRECISION",
         "order_up_to": "DOUBLE PRECISION",
+        "lead_time_demand_p50": "DOUBLE PRECISION",
         "on_hand": "DOUBLE PRECISION",
         "on_order": "DOUBLE PRECISION",
         "order_quantity": "DOUBLE PRECISION",

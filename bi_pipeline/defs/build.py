@@ -14,6 +14,7 @@ from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, ra
 from bi_pipeline.defs.decisions import alerts, bi_tables, orders
 from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
 from bi_pipeline.defs.integration import integrated_sales
+from bi_pipeline.defs.inventory import inventory, inventory_sensor
 from bi_pipeline.defs.jobs import JOBS
 from bi_pipeline.defs.resources import (
     DecisionResource,
@@ -42,10 +43,10 @@ def build_defs(
         assets=[
             *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
             *(features, forecaster, forecasts, backtest, forecast_accuracy),
-            *(orders, alerts, bi_tables),
+            *(inventory, orders, alerts, bi_tables),
         ],
         jobs=list(JOBS),
-        sensors=[landing_zone_sensor, retrain_sensor, forecast_sensor, automation_sensor],
+        sensors=[landing_zone_sensor, inventory_sensor, retrain_sensor, forecast_sensor, automation_sensor],
         schedules=build_schedules(forecast),
         resources={
             "pipeline": PipelineResource.from_settings(settings),

@@ -13,12 +13,14 @@ from bi_pipeline.decisions.alerts import (
     deliver,
     demand_anomalies,
     model_accuracy,
+    stock_alerts,
     stopped_reporting,
 )
 from bi_pipeline.decisions.inventory import attribute_errors, plan_orders, series_parameters
 from bi_pipeline.decisions.warehouse import Warehouse, default_url
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
+from bi_pipeline.defs.inventory import latest_snapshot
 from bi_pipeline.defs.resources import DecisionResource, ForecastingResource, MLflowResource, PipelineResource
 from bi_pipeline.forecasting.ensemble import saved_dependence
 from bi_pipeline.forecasting.live import load_archive
@@ -29,7 +31,12 @@ from bi_pipeline.privacy import redact_uri
 GROUP = "decisions"
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"})
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    # The newest stock snapshot, when one has landed.
+    ins={"inventory": dg.AssetIn(partition_mapping=dg.LastPartitionMapping())},
+)
 def orders(
     context: dg.AssetExecutionContext,
     pipeline: PipelineResource,
@@ -38,6 +45,7 @@ def orders(
     forecasts: pd.DataFrame,
     items: pd.DataFrame,
     stores: pd.DataFrame,
+    inventory: dict[str, pd.DataFrame],
 ) -> dg.Output:
     """Per series, the order-up-to level for the next review: the quantile at the critical ratio (from unit price,
     unit cost and holding cost, or the service level) of cumulative demand over lead time + review period, drawn from
@@ -55,7 +63,10 @@ def orders(
     frequency = partition_frequency(context, pipeline)
     parameters = series_parameters(forecasts, frequency, economics, master)
     floor = bool((forecasts["q0.5"] >= 0).all())
-    out = plan_orders(forecasts, parameters, dependence, inventory=None, floor=floor)
+    period, stock = latest_snapshot(inventory)
+    out = plan_orders(forecasts, parameters, dependence, inventory=stock, floor=floor)
+    if stock is not None:
+        context.log.info(f"stock from the snapshot of {period}: {int(out['on_hand'].notna().sum())} series matched")
     by_economics = out["economics"].value_counts().to_dict()
     top = out.sort_values("order_up_to", ascending=False).head(10)
     context.log.info(
@@ -74,9 +85,12 @@ def orders(
             "lead_time_default": economics.lead_time,
             "review_period_default": economics.review_period,
             "protection_truncated": int(out["protection_truncated"].sum()),
+            "stock_snapshot": period or "none: orders are stated as order-up-to levels",
+            "series_without_stock": int(out["on_hand"].isna().sum()) if stock is not None else len(out),
+            "total_order_quantity": float(out["order_quantity"].sum()) if stock is not None else 0.0,
             "total_order_up_to": float(out["order_up_to"].sum()),
             "largest": dg.MetadataValue.md(
-                top[["store_id", "item_id", "demand_p10", "demand_p50", "demand_p90", "order_up_to"]]
+                top[["store_id", "item_id", "demand_p10", "demand_p50", "demand_p90", "order_up_to", "order_quantity"]]
                 .round(1)
                 .to_markdown(index=False)
             ),
@@ -112,9 +126,11 @@ def alerts(
     clean_sales: dict[str, pd.DataFrame],
     sales_quarantine: dict[str, pd.DataFrame],
     items: pd.DataFrame,
+    orders: pd.DataFrame,
 ):
     """What needs attention: actuals of the newest periods outside the published P10–P90 of their forecast (ranked by
-    units beyond the band, and money with a unit price), stores that stopped reporting, a newest period whose bad-row
+    units beyond the band, and money with a unit price), stock-out risk and overstock against the orders' demand,
+    stores that stopped reporting, a newest period whose bad-row
     rate failed, and a champion whose live accuracy is worse than its backtest. Each alert has a kind, severity,
     series, period, numbers and a sentence; new ones are POSTed once to the alert webhook when one is set."""
     settings, economics = pipeline.settings(), decisions.economics()
@@ -141,6 +157,7 @@ def alerts(
                 forecasting.degradation_min_periods,
             ),
             demand_anomalies(archive, integrated_sales, economics.alert_periods, price),
+            stock_alerts(orders),
         ]
     )
     counts = {f"{kind}": int((out["kind"] == kind).sum()) for kind in KINDS}
@@ -155,7 +172,7 @@ def alerts(
         + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         + (f"; {sent} new sent to the webhook" if economics.alert_webhook else "")
     )
-    shown = out[["severity", "kind", "store_id", "item_id", "period", "units", "message"]].head(20)
+    shown = out[["severity", "kind", "store_id", "item_id", "period", "units", "message"]].head(20).round({"units": 1})
     yield dg.Output(
         out,
         metadata={

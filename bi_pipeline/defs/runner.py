@@ -14,9 +14,9 @@ import pandas as pd
 from bi_pipeline.config import ForecastSettings, Settings, TrainingSettings, prepare_dagster_home
 from bi_pipeline.defs.build import build_defs
 from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, chunks, sales_periods
-from bi_pipeline.defs.jobs import ingest_job, integrate_job, pipeline_job, train_job
+from bi_pipeline.defs.jobs import INVENTORY_ASSETS, ingest_job, integrate_job, inventory_job, pipeline_job, train_job
 from bi_pipeline.ingest import landing_scan
-from bi_pipeline.state import locked, record_removal, write_json
+from bi_pipeline.state import locked, read_json, record_removal, write_json
 
 
 @dataclass
@@ -43,6 +43,38 @@ def register_periods(
         instance.add_dynamic_partitions(sales_periods.name, new)
     rejected = [str(e) for e in scan.rejected] + scan.removed
     return list(instance.get_dynamic_partitions(sales_periods.name)), rejected, scan.pending
+
+
+def register_snapshots(instance: dg.DagsterInstance, settings: Settings, assume_complete: bool = False) -> list[str]:
+    """Add a partition for each complete stock snapshot in inventory/; returns the snapshots to read: the new ones
+    and any whose file changed since it was read."""
+    from bi_pipeline.contract import scan_until_stable
+    from bi_pipeline.decisions.stock import INVENTORY_DIR
+    from bi_pipeline.defs.inventory import inventory_periods
+
+    scan = scan_until_stable(
+        settings.landing, settings.settle_seconds, assume_complete=assume_complete, subdir=INVENTORY_DIR
+    )
+    existing = set(instance.get_dynamic_partitions(inventory_periods.name))
+    new = sorted({f.key for f in scan.ready} - existing)
+    if new:
+        instance.add_dynamic_partitions(inventory_periods.name, new)
+    read = settings.state_dir / "inventory_read.json"
+    with locked(read):
+        seen = read_json(read, {})
+    return sorted(f.key for f in scan.ready if seen.get(f.relpath) != f.sha256)
+
+
+def _mark_snapshots_read(settings: Settings, keys: list[str]) -> None:
+    from bi_pipeline.contract import scan_sales_dir
+    from bi_pipeline.decisions.stock import INVENTORY_DIR
+
+    scan = scan_sales_dir(settings.landing, assume_complete=True, subdir=INVENTORY_DIR)
+    read = settings.state_dir / "inventory_read.json"
+    with locked(read):
+        seen = read_json(read, {})
+        seen.update({f.relpath: f.sha256 for f in scan.ready if f.key in keys})
+        write_json(read, seen)
 
 
 def _plain(value) -> object:
@@ -78,13 +110,27 @@ def run_pipeline(
     plan = [(pipeline_job, ranges[0])] if len(ranges) == 1 else [(ingest_job, r) for r in ranges]
     if len(ranges) > 1:
         plan += [(integrate_job, []), (train_job, [])]
+    # Stock snapshots first, each in its own partition, so that the orders of the runs below read the newest.
+    snapshots = register_snapshots(instance, settings, assume_complete)
+    plan = [(inventory_job, [key]) for key in snapshots] + plan
     for done, (job, part) in enumerate(plan):
         if progress:
             progress(done, len(plan))
-        tags = {RANGE_START_TAG: part[0], RANGE_END_TAG: part[-1]} if part else {}
-        result = defs.resolve_job_def(job.name).execute_in_process(
-            instance=instance, tags=tags, run_config=run_config, raise_on_error=False
-        )
+        if job is inventory_job:
+            result = defs.resolve_job_def(job.name).execute_in_process(
+                instance=instance,
+                partition_key=part[0],
+                run_config=run_config,
+                raise_on_error=False,
+                asset_selection=[dg.AssetKey(name) for name in INVENTORY_ASSETS],
+            )
+            if result.success:
+                _mark_snapshots_read(settings, part)
+        else:
+            tags = {RANGE_START_TAG: part[0], RANGE_END_TAG: part[-1]} if part else {}
+            result = defs.resolve_job_def(job.name).execute_in_process(
+                instance=instance, tags=tags, run_config=run_config, raise_on_error=False
+            )
         summary.run_id = result.run_id if not summary.run_id else f"{summary.run_id}, {result.run_id}"
         _collect(summary, result)
         if not result.success:
