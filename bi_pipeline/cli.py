@@ -191,6 +191,9 @@ def _print_summary(summary, settings: Settings) -> None:
         kinds = ", ".join(f"{n} {k}" for k, n in (raised.get("by_kind") or {}).items() if n) or "none"
         print(f"  alerts            {raised['alerts']} ({raised['high_severity']} high severity): {kinds}; the top:")
         print("\n".join("    " + line for line in str(raised["top"]).splitlines()[:12]))
+    reported = summary.materialized.get("insights")
+    if reported:
+        print(f"  insights report   {reported['path']} (open it in a browser)")
     tables = summary.materialized.get("bi_tables")
     if tables:
         print(

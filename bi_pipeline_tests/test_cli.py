@@ -58,6 +58,9 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert "BI tables         40 forecast rows, 10 order rows and " in out
     assert f"alerts in duckdb:///{home}/warehouse.duckdb" in out
     assert "  alerts            " in out
+    reports = sorted((home / "reports").glob("insights_*_v1.html"))
+    assert len(reports) == 1 and f"insights report   {reports[0]}" in out
+    assert "<h2>Orders</h2>" in reports[0].read_text()
     assert (home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 

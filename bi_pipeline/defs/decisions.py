@@ -17,6 +17,7 @@ from bi_pipeline.decisions.alerts import (
     stopped_reporting,
 )
 from bi_pipeline.decisions.inventory import attribute_errors, plan_orders, series_parameters
+from bi_pipeline.decisions.report import insights as build_insights
 from bi_pipeline.decisions.warehouse import Warehouse, default_url
 from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
@@ -27,6 +28,7 @@ from bi_pipeline.forecasting.live import load_archive
 from bi_pipeline.forecasting.metrics import season_length_for
 from bi_pipeline.forecasting.usecases import live_report
 from bi_pipeline.privacy import redact_uri
+from bi_pipeline.state import atomic_write_text
 
 GROUP = "decisions"
 
@@ -223,5 +225,35 @@ def bi_tables(
             **{f"{table}_rows": rows for table, rows in written.items()},
             "cutoff": str(pd.Timestamp(forecasts["cutoff"].iloc[0]).date()) if len(forecasts) else "",
             "model_version": str(forecasts["model_version"].iloc[0]) if len(forecasts) else "",
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"html"})
+def insights(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    integrated_sales: pd.DataFrame,
+    forecasts: pd.DataFrame,
+    orders: pd.DataFrame,
+    alerts: pd.DataFrame,
+    items: pd.DataFrame,
+) -> dg.MaterializeResult:
+    """One self-contained HTML report per publication: headline numbers against the same periods last year by store
+    and category, the top movers, the open alerts and the orders, written under ``$BI_PIPELINE_HOME/reports``."""
+    settings = pipeline.settings()
+    frequency = partition_frequency(context, pipeline)
+    report = build_insights(integrated_sales, forecasts, frequency, orders, alerts, master_or_none(items))
+    cutoff = pd.Timestamp(forecasts["cutoff"].iloc[0]).date()
+    path = settings.home / "reports" / f"insights_{cutoff}_v{forecasts['model_version'].iloc[0]}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, report.html)
+    context.log.info(f"insights report: {path}")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "open": dg.MetadataValue.url(path.as_uri()),
+            "sections": ", ".join(report.sections),
+            "bytes": len(report.html.encode()),
         }
     )
