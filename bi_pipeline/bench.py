@@ -323,3 +323,76 @@ def bench_forecaster(
         "gpu_peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if chosen.type == "cuda" else None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
+
+
+# The businesses `bench drivers` recovers effects on: (stores, items, weeks), several seeds each.
+DRIVER_SHAPES = ((10, 30, 156), (20, 40, 104), (5, 60, 156))
+
+
+def bench_drivers(
+    shapes: tuple[tuple[int, int, int], ...] = DRIVER_SHAPES,
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5, 6),
+    workdir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Per generated business (weekly, no defects, a seed each), the category elasticity and promotion uplift the
+    drivers estimate against the generator's truth: each category's relative error, whether its 95% interval holds
+    the truth, whether the sign is right; and the aggregates per shape and overall."""
+    from bi_pipeline.decisions.drivers import category_effects, item_effects
+    from bi_pipeline.forecasting.backtest import load_history
+    from bi_pipeline.generate import GenerationSpec, generate, true_effects
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for stores, items, periods in shapes:
+            for seed in seeds:
+                spec = GenerationSpec(stores=stores, items=items, periods=periods, frequency="W", defects=0, seed=seed)
+                landing = Path(tmp) / f"{stores}x{items}x{periods}_{seed}"
+                generate(landing, spec)
+                history, _, _ = load_history(landing)
+                master = pd.read_csv(landing / "items.csv", dtype=str)
+                started = time.perf_counter()
+                found = category_effects(item_effects(history, master)).set_index("category")
+                seconds = time.perf_counter() - started
+                truth = true_effects(spec).groupby("category")[["elasticity", "promo_bump"]].mean()
+                for category, row in found.join(truth, rsuffix="_true").iterrows():
+                    rows.append(
+                        {
+                            "shape": f"{stores}x{items}x{periods}",
+                            "seed": seed,
+                            "category": category,
+                            "items": int(row["items"]),
+                            "elasticity": row["elasticity"],
+                            "elasticity_true": row["elasticity_true"],
+                            "elasticity_error": row["elasticity"] / row["elasticity_true"] - 1.0,
+                            "elasticity_covered": bool(
+                                row["elasticity_low"] <= row["elasticity_true"] <= row["elasticity_high"]
+                            ),
+                            "uplift": row["uplift"],
+                            "uplift_true": row["promo_bump"],
+                            "uplift_error": row["uplift"] / row["promo_bump"] - 1.0,
+                            "uplift_covered": bool(row["uplift_low"] <= row["promo_bump"] <= row["uplift_high"]),
+                            "signs_right": bool(row["elasticity"] < 0 and row["uplift"] > 0),
+                            "seconds": seconds,
+                        }
+                    )
+                if progress:
+                    progress(f"{stores}x{items}x{periods} seed {seed}: {len(found)} categories in {seconds:.1f} s")
+    frame = pd.DataFrame(rows)
+
+    def summary(part: pd.DataFrame) -> dict:
+        out: dict = {"categories": len(part)}
+        for measure in ("elasticity", "uplift"):
+            error = part[f"{measure}_error"].abs()
+            out[f"{measure}_mean_abs_error"] = round(float(error.mean()), 4)
+            out[f"{measure}_within_20pct"] = round(float((error <= 0.2).mean()), 4)
+            out[f"{measure}_interval_coverage"] = round(float(part[f"{measure}_covered"].mean()), 4)
+        out["signs_right"] = round(float(part["signs_right"].mean()), 4)
+        return out
+
+    return {
+        "seeds": list(seeds),
+        "by_shape": {shape: summary(part) for shape, part in frame.groupby("shape", sort=False)},
+        "overall": summary(frame),
+        "categories": frame.round(4).to_dict(orient="records"),
+    }

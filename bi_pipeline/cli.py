@@ -138,6 +138,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indented(text: object, lines: int | None = None) -> str:
+    """A metadata table (markdown) under its summary line, its first ``lines`` lines."""
+    return "\n".join("    " + line for line in str(text).splitlines()[:lines])
+
+
 def _print_summary(summary, settings: Settings) -> None:
     print()
     print(f"run {summary.run_id}: {'succeeded' if summary.success else 'FAILED'} over {summary.partitions} period(s)")
@@ -178,27 +183,33 @@ def _print_summary(summary, settings: Settings) -> None:
         )
     compared = summary.materialized.get("backtest")
     if compared:
-        print("  backtest on the holdout:\n" + "\n".join("    " + line for line in compared["comparison"].splitlines()))
+        print("  backtest on the holdout:\n" + _indented(compared["comparison"]))
     ordered = summary.materialized.get("orders")
     if ordered:
         print(
             f"  orders            order-up-to levels for {ordered['series']} series from v{ordered['model_version']} "
             f"({ordered['dependence']}); the largest:"
         )
-        print("\n".join("    " + line for line in str(ordered["largest"]).splitlines()))
+        print(_indented(ordered["largest"]))
     raised = summary.materialized.get("alerts")
     if raised:
         kinds = ", ".join(f"{n} {k}" for k, n in (raised.get("by_kind") or {}).items() if n) or "none"
         print(f"  alerts            {raised['alerts']} ({raised['high_severity']} high severity): {kinds}; the top:")
-        print("\n".join("    " + line for line in str(raised["top"]).splitlines()[:12]))
+        print(_indented(raised["top"], 12))
+    explained = summary.materialized.get("drivers")
+    if explained:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in (explained.get("share_of_forecast") or {}).items())
+        print(f"  drivers           the forecast's median by part: {shares}; per category:")
+        print(_indented(explained["category_effects"], 12))
     reported = summary.materialized.get("insights")
     if reported:
         print(f"  insights report   {reported['path']} (open it in a browser)")
     tables = summary.materialized.get("bi_tables")
     if tables:
         print(
-            f"  BI tables         {tables['forecasts_rows']} forecast rows, {tables['orders_rows']} order rows and "
-            f"{tables['alerts_rows']} alerts in {tables['warehouse']} (docs/decisions.md: pointing a BI tool at them)"
+            f"  BI tables         {tables['forecasts_rows']} forecast rows, {tables['orders_rows']} order rows, "
+            f"{tables['drivers_rows']} driver rows and {tables['alerts_rows']} alerts in {tables['warehouse']} "
+            "(docs/decisions.md: pointing a BI tool at them)"
         )
     from bi_pipeline.docs_site import docs_url, site_dir
 
@@ -519,6 +530,13 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_drivers(args: argparse.Namespace) -> int:
+    from bi_pipeline.bench import bench_drivers
+
+    result = bench_drivers(seeds=tuple(args.seeds), progress=_say)
+    return _write_json(result, args.out, shown={k: result[k] for k in ("seeds", "by_shape", "overall")})
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bi_pipeline.bench import bench_ingest
 
@@ -678,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(acc, TrainingSettings)
     acc.add_argument("--out", help="write the JSON here too")
     acc.set_defaults(func=cmd_bench_accuracy)
+    drv = bench_sub.add_parser(
+        "drivers", help="category price elasticity and promotion uplift recovered on generated businesses vs truth"
+    )
+    drv.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="one business per seed and shape")
+    drv.add_argument("--out", help="write the JSON here too")
+    drv.set_defaults(func=cmd_bench_drivers)
     speed = bench_sub.add_parser(
         "speed", help="the whole backtest's seconds on Walmart, 2,970 weekly and 350 monthly series, against targets"
     )

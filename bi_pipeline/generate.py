@@ -24,6 +24,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -889,6 +890,27 @@ def _write_inventory(
     )
 
 
+FUTURE_PERIODS = {"D": 365, "W": 52, "M": 12}
+
+
+def _planned_calendar(spec: GenerationSpec) -> list[tuple]:
+    """A year of calendar rows after the last period: the holidays and events a business knows in advance (local
+    events and closures are announced later), so forecasts see the ones ahead of them."""
+    ahead = FUTURE_PERIODS[spec.frequency]
+    dates = _period_dates(spec, spec.periods + ahead + 1)[spec.periods :].astype(object)
+    events: dict[date, list[tuple[str, int]]] = {}
+    for year in range(dates[0].year, dates[-1].year + 1):
+        for day, name, is_holiday, _ in _events(year):
+            events.setdefault(day, []).append((name, is_holiday))
+    rows = []
+    for start, end in zip(dates[:-1], dates[1:], strict=True):
+        found = [events[d] for d in sorted(events) if start <= d < end]
+        names = [name for day in found for name, _ in day]
+        holiday = int(any(flag for day in found for _, flag in day))
+        rows.append((str(start), "", holiday, ";".join(names), 0))
+    return rows
+
+
 def _write_master(landing: Path, biz: _Business) -> None:
     st, it, cal = biz.stores, biz.items, biz.cal
     _write_text(
@@ -910,6 +932,7 @@ def _write_master(landing: Path, biz: _Business) -> None:
     )
     periods = biz.spec.periods
     rows: list[tuple] = [(biz.date_str[t], "", int(cal.holiday[t]), cal.event[t], 0) for t in range(periods)]
+    rows.extend(_planned_calendar(biz.spec))
     rows.extend((biz.date_str[t], st.ids[s], int(cal.holiday[t]), name, 1) for t, s, name in biz.local_rows)
     header: tuple[str, ...] = ("date", "store_id", "holiday", "event", "local_event")
     if biz.closed is not None:
@@ -922,6 +945,21 @@ def _write_master(landing: Path, biz: _Business) -> None:
         rows = list(by_key.values())
     rows.sort(key=lambda r: (r[0], r[1]))
     _write_text(landing / "calendar.csv", _csv_text(header, rows))
+
+
+def true_effects(spec: GenerationSpec) -> pd.DataFrame:
+    """The business's ground truth per item, for checking estimates against: ``item_id``, ``category``, the price
+    ``elasticity`` of its demand and its ``promo_bump`` (the uplift while promoted, on top of the price cut)."""
+    world_seed = np.random.SeedSequence(spec.seed).spawn(3)[0]
+    biz = _build(spec, np.random.default_rng(world_seed))
+    return pd.DataFrame(
+        {
+            "item_id": biz.items.ids,
+            "category": biz.items.category,
+            "elasticity": biz.elasticity.astype("float64"),
+            "promo_bump": biz.promo_bump.astype("float64"),
+        }
+    )
 
 
 def generate(

@@ -12,7 +12,7 @@ import pandas as pd
 from bi_pipeline.forecasting.metrics import SERIES
 from bi_pipeline.plots import figure, png_base64
 
-SECTIONS = ("Headline", "By store", "By category", "Top movers", "Open alerts", "Orders")
+SECTIONS = ("Headline", "By store", "By category", "Top movers", "Drivers", "Open alerts", "Orders")
 LAST_YEAR = {"D": pd.Timedelta(days=364), "W": pd.Timedelta(days=364), "M": pd.DateOffset(years=1)}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:72rem;color:#222}
@@ -53,6 +53,15 @@ def _table(frame: pd.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _elasticity_table(frame: pd.DataFrame) -> str:
+    """Elasticities with two decimals (the generic table rounds numbers to units)."""
+    shown = frame.copy()
+    for column in ("elasticity", "elasticity_low", "elasticity_high"):
+        shown[column] = shown[column].map(lambda v: f"{v:.2f}")
+    shown["items"] = shown["items"].astype(str)
+    return _table(shown, ("category",))
+
+
 def _versus(forecasts: pd.DataFrame, history: pd.DataFrame, frequency: str) -> pd.DataFrame:
     """Each forecast row with ``last_year``: the actual of the same series a year before (NaN where none)."""
     actual = history[[*SERIES, "date", "sales"]].astype({"store_id": str, "item_id": str})
@@ -90,6 +99,8 @@ def insights(
     orders: pd.DataFrame | None = None,
     alerts: pd.DataFrame | None = None,
     items: pd.DataFrame | None = None,
+    drivers: pd.DataFrame | None = None,
+    effects: pd.DataFrame | None = None,
     top: int = 10,
 ) -> Report:
     """The report of one publication (``forecasts`` with ``cutoff`` and ``model_version``)."""
@@ -134,8 +145,37 @@ def insights(
         _table(ups[ups["change"] > 0], ("store_id", "item_id")),
         "<p>Largest falls</p>",
         _table(downs[downs["change"] < 0], ("store_id", "item_id")),
-        "<h2>Open alerts</h2>",
+        "<h2>Drivers</h2>",
     ]
+    if drivers is not None and len(drivers):
+        parts_total = drivers[["level_trend", "seasonality", "calendar", "promotion_price"]].sum()
+        shares = pd.DataFrame(
+            {
+                "part": ["level and trend", "seasonality", "calendar and holidays", "promotion and price"],
+                "units": parts_total.to_numpy(),
+                "share %": (parts_total / max(float(drivers["median"].sum()), 1e-12)).to_numpy(),
+            }
+        )
+        largest = drivers.reindex(drivers["calendar"].abs().sort_values(ascending=False).index).head(top)
+        largest = largest[largest["calendar"].abs() > 0]
+        parts.append(
+            "<p>The forecast's median by part (summed over series and periods)</p>" + _table(shares, ("part",))
+        )
+        if len(largest):
+            shown = largest.assign(date=largest["date"].dt.date.astype(str))[
+                ["store_id", "item_id", "date", "median", "calendar", "promotion_price"]
+            ]
+            parts.append("<p>Largest calendar effects</p>" + _table(shown, ("store_id", "item_id", "date")))
+    else:
+        parts.append('<p class="note">no drivers for this publication</p>')
+    if effects is not None and len(effects):
+        shown = effects[["category", "items", "elasticity", "elasticity_low", "elasticity_high"]].copy()
+        shown[["uplift %", "uplift low %", "uplift high %"]] = effects[["uplift", "uplift_low", "uplift_high"]]
+        parts.append(
+            "<p>Price elasticity (sales change per 1% price change) and promotion uplift on top of the price cut, "
+            "per category, with 95% intervals</p>" + _elasticity_table(shown)
+        )
+    parts.append("<h2>Open alerts</h2>")
     if alerts is not None and len(alerts):
         shown = alerts[["severity", "kind", "message"]].head(3 * top)
         parts.append(_table(shown, ("severity", "kind", "message")))

@@ -11,7 +11,7 @@ from bi_pipeline.defs.accuracy import forecast_accuracy
 from bi_pipeline.defs.automation import automation_sensor, build_schedules, forecast_sensor, retrain_sensor
 from bi_pipeline.defs.cleaning import clean_sales
 from bi_pipeline.defs.collection import calendar, items, landing_zone_sensor, raw_sales, stores
-from bi_pipeline.defs.decisions import alerts, bi_tables, insights, orders
+from bi_pipeline.defs.decisions import alerts, bi_tables, drivers, insights, orders
 from bi_pipeline.defs.forecasting import backtest, features, forecaster, forecasts
 from bi_pipeline.defs.integration import integrated_sales
 from bi_pipeline.defs.inventory import inventory, inventory_sensor
@@ -43,7 +43,7 @@ def build_defs(
         assets=[
             *(stores, items, calendar, raw_sales, clean_sales, integrated_sales),
             *(features, forecaster, forecasts, backtest, forecast_accuracy),
-            *(inventory, orders, alerts, bi_tables, insights),
+            *(inventory, orders, alerts, drivers, bi_tables, insights),
         ],
         jobs=list(JOBS),
         sensors=[landing_zone_sensor, inventory_sensor, retrain_sensor, forecast_sensor, automation_sensor],

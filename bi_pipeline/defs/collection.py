@@ -211,6 +211,17 @@ def _follow_up(
     return retries
 
 
+def warn_rejected(
+    context: dg.SensorEvaluationContext, rejected: list[ContractError], warned: dict[str, str], what: str
+) -> None:
+    """Warn once per file and problem (``warned`` remembers them in the cursor); the sensor keeps running whatever
+    lands."""
+    for error in rejected:
+        if warned.get(error.file) != error.rule:
+            context.log.warning(f"{what}: {error}")
+            warned[error.file] = error.rule
+
+
 @running_sensor(
     ingest_job,
     30,
@@ -226,11 +237,7 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineR
     outstanding: dict[str, dict] = state.get("requests", {})
     existing = context.instance.get_dynamic_partitions(sales_periods.name)
     scan = landing_scan(settings, known_keys=existing)
-    for error in scan.rejected:
-        # Warn once per file and problem; the sensor keeps running whatever lands.
-        if warned.get(error.file) != error.rule:
-            context.log.warning(f"not ingested: {error}")
-            warned[error.file] = error.rule
+    warn_rejected(context, scan.rejected, warned, "not ingested")
     for message in scan.removed:
         if warned.get(message.split(":")[0]) != "removed":
             context.log.info(f"not ingested: {message}")

@@ -16,6 +16,7 @@ from bi_pipeline.decisions.alerts import (
     stock_alerts,
     stopped_reporting,
 )
+from bi_pipeline.decisions.drivers import PARTS, category_table, forecast_drivers
 from bi_pipeline.decisions.inventory import attribute_errors, plan_orders, series_parameters
 from bi_pipeline.decisions.report import insights as build_insights
 from bi_pipeline.decisions.warehouse import Warehouse, default_url
@@ -23,7 +24,9 @@ from bi_pipeline.defs.checks import master_or_none
 from bi_pipeline.defs.collection import partition_frequency
 from bi_pipeline.defs.inventory import latest_snapshot
 from bi_pipeline.defs.resources import DecisionResource, ForecastingResource, MLflowResource, PipelineResource
-from bi_pipeline.forecasting.ensemble import saved_dependence
+from bi_pipeline.forecasting.calendar import pandas_freq
+from bi_pipeline.forecasting.candidate import forecast_latest, future_covariates
+from bi_pipeline.forecasting.ensemble import Forecaster, saved_dependence
 from bi_pipeline.forecasting.live import load_archive
 from bi_pipeline.forecasting.metrics import season_length_for
 from bi_pipeline.forecasting.usecases import live_report
@@ -206,15 +209,18 @@ def bi_tables(
     forecasts: pd.DataFrame,
     orders: pd.DataFrame,
     alerts: pd.DataFrame,
+    drivers: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    """The publication's forecasts, orders and alerts in the BI database (DuckDB under the home, or PostgreSQL): a
-    re-run replaces the rows of the same cutoff and model version, earlier publications stay (docs/decisions.md)."""
+    """The publication's forecasts, orders, alerts and drivers in the BI database (DuckDB under the home, or
+    PostgreSQL): a re-run replaces the rows of the same cutoff and model version, earlier publications stay
+    (docs/decisions.md)."""
     url = decisions.warehouse_url or default_url(pipeline.settings().home)
     warehouse = Warehouse(url)
     publication = {"cutoff": forecasts["cutoff"].iloc[0], "model_version": str(forecasts["model_version"].iloc[0])}
     written = {
         "forecasts": warehouse.write("forecasts", forecasts),
         "orders": warehouse.write("orders", orders),
+        "drivers": warehouse.write("drivers", drivers),
         # Alerts are raised with a publication: its cutoff and model version are their keys.
         "alerts": warehouse.write("alerts", alerts.assign(**publication), publication=publication),
     }
@@ -229,6 +235,58 @@ def bi_tables(
     )
 
 
+@dg.asset(group_name=GROUP, kinds={"pandas"})
+def drivers(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    forecasting: ForecastingResource,
+    mlflow_tracking: MLflowResource,
+    integrated_sales: pd.DataFrame,
+    calendar: pd.DataFrame,
+    items: pd.DataFrame,
+    forecasts: pd.DataFrame,
+) -> dg.Output:
+    """Why the forecast says what it says. Per series and period, the published median split into level and trend,
+    seasonality, calendar and holiday effects, and promotion and price: the champion forecasts again with each group of
+    planned inputs neutralised (a Shapley split over the groups, 2^k passes) and the rest is split by the series'
+    seasonal index. Per category, the price elasticity and promotion uplift, with 95% intervals, from a Poisson
+    regression with series and category-period effects on the history (docs/decisions.md)."""
+    version = str(forecasts["model_version"].iloc[0])
+    model = Forecaster.load(mlflow_tracking.tracker().model_dir(version))
+    history = integrated_sales
+    frequency = partition_frequency(context, pipeline)
+    season = season_length_for(frequency, int(history["date"].nunique()), forecasting.season_length)
+    future = future_covariates(master_or_none(calendar), history, model.horizon, pandas_freq(history, model.frequency))
+    parts, info = forecast_drivers(lambda rows: forecast_latest(model, history, rows), history, future, season)
+    parts["cutoff"], parts["model_version"] = forecasts["cutoff"].iloc[0], version
+    effects = category_table(history, master_or_none(items))
+    totals = parts[["median", *PARTS]].sum()
+    shares = {k: round(float(totals[k] / totals["median"]), 4) if totals["median"] else 0.0 for k in PARTS}
+    context.log.info(
+        f"drivers of v{version}'s forecasts ({info['passes']} passes; groups {', '.join(info['groups']) or 'none'}): "
+        + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+    )
+    shown = effects.round(3) if effects is not None else None
+    return dg.Output(
+        parts,
+        metadata={
+            "model_version": version,
+            "planned_input_groups": dg.MetadataValue.json(info["groups"]),
+            "forward_passes": info["passes"],
+            "share_of_forecast": dg.MetadataValue.json(shares),
+            "category_effects": dg.MetadataValue.md(shown.to_markdown(index=False))
+            if shown is not None
+            else "needs price and promo in the sales and category in items.csv",
+            "largest_calendar_effects": dg.MetadataValue.md(
+                parts.reindex(parts["calendar"].abs().sort_values(ascending=False).index)
+                .head(10)[["store_id", "item_id", "date", "median", *PARTS]]
+                .round(1)
+                .to_markdown(index=False)
+            ),
+        },
+    )
+
+
 @dg.asset(group_name=GROUP, kinds={"html"})
 def insights(
     context: dg.AssetExecutionContext,
@@ -237,13 +295,17 @@ def insights(
     forecasts: pd.DataFrame,
     orders: pd.DataFrame,
     alerts: pd.DataFrame,
+    drivers: pd.DataFrame,
     items: pd.DataFrame,
 ) -> dg.MaterializeResult:
     """One self-contained HTML report per publication: headline numbers against the same periods last year by store
-    and category, the top movers, the open alerts and the orders, written under ``$BI_PIPELINE_HOME/reports``."""
+    and category, the top movers, the drivers, the open alerts and the orders, written under
+    ``$BI_PIPELINE_HOME/reports``."""
     settings = pipeline.settings()
     frequency = partition_frequency(context, pipeline)
-    report = build_insights(integrated_sales, forecasts, frequency, orders, alerts, master_or_none(items))
+    master = master_or_none(items)
+    effects = category_table(integrated_sales, master)
+    report = build_insights(integrated_sales, forecasts, frequency, orders, alerts, master, drivers, effects)
     cutoff = pd.Timestamp(forecasts["cutoff"].iloc[0]).date()
     path = settings.home / "reports" / f"insights_{cutoff}_v{forecasts['model_version'].iloc[0]}.html"
     path.parent.mkdir(parents=True, exist_ok=True)

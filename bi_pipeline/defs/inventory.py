@@ -8,6 +8,7 @@ import pandas as pd
 
 from bi_pipeline.contract import ContractError, scan_sales_dir
 from bi_pipeline.decisions.stock import INVENTORY_DIR, QUARANTINE_COLUMNS, read_snapshot
+from bi_pipeline.defs.collection import warn_rejected
 from bi_pipeline.defs.jobs import inventory_job, running_sensor
 from bi_pipeline.defs.resources import PipelineResource
 from bi_pipeline.privacy import preview_markdown
@@ -112,10 +113,7 @@ def inventory_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineReso
     seen: dict[str, dict] = state.get("seen", {})
     warned: dict[str, str] = state.get("warned", {})
     scan = scan_sales_dir(settings.landing, settings.settle_seconds, previous=seen, subdir=INVENTORY_DIR)
-    for error in scan.rejected:
-        if warned.get(error.file) != error.rule:
-            context.log.warning(f"not read: {error}")
-            warned[error.file] = error.rule
+    warn_rejected(context, scan.rejected, warned, "not read")
     existing = set(context.instance.get_dynamic_partitions(inventory_periods.name))
     new_keys, requests = [], []
     for landed in scan.ready:

@@ -18,21 +18,23 @@ integrate_job = dg.define_asset_job(
 train_job = dg.define_asset_job(
     "train_job",
     selection=dg.AssetSelection.assets(
-        "features", "forecaster", "forecasts", "backtest", "orders", "alerts", "bi_tables", "insights"
+        "features", "forecaster", "forecasts", "backtest", "orders", "alerts", "drivers", "bi_tables", "insights"
     ),
     description="Features, training (full or incremental; MLflow, champion/challenger), forecasts from the champion, "
     "the backtest, orders, alerts, the BI tables and the insights report.",
 )
 forecast_job = dg.define_asset_job(
     "forecast_job",
-    selection=dg.AssetSelection.assets("forecasts", "forecast_accuracy", "orders", "alerts", "bi_tables", "insights"),
+    selection=dg.AssetSelection.assets(
+        "forecasts", "forecast_accuracy", "orders", "alerts", "drivers", "bi_tables", "insights"
+    ),
     description="Forecasts from the champion on the latest data, live accuracy, orders, alerts, the BI tables and the "
     "insights report.",
 )
 INVENTORY_ASSETS = ("inventory", "inventory_quarantine")
 inventory_job = dg.define_asset_job(
     "inventory_job",
-    selection=dg.AssetSelection.assets(*INVENTORY_ASSETS, "orders", "alerts", "bi_tables", "insights"),
+    selection=dg.AssetSelection.assets(*INVENTORY_ASSETS, "orders", "alerts", "drivers", "bi_tables", "insights"),
     description="A stock snapshot (partitioned by its period), then the orders, alerts, BI tables and report that "
     "read it.",
 )

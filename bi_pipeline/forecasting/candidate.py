@@ -209,7 +209,12 @@ def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, hori
     calendar = calendar.copy()
     calendar["date"] = pd.to_datetime(calendar["date"])
     columns = [c for c in calendar.columns if c not in ("date", "store_id", "source_row")]
-    store = calendar["store_id"].astype("string") if "store_id" in calendar else pd.Series(pd.NA, index=calendar.index)
+    # calendar.csv as landed is text: a general row's store_id is empty, not missing.
+    store = (
+        calendar["store_id"].astype("string").str.strip().replace("", pd.NA)
+        if "store_id" in calendar
+        else pd.Series(pd.NA, index=calendar.index, dtype="string")
+    )
     general = calendar[store.isna()][["date", *columns]].drop_duplicates("date")
     out = grid.merge(general, on="date", how="left")
     specific = calendar[store.notna()].assign(store_id=store[store.notna()].astype(str))
@@ -220,9 +225,9 @@ def future_covariates(calendar: pd.DataFrame | None, history: pd.DataFrame, hori
             out[c] = out[f"{c}_store"].combine_first(out[c])
             out = out.drop(columns=f"{c}_store")
     for c in columns:
-        converted = pd.to_numeric(out[c], errors="coerce")
-        if converted.notna().any() or out[c].isna().all():
-            out[c] = converted
+        text = out[c].astype("string").str.strip().replace("", pd.NA)
+        converted = pd.to_numeric(text, errors="coerce")
+        out[c] = converted.astype("float64") if converted.notna().any() or text.isna().all() else text.astype(object)
     return out
 
 

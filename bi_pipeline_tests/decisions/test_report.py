@@ -40,7 +40,26 @@ def test_the_report_holds_every_section_with_the_numbers_against_last_year():
             "order_quantity": [27.0],
         }
     )
-    report = insights(history, forecasts, "W", orders, alerts, items)
+    drivers = forecasts[["store_id", "item_id", "date"]].assign(
+        median=forecasts["q0.5"],
+        level_trend=forecasts["q0.5"] - 2.0,
+        seasonality=1.0,
+        calendar=1.0,
+        promotion_price=0.0,
+    )
+    effects = pd.DataFrame(
+        {
+            "category": ["Dairy"],
+            "items": [1],
+            "elasticity": [-1.25],
+            "elasticity_low": [-1.5],
+            "elasticity_high": [-1.0],
+            "uplift": [0.3],
+            "uplift_low": [0.2],
+            "uplift_high": [0.4],
+        }
+    )
+    report = insights(history, forecasts, "W", orders, alerts, items, drivers, effects)
     page = report.html
     assert report.sections == SECTIONS
     for section in SECTIONS:
@@ -51,6 +70,9 @@ def test_the_report_holds_every_section_with_the_numbers_against_last_year():
     assert "+20.0%" not in page and "20.0%" in page  # S1 / A rises by 20%, shown as a rise
     assert "S1 / A: &lt;short&gt; of stock" in page  # text is escaped
     assert "<td>27</td>" in page
+    # Drivers: the parts' shares of the 34 forecast (4 of it calendar), and the category's elasticity and uplift.
+    assert '<td class="text">calendar and holidays</td><td>4</td><td class="up">11.8%</td>' in page
+    assert "<td>-1.25</td>" in page and '<td class="up">30.0%</td>' in page
     # Self-contained: the plot is inline and nothing is fetched.
     assert "data:image/png;base64," in page
     assert not re.search(r'(src|href)="https?://', page)

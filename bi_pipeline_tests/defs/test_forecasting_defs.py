@@ -12,7 +12,8 @@ from bi_pipeline.contract import scan_sales_dir
 from bi_pipeline.decisions.warehouse import Warehouse, default_url
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, sales_periods
-from bi_pipeline.forecasting.candidate import forecast_latest
+from bi_pipeline.forecasting.calendar import pandas_freq
+from bi_pipeline.forecasting.candidate import forecast_latest, future_covariates
 from bi_pipeline.forecasting.ensemble import Forecaster, saved_dependence
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
@@ -154,7 +155,11 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert meta["model_kind"].value == "ensemble" and meta["model_version"].value == v3
         out = pd.read_parquet(landed.asset_dir / "forecasts.parquet")
         assert len(out) == len(active) * 6 and (out["model_version"] == v3).all()
-        expected = forecast_latest(Forecaster.load(tracker.model_dir(v3)), integrated)
+        # The same forecast, with the holidays and events the calendar plans for the periods ahead.
+        calendar = pd.read_parquet(landed.asset_dir / "calendar.parquet")
+        future = future_covariates(calendar, integrated, 6, pandas_freq(integrated, "W"))
+        assert future["holiday"].notna().all()
+        expected = forecast_latest(Forecaster.load(tracker.model_dir(v3)), integrated, future)
         np.testing.assert_allclose(out["q0.5"].to_numpy(), expected["q0.5"].to_numpy(), rtol=1e-5)
 
         # A new week lands in which store S002 reports nothing and one series sells 50 times its usual: the alerts

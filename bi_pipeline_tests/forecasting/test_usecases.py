@@ -125,3 +125,26 @@ def test_forecasts_are_published_from_the_champion_and_scored_as_actuals_land(tm
     after = live_report(later, tmp_path / "archive", tracker, 52)
     assert after.table["scored_periods"].tolist() == [4]
     assert after.evidence is not None and after.evidence.periods == 4
+
+
+def test_future_covariates_take_general_rows_from_a_calendar_as_landed():
+    from bi_pipeline.forecasting.candidate import future_covariates
+
+    # calendar.csv as the calendar asset holds it: text, a general row's store_id empty, no event an empty cell.
+    calendar = pd.DataFrame(
+        {
+            "date": ["2024-01-08", "2024-01-15", "2024-01-15"],
+            "store_id": ["", "", "S2"],
+            "holiday": ["1", "0", "0"],
+            "event": ["New Year", "", "Street market"],
+            "source_row": [2, 3, 4],
+        }
+    )
+    history = pd.DataFrame(
+        {"store_id": ["S1", "S2"], "item_id": ["A", "A"], "date": pd.to_datetime(["2024-01-01"] * 2), "sales": 1.0}
+    )
+    future = future_covariates(calendar, history, 2, "W-MON").sort_values(["store_id", "date"])
+    assert future["holiday"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    # The store's own row wins over the general one; an empty event is no event.
+    assert future["event"].isna().tolist() == [False, True, False, False]
+    assert future["event"].dropna().tolist() == ["New Year", "New Year", "Street market"]

@@ -1,0 +1,85 @@
+"""Drivers: per-category price elasticity and promotion uplift recovered on a generated business whose truth is
+known, and the forecast's median split into parts that add up to it (Shapley shares of the planned inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bi_pipeline.decisions.drivers import (
+    category_effects,
+    forecast_drivers,
+    item_effects,
+    seasonal_index,
+    shrunk_mean,
+)
+from bi_pipeline.forecasting.backtest import load_history
+from bi_pipeline.generate import GenerationSpec, generate, true_effects
+
+
+@pytest.mark.slow
+def test_elasticity_and_uplift_of_each_category_are_recovered(tmp_path):
+    spec = GenerationSpec(stores=20, items=40, periods=104, frequency="W", defects=0, seed=1)
+    generate(tmp_path, spec)
+    history, _, _ = load_history(tmp_path)
+    items = pd.read_csv(tmp_path / "items.csv", dtype=str)
+    found = category_effects(item_effects(history, items)).set_index("category")
+    truth = true_effects(spec).groupby("category")[["elasticity", "promo_bump"]].mean()
+    joined = found.join(truth, rsuffix="_true")
+    elasticity_error = (joined["elasticity"] / joined["elasticity_true"] - 1).abs()
+    uplift_error = (joined["uplift"] / joined["promo_bump"] - 1).abs()
+    # Signs always right; every category within 25%, on average within 10% (elasticity) and 15% (uplift).
+    assert (joined["elasticity"] < 0).all() and (joined["uplift"] > 0).all()
+    assert elasticity_error.max() < 0.25 and uplift_error.max() < 0.25
+    assert elasticity_error.mean() < 0.10 and uplift_error.mean() < 0.15
+    # The 95% intervals hold the truth.
+    true_elasticity, true_uplift = joined["elasticity_true"], joined["promo_bump"]
+    assert ((joined["elasticity_low"] <= true_elasticity) & (true_elasticity <= joined["elasticity_high"])).all()
+    assert ((joined["uplift_low"] <= true_uplift) & (true_uplift <= joined["uplift_high"])).all()
+
+
+def test_the_shrunk_mean_pulls_noisy_items_toward_the_category():
+    # Equal precision and no spread between items beyond noise: the plain mean.
+    mean, se, spread = shrunk_mean(np.array([-1.0, -1.2, -0.8]), np.array([0.5, 0.5, 0.5]))
+    assert mean == pytest.approx(-1.0) and spread == 0.0 and se == pytest.approx(0.5 / np.sqrt(3))
+    # A very noisy item barely moves the average of three precise ones that agree.
+    mean, _, _ = shrunk_mean(np.array([-1.0, -1.0, -1.0, 3.0]), np.array([0.1, 0.1, 0.1, 10.0]))
+    assert mean == pytest.approx(-1.0, abs=0.02)
+
+
+def test_the_median_splits_into_parts_that_add_up_with_shapley_shares():
+    dates = pd.date_range("2024-01-01", periods=4, freq="W-MON")
+    future = pd.DataFrame(
+        {
+            "store_id": "S",
+            "item_id": "I",
+            "date": dates,
+            "holiday": [0.0, 1.0, 0.0, 1.0],
+            "promo": [0.0, 0.0, 0.2, 0.2],
+        }
+    )
+
+    def predict(rows: pd.DataFrame) -> pd.DataFrame:
+        holiday = rows["holiday"].to_numpy()
+        promo = rows["promo"].to_numpy()
+        # 100, + 10 on a holiday, + 50 per unit of depth, + 20 more when both (an interaction the two share).
+        median = 100.0 + 10.0 * holiday + 50.0 * promo + 100.0 * holiday * promo
+        return rows[["store_id", "item_id", "date"]].assign(**{"q0.5": median})
+
+    history = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates - pd.Timedelta(weeks=4), "sales": 1.0})
+    parts, info = forecast_drivers(predict, history, future, season=52)
+    assert info["passes"] == 4 and set(info["groups"]) == {"calendar", "promotion_price"}
+    assert parts["calendar"].tolist() == pytest.approx([0.0, 10.0, 0.0, 20.0])
+    assert parts["promotion_price"].tolist() == pytest.approx([0.0, 0.0, 10.0, 20.0])
+    total = parts[["level_trend", "seasonality", "calendar", "promotion_price"]].sum(axis=1)
+    assert total.tolist() == pytest.approx(parts["median"].tolist())
+    assert parts["level_trend"].tolist() == pytest.approx([100.0] * 4)  # too short a history for a season
+
+
+def test_the_seasonal_index_repeats_the_pattern_of_past_seasons():
+    dates = pd.date_range("2020-01-01", periods=36, freq="MS")
+    pattern = np.tile([10.0, -10.0, 0.0, 5.0, -5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 3)
+    history = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": 100.0 + pattern})
+    index = seasonal_index(history, 12, 3)
+    assert index.loc[("S", "I")].tolist() == pytest.approx([10.0, -10.0, 0.0])
