@@ -199,7 +199,10 @@ def _print_summary(summary, settings: Settings) -> None:
     explained = summary.materialized.get("drivers")
     if explained:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in (explained.get("share_of_forecast") or {}).items())
-        print(f"  drivers           the forecast's median by part: {shares}; per category:")
+        second = explained.get("lightgbm_treeshap_share")
+        beside = ", ".join(f"{k} {v:.0%}" for k, v in second.items()) if isinstance(second, dict) else second
+        print(f"  drivers           the forecast's median by part: {shares} (LightGBM's TreeSHAP: {beside})")
+        print("    per category, price elasticity and promotion uplift with 95% intervals:")
         print(_indented(explained["category_effects"], 12))
     reported = summary.materialized.get("insights")
     if reported:

@@ -56,7 +56,7 @@ def test_demo_runs_every_stage_and_finds_exactly_the_injected_defects(home, caps
     assert ((orders["order_quantity"] > 0) == (gap > 0)).all()
     assert "orders            order-up-to levels for 10 series" in out and "order_quantity" in out
     assert "BI tables         40 forecast rows, 10 order rows, 40 driver rows and " in out
-    assert "  drivers           the forecast's median by part: level_trend " in out
+    assert "  drivers           the forecast's median by part: level_trend " in out and "(LightGBM's TreeSHAP" in out
     assert f"alerts in duckdb:///{home}/warehouse.duckdb" in out
     assert "  alerts            " in out
     reports = sorted((home / "reports").glob("insights_*_v1.html"))

@@ -290,3 +290,32 @@ def forecast_drivers(predict, history: pd.DataFrame, future: pd.DataFrame, seaso
     frame["level_trend"] = frame["base"] - frame["seasonality"]
     info["groups"] = {name: columns for name, columns in groups.items()}
     return frame[[*KEY_COLUMNS, "step", "median", *PARTS]], info
+
+
+def treeshap_parts(contributions: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
+    """LightGBM's TreeSHAP contributions (:func:`bi_pipeline.forecasting.lightgbm.median_contributions`) summed into
+    the same parts as :func:`forecast_drivers`: lags, rolling means, statics and the expected value are level and
+    trend; month and week are seasonality; the planned covariates and calendar effects (Easter) are calendar, but for
+    promotion and price."""
+    features = [c for c in contributions.columns if c not in KEY_COLUMNS]
+    groups: dict[str, list[str]] = {part: [] for part in PARTS}
+    for feature in features:
+        if feature in PROMOTION_PRICE or feature.startswith(("price", "promo")):
+            groups["promotion_price"].append(feature)
+        elif feature in covariates or feature.startswith("easter"):
+            groups["calendar"].append(feature)
+        elif feature in ("month", "week", "dayofweek", "day", "quarter"):
+            groups["seasonality"].append(feature)
+        else:
+            groups["level_trend"].append(feature)
+    out = contributions[list(KEY_COLUMNS)].copy()
+    for part, columns in groups.items():
+        out[part] = contributions[columns].sum(axis=1) if columns else 0.0
+    out["median"] = out[list(PARTS)].sum(axis=1)
+    return out
+
+
+def shares(parts: pd.DataFrame) -> dict[str, float]:
+    """Each part's share of the whole forecast (summed over series and periods)."""
+    total = float(parts["median"].sum())
+    return {part: round(float(parts[part].sum()) / total, 4) if total else 0.0 for part in PARTS}

@@ -16,7 +16,7 @@ from bi_pipeline.decisions.alerts import (
     stock_alerts,
     stopped_reporting,
 )
-from bi_pipeline.decisions.drivers import PARTS, category_table, forecast_drivers
+from bi_pipeline.decisions.drivers import PARTS, category_table, forecast_drivers, shares, treeshap_parts
 from bi_pipeline.decisions.inventory import attribute_errors, plan_orders, series_parameters
 from bi_pipeline.decisions.report import insights as build_insights
 from bi_pipeline.decisions.warehouse import Warehouse, default_url
@@ -27,6 +27,7 @@ from bi_pipeline.defs.resources import DecisionResource, ForecastingResource, ML
 from bi_pipeline.forecasting.calendar import pandas_freq
 from bi_pipeline.forecasting.candidate import forecast_latest, future_covariates
 from bi_pipeline.forecasting.ensemble import Forecaster, saved_dependence
+from bi_pipeline.forecasting.lightgbm import median_contributions
 from bi_pipeline.forecasting.live import load_archive
 from bi_pipeline.forecasting.metrics import season_length_for
 from bi_pipeline.forecasting.usecases import live_report
@@ -260,11 +261,15 @@ def drivers(
     parts, info = forecast_drivers(lambda rows: forecast_latest(model, history, rows), history, future, season)
     parts["cutoff"], parts["model_version"] = forecasts["cutoff"].iloc[0], version
     effects = category_table(history, master_or_none(items))
-    totals = parts[["median", *PARTS]].sum()
-    shares = {k: round(float(totals[k] / totals["median"]), 4) if totals["median"] else 0.0 for k in PARTS}
+    split = shares(parts)
+    # LightGBM's own TreeSHAP on the same parts: a second opinion, when the champion holds a LightGBM.
+    second = None
+    if model.lightgbm is not None:
+        contributions = median_contributions(model.lightgbm, history, model.horizon, future)
+        second = shares(treeshap_parts(contributions, model.lightgbm.covariates))
     context.log.info(
         f"drivers of v{version}'s forecasts ({info['passes']} passes; groups {', '.join(info['groups']) or 'none'}): "
-        + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+        + ", ".join(f"{k} {v:.1%}" for k, v in split.items())
     )
     shown = effects.round(3) if effects is not None else None
     return dg.Output(
@@ -273,7 +278,8 @@ def drivers(
             "model_version": version,
             "planned_input_groups": dg.MetadataValue.json(info["groups"]),
             "forward_passes": info["passes"],
-            "share_of_forecast": dg.MetadataValue.json(shares),
+            "share_of_forecast": dg.MetadataValue.json(split),
+            "lightgbm_treeshap_share": dg.MetadataValue.json(second) if second else "the champion holds no LightGBM",
             "category_effects": dg.MetadataValue.md(shown.to_markdown(index=False))
             if shown is not None
             else "needs price and promo in the sales and category in items.csv",

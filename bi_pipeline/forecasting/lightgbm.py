@@ -365,3 +365,48 @@ def _future_covariates(
     out = out.sort_values(["unique_id", "ds"])
     out[covariates] = out.groupby("unique_id")[covariates].ffill()
     return out.merge(grid, on=["unique_id", "ds"], how="inner")
+
+
+def median_contributions(
+    model: LightGBMModel, history: pd.DataFrame, horizon: int, future: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """TreeSHAP of the median model's forecast for the ``horizon`` periods after ``history``: per series, period and
+    feature, its contribution in sales units (LightGBM's ``pred_contrib`` at every recursive step, times the series'
+    scale), and ``bias`` (the model's expected value, plus the series' centre). They add up to the median before it is
+    bounded and sorted against the other quantiles."""
+    new_df, stats = _lightgbm_frame(history, model.covariates)
+    x_future = _future_covariates(history, future, model.covariates, horizon, model.freq) if model.covariates else None
+    booster = model.forecaster.models_["lightgbm"].booster
+    steps: list[pd.DataFrame] = []
+
+    def capture(features: pd.DataFrame) -> pd.DataFrame:
+        steps.append(features.copy())
+        return features
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found null values", category=UserWarning)
+        predictions = model.forecaster.predict(h=horizon, X_df=x_future, new_df=new_df, before_predict_callback=capture)
+    # The callback runs once per step for every model, in model order: the median model's steps come first.
+    per_model = len(steps) // len(model.forecaster.models_)
+    order = list(model.forecaster.models_).index("lightgbm")
+    median_steps = steps[order * per_model : (order + 1) * per_model][:horizon]
+    ids = predictions["unique_id"].astype(str).to_numpy()
+    dates = predictions["ds"].to_numpy()
+    frames = []
+    for step, features in enumerate(median_steps):
+        contrib = booster.predict(features, pred_contrib=True)
+        rows = pd.DataFrame(contrib, columns=[*features.columns, "bias"])
+        # Predictions come series by series, each with its horizon dates in order.
+        rows["unique_id"] = ids[step::horizon]
+        rows["date"] = dates[step::horizon]
+        frames.append(rows)
+    out = pd.concat(frames, ignore_index=True)
+    series = stats.reindex(out["unique_id"])
+    scale, centre = series["scale"].to_numpy(), series["centre"].to_numpy()
+    features = [c for c in out.columns if c not in ("unique_id", "date")]
+    out[features] = out[features].to_numpy() * scale[:, None]
+    out["bias"] += centre
+    split = out["unique_id"].str.split("|", n=1, expand=True)
+    out.insert(0, "store_id", split[0])
+    out.insert(1, "item_id", split[1])
+    return out.drop(columns="unique_id").sort_values(["store_id", "item_id", "date"]).reset_index(drop=True)

@@ -83,3 +83,35 @@ def test_the_seasonal_index_repeats_the_pattern_of_past_seasons():
     history = pd.DataFrame({"store_id": "S", "item_id": "I", "date": dates, "sales": 100.0 + pattern})
     index = seasonal_index(history, 12, 3)
     assert index.loc[("S", "I")].tolist() == pytest.approx([10.0, -10.0, 0.0])
+
+
+@pytest.mark.slow
+def test_lightgbm_treeshap_adds_up_to_its_median_and_groups_like_the_champions_split():
+    from bi_pipeline.decisions.drivers import PARTS, treeshap_parts
+    from bi_pipeline.forecasting.lightgbm import fit_lightgbm, median_contributions, predict_lightgbm
+    from bi_pipeline_tests.forecasting.helpers import weekly_history
+
+    history = weekly_history(series=6, periods=90)
+    model = fit_lightgbm(history, 8, "W", ["holiday"])
+    last = history["date"].max()
+    future = history.drop_duplicates(["store_id", "item_id"])[["store_id", "item_id"]].merge(
+        pd.DataFrame({"date": pd.date_range(last, periods=9, freq="W-MON")[1:], "holiday": [0, 1] * 4}), how="cross"
+    )
+    contributions = median_contributions(model, history, 8, future)
+    predicted = predict_lightgbm(model, history, 8, future).sort_values(["store_id", "item_id", "date"])
+    parts = treeshap_parts(contributions, model.covariates)
+    assert len(parts) == 6 * 8 and list(parts[["store_id", "item_id", "date"]].drop_duplicates().index) == list(
+        range(48)
+    )
+    # The parts add up to LightGBM's median (before it is bounded and sorted against the other quantiles: a few
+    # rows move there).
+    gap = np.abs(parts["median"].to_numpy() / predicted["q0.5"].to_numpy() - 1.0)
+    assert np.median(gap) < 1e-6 and gap.max() < 0.1
+    assert parts[list(PARTS)].sum(axis=1).to_numpy() == pytest.approx(parts["median"].to_numpy())
+    # Each feature's part: the planned covariates and Easter are calendar, but for price and promotion; month and
+    # week are seasonality; lags, rolling means, statics and the expected value are level and trend.
+    one = contributions.head(1)[["store_id", "item_id", "date"]].assign(
+        holiday=1.0, easter_week=2.0, price=4.0, promo=8.0, month=16.0, week=32.0, lag1=64.0, store=128.0, bias=256.0
+    )
+    row = treeshap_parts(one, ["holiday", "price", "promo"]).iloc[0]
+    assert [row[p] for p in PARTS] == [448.0, 48.0, 3.0, 12.0] and row["median"] == 511.0
