@@ -63,6 +63,19 @@ TABLES: dict[str, dict[str, str]] = {
         "calendar": "DOUBLE PRECISION",
         "promotion_price": "DOUBLE PRECISION",
     },
+    # One row per publication, scored on the actuals landed since (forecast_accuracy); rewritten as they land.
+    "live_accuracy": {
+        "cutoff": "DATE",
+        "model_version": "TEXT",
+        "published_periods": "INTEGER",
+        "scored_periods": "INTEGER",
+        "series": "INTEGER",
+        "MASE": "DOUBLE PRECISION",
+        "WAPE": "DOUBLE PRECISION",
+        "WQL": "DOUBLE PRECISION",
+        "coverage_80": "DOUBLE PRECISION",
+        "bias": "DOUBLE PRECISION",
+    },
     "alerts": {
         "cutoff": "DATE",
         "model_version": "TEXT",

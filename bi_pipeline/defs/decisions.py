@@ -211,10 +211,11 @@ def bi_tables(
     orders: pd.DataFrame,
     alerts: pd.DataFrame,
     drivers: pd.DataFrame,
+    forecast_accuracy: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    """The publication's forecasts, orders, alerts and drivers in the BI database (DuckDB under the home, or
-    PostgreSQL): a re-run replaces the rows of the same cutoff and model version, earlier publications stay
-    (docs/decisions.md)."""
+    """The publication's forecasts, orders, alerts and drivers, and every publication's live accuracy, in the BI
+    database (DuckDB under the home, or PostgreSQL): a re-run replaces the rows of the same cutoff and model version,
+    earlier publications stay (docs/decisions.md)."""
     url = decisions.warehouse_url or default_url(pipeline.settings().home)
     warehouse = Warehouse(url)
     publication = {"cutoff": forecasts["cutoff"].iloc[0], "model_version": str(forecasts["model_version"].iloc[0])}
@@ -222,6 +223,7 @@ def bi_tables(
         "forecasts": warehouse.write("forecasts", forecasts),
         "orders": warehouse.write("orders", orders),
         "drivers": warehouse.write("drivers", drivers),
+        "live_accuracy": warehouse.write("live_accuracy", forecast_accuracy),
         # Alerts are raised with a publication: its cutoff and model version are their keys.
         "alerts": warehouse.write("alerts", alerts.assign(**publication), publication=publication),
     }

@@ -18,10 +18,19 @@ integrate_job = dg.define_asset_job(
 train_job = dg.define_asset_job(
     "train_job",
     selection=dg.AssetSelection.assets(
-        "features", "forecaster", "forecasts", "backtest", "orders", "alerts", "drivers", "bi_tables", "insights"
+        "features",
+        "forecaster",
+        "forecasts",
+        "backtest",
+        "forecast_accuracy",
+        "orders",
+        "alerts",
+        "drivers",
+        "bi_tables",
+        "insights",
     ),
     description="Features, training (full or incremental; MLflow, champion/challenger), forecasts from the champion, "
-    "the backtest, orders, alerts, the BI tables and the insights report.",
+    "the backtest, live accuracy, orders, alerts, drivers, the BI tables and the insights report.",
 )
 forecast_job = dg.define_asset_job(
     "forecast_job",
@@ -34,7 +43,9 @@ forecast_job = dg.define_asset_job(
 INVENTORY_ASSETS = ("inventory", "inventory_quarantine")
 inventory_job = dg.define_asset_job(
     "inventory_job",
-    selection=dg.AssetSelection.assets(*INVENTORY_ASSETS, "orders", "alerts", "drivers", "bi_tables", "insights"),
+    selection=dg.AssetSelection.assets(
+        *INVENTORY_ASSETS, "forecast_accuracy", "orders", "alerts", "drivers", "bi_tables", "insights"
+    ),
     description="A stock snapshot (partitioned by its period), then the orders, alerts, BI tables and report that "
     "read it.",
 )
