@@ -104,7 +104,7 @@ def latest_snapshot(snapshots: dict[str, pd.DataFrame]) -> tuple[str | None, pd.
     inventory_job,
     30,
     "Requests a run for each new or re-landed stock snapshot in inventory/ once it is complete: the snapshot, then "
-    "the orders, alerts and BI tables that read it.",
+    "the orders, alerts, BI tables and report that read it.",
 )
 def inventory_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     settings = pipeline.settings()
