@@ -130,11 +130,11 @@ def decisions_table(section: dict) -> str:
     lines = [
         f"decisions: order-up-to, review every {economics['review_period']}, lead time {economics['lead_time']}, "
         f"service level {economics['service_level']:.2f} where no price and cost ({section['series']} series)",
-        f"{'model':<16}{'cost':>12}{'vs best':>9}{'fill':>8}{'stock':>12}{'cum cov80':>11}",
+        f"{'model':<16}{'cost':>12}{'vs best':>9}{'fill':>8}{'stock':>12}{'cum cov80':>11}{'service':>9}",
     ]
     for name, m in section["models"].items():
         lines.append(
             f"{name:<16}{m['total_cost']:>12.4g}{m['cost_vs_lowest']:>9.3f}{m['fill_rate']:>8.3f}"
-            f"{m['average_stock']:>12.4g}{m['cumulative_coverage_80']:>11.3f}"
+            f"{m['average_stock']:>12.4g}{m['cumulative_coverage_80']:>11.3f}{m['service_level_achieved']:>9.3f}"
         )
     return "\n".join(lines)

@@ -200,6 +200,7 @@ class PolicyResult:
     lost_margin: float
     average_stock: float
     coverage_80: float  # cumulative demand over each protection window inside its P10–P90
+    service_level: float  # the protection windows whose demand stayed at or under the order-up-to level
     windows_scored: int
     series: int
 
@@ -219,6 +220,7 @@ class PolicyResult:
             "fill_rate": self.fill_rate,
             "average_stock": self.average_stock,
             "cumulative_coverage_80": self.coverage_80,
+            "service_level_achieved": self.service_level,
             "windows_scored": self.windows_scored,
             "series": self.series,
         }
@@ -250,6 +252,7 @@ def simulate_policy(
     fits = ends <= periods
     actual = np.take_along_axis(totals, np.minimum(ends, periods), 1) - totals[:, :periods]
     inside = (actual >= window[:, :, 0] - 1e-9) & (actual <= window[:, :, 1] + 1e-9)
+    covered = actual <= order_up_to + 1e-9
     pack, least = parameters["pack_size"].to_numpy(dtype="float64"), parameters["min_order"].to_numpy(dtype="float64")
     underage, overage = parameters["underage"].to_numpy(), parameters["overage"].to_numpy()
     on_hand = order_up_to[:, 0].copy()
@@ -277,6 +280,7 @@ def simulate_policy(
         lost_margin=lost_margin,
         average_stock=float(stock / periods),
         coverage_80=float(inside[fits].mean()) if fits.any() else float("nan"),
+        service_level=float(covered[fits].mean()) if fits.any() else float("nan"),
         windows_scored=int(fits.sum()),
         series=series,
     )

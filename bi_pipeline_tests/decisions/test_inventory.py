@@ -120,6 +120,8 @@ def test_cumulative_intervals_are_calibrated_when_the_dependence_is_right_and_to
     right = simulate_policy(quantiles, demand, parameters, true)
     independent = simulate_policy(quantiles, demand, parameters, Dependence((0.0,)))
     assert right.coverage_80 == pytest.approx(0.80, abs=0.03)
+    # The order-up-to level at the 0.95 service level holds the protection window's demand about 95% of the time.
+    assert right.service_level == pytest.approx(0.95, abs=0.02)
     assert independent.coverage_80 < 0.72
     # At the same service level the right intervals lose less.
     assert right.lost < independent.lost
