@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bi_pipeline.config import DecisionSettings
 from bi_pipeline.decisions.demand import Dependence, fit_dependence
-from bi_pipeline.decisions.inventory import Economics, forecast_arrays, series_parameters, simulate_policy
+from bi_pipeline.decisions.inventory import forecast_arrays, series_parameters, simulate_policy
 from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
 from bi_pipeline.forecasting.ensemble import steps_after
 from bi_pipeline.forecasting.interface import Task
@@ -62,11 +63,11 @@ def decisions_section(
     test: pd.DataFrame,
     frequency: str,
     dependence: dict[str, Dependence],
-    economics: Economics | None = None,
+    economics: DecisionSettings | None = None,
     seed: int = 0,
 ) -> dict:
     """The policy's outcome per model on the series every model forecast and whose holdout is complete."""
-    economics = economics or Economics()
+    economics = economics or DecisionSettings()
     floor = bool((train["sales"] >= 0).all())
     actual = test.assign(store_id=test["store_id"].astype(str), item_id=test["item_id"].astype(str))
     wide = actual.pivot_table(index=SERIES, columns="date", values="sales", aggfunc="sum")

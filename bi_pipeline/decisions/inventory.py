@@ -32,22 +32,18 @@ PARAMETERS = ("unit_cost", "unit_price", "holding_cost_rate", "lead_time", "revi
 INTERVAL = (0.1, 0.9)  # the cumulative-demand interval reported beside each order and scored in the backtest
 
 
-# The defaults of every series without its own attribute (declared with the other settings).
-Economics = DecisionSettings
-
-
 def series_parameters(
     series: pd.DataFrame,
     frequency: str,
-    economics: Economics | None = None,
+    economics: DecisionSettings | None = None,
     sources: list[pd.DataFrame | None] | None = None,
 ) -> pd.DataFrame:
     """One row per series of ``series`` (store_id, item_id): every parameter of :data:`PARAMETERS` (from the first of
     ``sources`` that has it, e.g. items then stores, each keyed by the id columns it holds; else the default), the
     critical ratio, underage and overage per unit, and ``economics`` (``costs`` or ``service level``)."""
-    economics = economics or Economics()
+    economics = economics or DecisionSettings()
     out = series[SERIES].astype(str).drop_duplicates().reset_index(drop=True)
-    defaults = {f.name: getattr(economics, f.name) for f in fields(Economics) if f.name in PARAMETERS}
+    defaults = {f.name: getattr(economics, f.name) for f in fields(DecisionSettings) if f.name in PARAMETERS}
     for name in PARAMETERS:
         value = pd.Series(np.nan, index=out.index)
         for table in sources or ():

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bi_pipeline.config import Settings
+from bi_pipeline.config import DecisionSettings, Settings
 from bi_pipeline.decisions.evaluation import average_sections, decisions_section, model_dependence
-from bi_pipeline.decisions.inventory import Economics
 from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.catalog import MODELS, build_models
 from bi_pipeline.forecasting.configuration import Progress, TrainConfig
@@ -62,7 +61,7 @@ def run_backtest(
     seed: int = 0,
     train_progress: Progress | None = None,
     decisions: bool = True,
-    economics: Economics | None = None,
+    economics: DecisionSettings | None = None,
 ) -> dict:
     """The JSON of `bi-pipeline backtest`: per model the averaged metrics and the fit/predict seconds. Every model is
     fitted on each window's training periods and forecasts its test periods through the one model interface.
