@@ -213,18 +213,27 @@ def neutralised(future: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
-def shapley_medians(predict, future: pd.DataFrame, groups: dict[str, list[str]]) -> tuple[pd.DataFrame, dict]:
+def shapley_medians(
+    predict, future: pd.DataFrame, groups: dict[str, list[str]], published: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict]:
     """The median with every group of inputs neutralised (the base), and each group's Shapley share of the rest:
     ``predict(future) -> frame with q0.5`` is run once per subset of groups (2^k passes). Returns (frame of KEY_COLUMNS,
-    ``median``, ``base`` and a column per group; the number of passes)."""
+    ``median``, ``base`` and a column per group; the number of passes). ``published``, the forecast with every input as
+    planned, saves its pass."""
     names = list(groups)
     k = len(names)
     medians: dict[frozenset, pd.Series] = {}
     keys = None
+    passes = 0
     for size in range(k + 1):
         for subset in itertools.combinations(names, size):
             off = [c for n in names if n not in subset for c in groups[n]]
-            out = predict(neutralised(future, off)).astype({"store_id": str, "item_id": str})
+            if published is not None and size == k:
+                out = published
+            else:
+                out = predict(neutralised(future, off))
+                passes += 1
+            out = out.astype({"store_id": str, "item_id": str})
             out = out.set_index(list(KEY_COLUMNS)).sort_index()
             keys = out.index if keys is None else keys
             medians[frozenset(subset)] = out["q0.5"].reindex(keys)
@@ -239,7 +248,7 @@ def shapley_medians(predict, future: pd.DataFrame, groups: dict[str, list[str]])
                 weight = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
                 share += weight * (medians[frozenset((*subset, name))] - medians[frozenset(subset)])
         frame[name] = share
-    return frame.reset_index(), {"passes": 2**k}
+    return frame.reset_index(), {"passes": passes}
 
 
 def seasonal_index(history: pd.DataFrame, season: int, steps: int) -> pd.DataFrame:
@@ -271,12 +280,15 @@ def seasonal_index(history: pd.DataFrame, season: int, steps: int) -> pd.DataFra
     return index
 
 
-def forecast_drivers(predict, history: pd.DataFrame, future: pd.DataFrame, season: int) -> tuple[pd.DataFrame, dict]:
+def forecast_drivers(
+    predict, history: pd.DataFrame, future: pd.DataFrame, season: int, published: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Per series and period of a forecast: the median split into ``level_trend`` and ``seasonality`` (the forecast
     with nothing planned: the part the series' seasonal index explains, and the rest), ``calendar`` and
-    ``promotion_price`` (the Shapley shares of the planned inputs); the four add up to ``median``."""
+    ``promotion_price`` (the Shapley shares of the planned inputs); the four add up to ``median``. ``published`` is
+    the forecast with every input as planned, when it was made already."""
     groups = input_groups(future)
-    frame, info = shapley_medians(predict, future, groups)
+    frame, info = shapley_medians(predict, future, groups, published)
     for name in ("calendar", "promotion_price"):
         if name not in frame:
             frame[name] = 0.0

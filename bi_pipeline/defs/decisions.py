@@ -251,16 +251,20 @@ def drivers(
 ) -> dg.Output:
     """Why the forecast says what it says. Per series and period, the published median split into level and trend,
     seasonality, calendar and holiday effects, and promotion and price: the champion forecasts again with each group of
-    planned inputs neutralised (a Shapley split over the groups, 2^k passes) and the rest is split by the series'
-    seasonal index. Per category, the price elasticity and promotion uplift, with 95% intervals, from a Poisson
-    regression with series and category-period effects on the history (docs/decisions.md)."""
+    planned inputs neutralised (a Shapley split over the groups, 2^k − 1 passes beside the published one) and the
+    rest is split by the series' seasonal index. Per category, the price elasticity and promotion uplift, with 95%
+    intervals, from a Poisson regression with series and category-period effects on the history
+    (docs/decisions.md)."""
     version = str(forecasts["model_version"].iloc[0])
     model = Forecaster.load(mlflow_tracking.tracker().model_dir(version))
     history = integrated_sales
     frequency = partition_frequency(context, pipeline)
     season = season_length_for(frequency, int(history["date"].nunique()), forecasting.season_length)
     future = future_covariates(master_or_none(calendar), history, model.horizon, pandas_freq(history, model.frequency))
-    parts, info = forecast_drivers(lambda rows: forecast_latest(model, history, rows), history, future, season)
+    # The published forecasts are the pass with every input as planned: only the neutralised ones are made here.
+    parts, info = forecast_drivers(
+        lambda rows: forecast_latest(model, history, rows), history, future, season, published=forecasts
+    )
     parts["cutoff"], parts["model_version"] = forecasts["cutoff"].iloc[0], version
     effects = category_table(history, master_or_none(items))
     split = shares(parts)

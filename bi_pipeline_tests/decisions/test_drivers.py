@@ -74,6 +74,10 @@ def test_the_median_splits_into_parts_that_add_up_with_shapley_shares():
     assert parts["promotion_price"].tolist() == pytest.approx([0.0, 0.0, 10.0, 20.0])
     total = parts[["level_trend", "seasonality", "calendar", "promotion_price"]].sum(axis=1)
     assert total.tolist() == pytest.approx(parts["median"].tolist())
+    # With the published forecast given, its pass is not made again, and the split is the same.
+    again, fewer = forecast_drivers(predict, history, future, season=52, published=predict(future))
+    assert fewer["passes"] == 3
+    pd.testing.assert_frame_equal(again, parts)
     assert parts["level_trend"].tolist() == pytest.approx([100.0] * 4)  # too short a history for a season
 
 
