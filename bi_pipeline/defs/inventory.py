@@ -45,11 +45,8 @@ def inventory(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     empty or a number ≥ 0, one row per store_id and item_id); a file that cannot be a snapshot fails, naming it."""
     settings = pipeline.settings()
     period = context.partition_key
-    found = [
-        settings.landing / INVENTORY_DIR / f"{period}{suffix}"
-        for suffix in (".csv", ".parquet")
-        if (settings.landing / INVENTORY_DIR / f"{period}{suffix}").exists()
-    ]
+    candidates = (settings.landing / INVENTORY_DIR / f"{period}{suffix}" for suffix in (".csv", ".parquet"))
+    found = [path for path in candidates if path.exists()]
     if not found:
         raise dg.Failure(f"{INVENTORY_DIR}/{period}: no stock snapshot for this period in the landing zone")
     try:
