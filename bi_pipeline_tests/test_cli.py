@@ -10,6 +10,7 @@ import pytest
 
 from bi_pipeline.bench import bench_ingest, split_series
 from bi_pipeline.cli import main
+from bi_pipeline.decisions.inventory import LEVEL_SHIFTS
 
 
 @pytest.fixture
@@ -225,6 +226,8 @@ def test_backtest_command_writes_the_json_interface(tmp_path, capsys):
         assert outcome["total_cost"] == pytest.approx(outcome["holding_cost"] + outcome["lost_margin"])
         assert 0 < outcome["fill_rate"] <= 1 and 0 <= outcome["cumulative_coverage_80"] <= 1
         assert 0 <= outcome["service_level_achieved"] <= 1
+        # Tuned on each window's validation origins (the JSON averages the windows).
+        assert min(LEVEL_SHIFTS) <= outcome["level_shift"] <= max(LEVEL_SHIFTS)
         assert outcome["windows_scored"] == decisions["series"] * (4 - 3 + 1)
     assert min(m["cost_vs_lowest"] for m in decisions["models"].values()) == 1.0
     assert decisions["models"][decisions["lowest_cost"]]["cost_vs_lowest"] == 1.0

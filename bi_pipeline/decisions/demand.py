@@ -11,6 +11,11 @@ misses in the same direction by the same rank. Here the periods are joined by a 
   forecast's distribution (:func:`pit`), give one correlation per distance between steps (:func:`fit_dependence`);
   the steps' correlation matrix is the Toeplitz matrix of those, made positive definite (:meth:`Dependence.matrix`).
   Without errors to fit on, steps move together (correlation 1): the widest, most cautious choice.
+- **Order level.** The order-up-to level is read at the critical ratio moved by one shift in normal scores per
+  forecaster, the shift whose policy cost least on its validation forecasts
+  (:func:`bi_pipeline.decisions.inventory.tune_level_shift`), never above it: a forecaster whose upper tail held more
+  of the actuals than its level says is asked for less, and with lost sales the cheapest level is below the ratio
+  even for a calibrated forecast.
 - **Sums.** Correlated sample paths (:func:`demand_paths`), summed over each window of steps, give the quantiles of
   cumulative demand (:func:`window_quantiles`).
 """
@@ -39,11 +44,23 @@ CELLS_PER_CHUNK = 4_000_000  # draws × series × steps sampled at once
 
 @dataclass(frozen=True)
 class Dependence:
-    """Correlations of the normal scores of forecast errors ``lag`` steps apart (``lags[0]``: adjacent steps), and the
-    pairs of errors each was fitted on. Lags beyond the fitted ones keep the last fitted value; none fitted: 1."""
+    """What a forecaster's validation errors say beyond its per-step quantiles.
+
+    ``lags``: correlations of the normal scores of forecast errors ``lag`` steps apart (``lags[0]``: adjacent steps),
+    and the ``pairs`` of errors each was fitted on. Lags beyond the fitted ones keep the last fitted value; none
+    fitted: 1. ``level_shift``: the shift, in normal scores, of the critical ratio at which orders are set
+    (:meth:`order_level`); 0 where none was tuned."""
 
     lags: tuple[float, ...] = ()
     pairs: tuple[int, ...] = ()
+    level_shift: float = 0.0
+
+    def order_level(self, ratio: np.ndarray | float) -> np.ndarray:
+        """The probability level at which the order-up-to level is read for critical ratio ``ratio``."""
+        return np.clip(ndtr(ndtri(np.asarray(ratio, dtype="float64")) + self.level_shift), 0.01, 0.995)
+
+    def with_shift(self, shift: float) -> Dependence:
+        return Dependence(self.lags, self.pairs, float(shift))
 
     def correlation(self, lag: int) -> float:
         if lag == 0:
@@ -64,19 +81,24 @@ class Dependence:
         return repaired / scale[:, None] / scale[None, :]
 
     def to_dict(self) -> dict:
-        return {"lags": [round(v, 4) for v in self.lags], "pairs": list(self.pairs)}
+        return {"lags": [round(v, 4) for v in self.lags], "pairs": list(self.pairs), "level_shift": self.level_shift}
 
     @classmethod
     def from_dict(cls, value: dict | None) -> Dependence:
         if not value:
             return cls()
-        return cls(tuple(float(v) for v in value.get("lags", ())), tuple(int(v) for v in value.get("pairs", ())))
+        return cls(
+            tuple(float(v) for v in value.get("lags", ())),
+            tuple(int(v) for v in value.get("pairs", ())),
+            float(value.get("level_shift", 0.0)),
+        )
 
     def describe(self) -> str:
+        shift = f"; order levels shifted by {self.level_shift:+.1f} normal scores" if self.level_shift else ""
         if not self.lags:
-            return "steps move together (no errors fitted)"
+            return f"steps move together (no errors fitted){shift}"
         shown = ", ".join(f"{v:.2f}" for v in self.lags[:4])
-        return f"error correlation by steps apart: {shown}{', …' if len(self.lags) > 4 else ''}"
+        return f"error correlation by steps apart: {shown}{', …' if len(self.lags) > 4 else ''}{shift}"
 
 
 def quantile_values(quantiles: np.ndarray, u: np.ndarray, floor: bool = False) -> np.ndarray:

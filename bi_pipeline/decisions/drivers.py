@@ -10,7 +10,9 @@ same period. ``e`` is the item's price elasticity, ``exp(b) − 1`` its promotio
 fixed effects are concentrated out (PPML: alternating closed-form updates of the effects, Newton steps on the slopes
 with the part of the regressors the effects cannot explain); standard errors come from the Hessian, scaled by the
 Pearson dispersion (sales are over-dispersed). A category's figure is the average of its items' true values,
-estimated from their noisy estimates by random effects (:func:`shrunk_mean`).
+estimated from their noisy estimates by random effects (:func:`shrunk_mean`). Uplifts are pooled as ``b``, where
+their noise is symmetric: on the ``exp(b) − 1`` scale a low estimate has a smaller standard error than a high one,
+and precision weights there would pull every category's average down.
 """
 
 from __future__ import annotations
@@ -164,14 +166,24 @@ def shrunk_mean(values: np.ndarray, se: np.ndarray) -> tuple[float, float, float
 
 
 def category_effects(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per category: the average elasticity and uplift of its items (:func:`shrunk_mean`), with 95% intervals."""
+    """Per category: the average elasticity and uplift of its items (:func:`shrunk_mean`), with 95% intervals. The
+    uplift is pooled on the log scale, ``b = log(1 + uplift)``, and brought back as ``exp(b̄) − 1``."""
     rows = []
     for name, group in effects.groupby("category", sort=True):
         row: dict = {"category": name, "items": len(group)}
-        for measure in ("elasticity", "uplift"):
-            mean, se, spread = shrunk_mean(group[measure].to_numpy(float), group[f"{measure}_se"].to_numpy(float))
-            row.update({measure: mean, f"{measure}_low": mean - Z95 * se, f"{measure}_high": mean + Z95 * se})
-            row[f"{measure}_item_spread"] = spread
+        mean, se, spread = shrunk_mean(group["elasticity"].to_numpy(float), group["elasticity_se"].to_numpy(float))
+        row.update(elasticity=mean, elasticity_low=mean - Z95 * se, elasticity_high=mean + Z95 * se)
+        row["elasticity_item_spread"] = spread
+        uplift = group["uplift"].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_uplift, log_se = np.log1p(uplift), group["uplift_se"].to_numpy(float) / (1.0 + uplift)
+        mean, se, spread = shrunk_mean(log_uplift, log_se)
+        row.update(
+            uplift=math.expm1(mean),
+            uplift_low=math.expm1(mean - Z95 * se),
+            uplift_high=math.expm1(mean + Z95 * se),
+            uplift_item_spread=spread,  # between items, on the log scale
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from bi_pipeline.config import DecisionSettings
 from bi_pipeline.decisions.demand import Dependence, fit_dependence
-from bi_pipeline.decisions.inventory import forecast_arrays, series_parameters, simulate_policy
+from bi_pipeline.decisions.inventory import forecast_arrays, series_parameters, simulate_policy, tune_level_shift
 from bi_pipeline.forecasting.baselines import attach_actuals, statistical_forecast
 from bi_pipeline.forecasting.ensemble import steps_after
 from bi_pipeline.forecasting.interface import Task
@@ -18,11 +18,9 @@ from bi_pipeline.forecasting.metrics import SERIES
 STATISTICAL = ("seasonal_naive", "auto_ets")
 
 
-def origin_dependence(
-    train: pd.DataFrame, task: Task, name: str, origins: list[pd.Timestamp], floor: bool
-) -> Dependence:
-    """A statistical model's error dependence from its forecasts at ``origins`` (the ensemble's validation origins),
-    each scored on its periods up to ``train``'s end."""
+def origin_rows(train: pd.DataFrame, task: Task, name: str, origins: list[pd.Timestamp]) -> pd.DataFrame | None:
+    """A statistical model's forecasts at ``origins`` (the ensemble's validation origins) with their actuals, each
+    scored on its periods up to ``train``'s end; None without origins."""
     end = pd.Timestamp(train["date"].max())
     frames = []
     for origin in origins:
@@ -33,27 +31,40 @@ def origin_dependence(
         out["step"] = steps_after(out["date"], origin)
         frames.append(out)
     if not frames:
-        return Dependence()
-    rows = attach_actuals(pd.concat(frames, ignore_index=True).astype({"store_id": str, "item_id": str}), train)
-    return fit_dependence(rows, floor)
+        return None
+    return attach_actuals(pd.concat(frames, ignore_index=True).astype({"store_id": str, "item_id": str}), train)
 
 
 def model_dependence(
-    names: list[str], selection, train: pd.DataFrame, task: Task, floor: bool
+    names: list[str],
+    selection,
+    train: pd.DataFrame,
+    task: Task,
+    floor: bool,
+    economics: DecisionSettings | None = None,
+    seed: int = 0,
 ) -> dict[str, Dependence]:
-    """Each model's error dependence: the ensemble's members and the combination from the ensemble's validation
-    origins, the statistical models from their own forecasts at the same origins; none fitted without an ensemble."""
+    """Each model's error dependence and order-level shift (tuned at ``economics``), from its forecasts at the
+    ensemble's validation origins: the members' and the combination's as the ensemble made and fitted them, the
+    statistical models' made here at the same origins; none fitted without an ensemble."""
     out: dict[str, Dependence] = {}
+    validation = getattr(selection, "validation_rows", None) or {}
     fitted = getattr(selection, "dependence", None) or {}
     origins = [pd.Timestamp(o) for o in getattr(selection, "origins", None) or []]
+    attributes = train.drop_duplicates(SERIES).assign(
+        store_id=lambda f: f["store_id"].astype(str), item_id=lambda f: f["item_id"].astype(str)
+    )
     for name in names:
         key = "combination" if name == "ensemble" else name
-        if key in fitted:
-            out[name] = fitted[key]
-        elif name in STATISTICAL and origins:
-            out[name] = origin_dependence(train, task, name, origins, floor)
-        else:
+        rows = validation.get(key)
+        if rows is None and name in STATISTICAL and origins:
+            rows = origin_rows(train, task, name, origins)
+        if rows is None:
             out[name] = Dependence()
+            continue
+        dependence = fitted[key] if key in fitted else fit_dependence(rows, floor)
+        parameters = series_parameters(rows[SERIES], task.frequency, economics, [attributes])
+        out[name] = dependence.with_shift(tune_level_shift(rows, parameters, dependence, floor, seed))
     return out
 
 
@@ -97,7 +108,11 @@ def decisions_section(
     for name, (model_series, _, quantiles) in arrays.items():
         order = pd.MultiIndex.from_frame(model_series).get_indexer(common)
         outcome = simulate_policy(quantiles[order], demand, parameters, dependence[name], floor, seed)
-        result["models"][name] = {**outcome.to_dict(), "dependence": list(dependence[name].to_dict()["lags"][:6])}
+        result["models"][name] = {
+            **outcome.to_dict(),
+            "dependence": list(dependence[name].to_dict()["lags"][:6]),
+            "level_shift": dependence[name].level_shift,
+        }
     if result["models"]:
         best = min(result["models"], key=lambda n: result["models"][n]["total_cost"])
         result["lowest_cost"] = best
@@ -131,11 +146,12 @@ def decisions_table(section: dict) -> str:
     lines = [
         f"decisions: order-up-to, review every {economics['review_period']}, lead time {economics['lead_time']}, "
         f"service level {economics['service_level']:.2f} where no price and cost ({section['series']} series)",
-        f"{'model':<16}{'cost':>12}{'vs best':>9}{'fill':>8}{'stock':>12}{'cum cov80':>11}{'service':>9}",
+        f"{'model':<16}{'cost':>12}{'vs best':>9}{'fill':>8}{'stock':>12}{'cum cov80':>11}{'service':>9}{'shift':>7}",
     ]
     for name, m in section["models"].items():
         lines.append(
             f"{name:<16}{m['total_cost']:>12.4g}{m['cost_vs_lowest']:>9.3f}{m['fill_rate']:>8.3f}"
             f"{m['average_stock']:>12.4g}{m['cumulative_coverage_80']:>11.3f}{m['service_level_achieved']:>9.3f}"
+            f"{m.get('level_shift', 0.0):>7.1f}"
         )
     return "\n".join(lines)

@@ -95,7 +95,7 @@ def run_backtest(
         if decisions:
             selection = getattr(built.get("ensemble"), "selection", None)
             floor = bool((train["sales"] >= 0).all())
-            dependence = model_dependence(list(made), selection, train, task, floor)
+            dependence = model_dependence(list(made), selection, train, task, floor, economics, seed)
             sections.append(decisions_section(made, train, test, frequency, dependence, economics, seed))
     result_models = {}
     for name in (m for m in MODELS if m in models):

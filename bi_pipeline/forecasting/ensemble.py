@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bi_pipeline.config import DecisionSettings
 from bi_pipeline.decisions.demand import Dependence, fit_dependence
+from bi_pipeline.decisions.inventory import series_parameters, tune_level_shift, tuning_sample
 from bi_pipeline.forecasting.baselines import attach_actuals, forecasts_from_origins
 from bi_pipeline.forecasting.interface import ForecastModel, Task
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, predict_lightgbm
@@ -78,6 +80,9 @@ class Selection:
     # Per member and "combination": how their validation errors move together across steps (decisions.demand).
     dependence: dict[str, Dependence] = field(default_factory=dict)
     calibrated: np.ndarray | None = field(default=None, repr=False)  # the combination's validation quantiles
+    # Per member and "combination": validation forecasts with their actuals, of at most TUNING_SERIES series (in
+    # memory only: the backtest tunes every model's order level on them).
+    validation_rows: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
 
 class Forecaster(ForecastModel):
@@ -432,12 +437,18 @@ def select(
     selection.origins = [str(d.date()) for d in dates]
     floor = bool(transformer.network.config.feature_spec.get("nonnegative", False))
     rows = joined[[*SERIES, "origin", "step", "sales"]]
-    selection.dependence = {
-        name: fit_dependence(rows.assign(**{c: joined[f"{name}:{c}"] for c in QCOLS}), floor) for name in members
-    }
+    forecasts = {name: rows.assign(**{c: joined[f"{name}:{c}"] for c in QCOLS}) for name in members}
     if selection.calibrated is not None:
-        combined = rows.assign(**dict(zip(QCOLS, selection.calibrated.T, strict=True)))
-        selection.dependence["combination"] = fit_dependence(combined, floor)
+        forecasts["combination"] = rows.assign(**dict(zip(QCOLS, selection.calibrated.T, strict=True)))
+    selection.dependence = {name: fit_dependence(part, floor) for name, part in forecasts.items()}
+    selection.validation_rows = {name: tuning_sample(part) for name, part in forecasts.items()}
+    if "combination" in forecasts:
+        # The orders asset reads the champion's level shift: tuned at the economics the settings give now.
+        sample = selection.validation_rows["combination"]
+        parameters = series_parameters(sample[SERIES], task.frequency, DecisionSettings.from_env())
+        dependence = selection.dependence["combination"]
+        shift = tune_level_shift(sample, parameters, dependence, floor)
+        selection.dependence["combination"] = dependence.with_shift(shift)
     return selection
 
 

@@ -15,6 +15,7 @@ from bi_pipeline.decisions.inventory import (
     plan_orders,
     series_parameters,
     simulate_policy,
+    tune_level_shift,
 )
 
 
@@ -125,3 +126,37 @@ def test_cumulative_intervals_are_calibrated_when_the_dependence_is_right_and_to
     assert independent.coverage_80 < 0.72
     # At the same service level the right intervals lose less.
     assert right.lost < independent.lost
+
+
+def validation_rows(demand: float, origins: int = 3, count: int = 20, steps: int = 6) -> pd.DataFrame:
+    """Validation forecasts centred on 10 with P10–P90 of 2–18, and ``demand`` as every actual."""
+    grid = pd.MultiIndex.from_product(
+        [
+            [f"S{i}" for i in range(count)],
+            ["I"],
+            pd.date_range("2024-01-01", periods=origins, freq="MS"),
+            range(1, steps + 1),
+        ],
+        names=["store_id", "item_id", "origin", "step"],
+    ).to_frame(index=False)
+    grid[QCOLS] = 10.0 + 8.0 * ndtri(LEVELS) / ndtri(0.9)
+    return grid.assign(sales=demand)
+
+
+def test_the_order_level_shift_is_tuned_on_validation_forecasts():
+    rows = validation_rows(demand=10.0)
+    parameters = series_parameters(rows.drop_duplicates(["store_id", "item_id"]), "W", DecisionSettings())
+    # Demand always at the median: every unit above it only costs holding, so the lowest level tried is cheapest.
+    assert tune_level_shift(rows, parameters, Dependence()) == -0.6
+    # Demand always above every level tried: a lower level loses more sales, which cost far more than holding.
+    assert tune_level_shift(validation_rows(demand=30.0), parameters, Dependence()) == 0.0
+    # An origin without every step's actual is left out; none left: no shift.
+    assert tune_level_shift(rows.assign(sales=np.nan), parameters, Dependence()) == 0.0
+
+
+def test_the_order_level_moves_the_ratio_in_normal_scores_and_is_saved():
+    shifted = Dependence((0.5,), (40,), -0.5)
+    assert float(shifted.order_level(0.95)) == pytest.approx(0.8739, abs=1e-4)  # Φ(1.6449 − 0.5)
+    assert float(Dependence().order_level(0.95)) == pytest.approx(0.95)
+    assert Dependence.from_dict(shifted.to_dict()) == shifted
+    assert Dependence.from_dict({"lags": [0.5], "pairs": [40]}).level_shift == 0.0  # saved before shifts existed

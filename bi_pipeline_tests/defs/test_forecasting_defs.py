@@ -118,6 +118,9 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         saved = saved_dependence(tracker.model_dir("1"))
         ordered = result.asset_materializations_for_node("orders")[0].metadata
         assert ordered["dependence"].value == saved.describe()
+        # Each order is read at the critical ratio moved by the champion's saved shift.
+        assert saved.level_shift <= 0.0
+        assert planned["order_level"].to_numpy() == pytest.approx(saved.order_level(planned["critical_ratio"]))
         warehouse = Warehouse(default_url(landed.home))
         assert len(warehouse.read("forecasts")) == len(forecasts) and len(warehouse.read("orders")) == len(active)
 
