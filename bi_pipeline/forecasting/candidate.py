@@ -247,6 +247,54 @@ def forecast_latest(
     return out
 
 
+def model_input(history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One frame for the registered model's ``predict``: the history's rows, then the known-future rows (the
+    periods after the history's last, ``sales`` empty, their planned covariates)."""
+    frame = history.reset_index(drop=True)
+    if future is not None and not future.empty:
+        ahead = future.drop(columns="sales", errors="ignore").assign(sales=np.nan)
+        ahead = ahead.dropna(axis=1, how="all")  # an all-empty column would only blur the history's types
+        frame = pd.concat([frame.astype({k: str for k in SERIES}), ahead.astype({k: str for k in SERIES})])
+    # Plain string ids and values (not categorical) and float sales: one schema whether or not future rows are given.
+    frame = frame.reset_index(drop=True).astype({"store_id": str, "item_id": str, "sales": "float64"})
+    for column in frame.select_dtypes("category").columns:
+        frame[column] = frame[column].astype(object)
+    return frame
+
+
+EXAMPLE_SERIES = 2
+
+
+def input_example(model: Forecaster | BIForecaster, history: pd.DataFrame, horizon: int) -> tuple:
+    """A small input for the registered model's ``predict`` and what the model returns for it: the history of
+    :data:`EXAMPLE_SERIES` series active at the last period up to ``horizon`` periods before it, and those periods as
+    known-future rows (:func:`model_input`)."""
+    ends = history.groupby(SERIES, observed=True)["date"].max()
+    active = ends[ends == ends.max()].index[:EXAMPLE_SERIES]
+    part = history[pd.MultiIndex.from_frame(history[SERIES]).isin(active)]
+    dates = np.sort(part["date"].unique())
+    cut = dates[max(len(dates) - horizon - 1, 0)]
+    frame = model_input(part[part["date"] <= cut], part[part["date"] > cut])
+    return frame, forecast_latest(model, *split_model_input(frame))
+
+
+def split_model_input(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """:func:`model_input`'s frame back as (history, future): the rows up to the last period with sales, and the
+    rows after it with the columns they carry (None when there are none)."""
+    if "sales" not in frame.columns or "date" not in frame.columns:
+        raise ValueError("the model's input needs 'date' and 'sales' columns (model_input makes it)")
+    frame = frame.assign(date=pd.to_datetime(frame["date"]))
+    last = frame.loc[frame["sales"].notna(), "date"].max()
+    if pd.isna(last):
+        raise ValueError("the model's input has no row with sales: there is no history to forecast from")
+    history = frame[frame["date"] <= last].reset_index(drop=True)
+    ahead = frame[frame["date"] > last].drop(columns="sales")
+    if ahead.empty:
+        return history, None
+    ahead = ahead.dropna(axis=1, how="all").reset_index(drop=True)
+    return history, ahead
+
+
 def not_forecast(history: pd.DataFrame, forecasts: pd.DataFrame) -> pd.DataFrame:
     """Each series of ``history`` without a forecast, and why: ``ended`` (its last landed period is before the
     history's last, so it is not active: a discontinued item, a closed store) or ``no forecast from the model`` (an

@@ -4,8 +4,12 @@ files are the ``model`` artifact: the ``save_pretrained`` directory that
 :meth:`bi_pipeline.forecasting.ensemble.Forecaster.load` reads
 (safetensors, and LightGBM's text format for an ensemble).
 
-``mlflow.pyfunc.load_model(uri).predict(history)``: quantile forecasts after the last date of ``history`` (an
-integrated-sales frame: store_id, item_id, date, sales and the covariates the model was trained with).
+``mlflow.pyfunc.load_model(uri).predict(frame)``: quantile forecasts after the last period with sales, the same the
+``forecasts`` asset publishes. ``frame`` (:func:`bi_pipeline.forecasting.candidate.model_input`) holds the history
+(an integrated-sales frame: store_id, item_id, date, sales and the covariates the model was trained with) and, after
+it, the known-future rows: ``sales`` empty and the planned covariates (holidays, events, promotions). The logged model
+carries this package's code, pinned requirements, a signature and an input example, so loading it needs the tracking
+URI and those requirements, not this project installed.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
         self.model = Forecaster.load(context.artifacts["model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from bi_pipeline.forecasting.candidate import forecast_latest
+        from bi_pipeline.forecasting.candidate import forecast_latest, split_model_input
 
-        return forecast_latest(self.model, model_input)
+        history, future = split_model_input(model_input)
+        return forecast_latest(self.model, history, future)
 
 
 mlflow.models.set_model(ForecasterPyfunc())

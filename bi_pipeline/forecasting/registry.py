@@ -18,16 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import DataType
+from mlflow.types.schema import ColSpec, Schema
 
 MODEL_NAME = "bi_pipeline_forecaster"
 EXPERIMENT = "bi_pipeline"
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
-# The pyfunc is logged as code (models-from-code): MLflow stores this file, not a pickled PythonModel.
+# The pyfunc is logged as code (models-from-code): MLflow stores this file, not a pickled PythonModel, and this
+# package beside it (code_paths), so that loading the model needs its requirements, not this project installed.
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # What loading and running the model imports, pinned to the installed versions in its requirements.
 MODEL_PACKAGES = (
     "mlflow",
@@ -41,6 +47,22 @@ MODEL_PACKAGES = (
     "mlforecast",
     "statsforecast",
 )
+
+
+def model_signature(model_input: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
+    """The logged model's signature from an example: every input column typed, only the series keys and the date
+    required (a history without a store's attributes, or future rows with only their planned covariates, is valid)."""
+    inferred = infer_signature(model_input, output)
+    required = ("store_id", "item_id", "date")
+    # Numbers as double: a history's float32 or integer column meets float64 (and empty cells) in the future rows.
+    numeric = (DataType.float, DataType.integer, DataType.long)
+    inputs = Schema(
+        [
+            ColSpec(DataType.double if c.type in numeric else c.type, c.name, required=c.name in required)
+            for c in inferred.inputs.inputs
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs)
 
 
 def model_requirements() -> list[str]:
@@ -93,9 +115,12 @@ class Tracker:
         run_name: str | None = None,
         components: dict[str, dict[str, float]] | None = None,
         version_tags: dict[str, str] | None = None,
+        example: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     ) -> tuple[str, str]:
         """One MLflow run for a training; returns (run_id, registered version). ``metrics`` are the registered
-        model's holdout metrics; ``components`` the same per part (transformer, lightgbm, ensemble)."""
+        model's holdout metrics; ``components`` the same per part (transformer, lightgbm, ensemble). ``example``:
+        an input for the model's ``predict`` and what the model returned for it, logged as its input example and
+        signature (MLflow checks, on logging, that the logged model predicts on it)."""
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
             mlflow.set_tags({f"lineage.{k}": _param(v) for k, v in lineage.items()})
@@ -110,12 +135,16 @@ class Tracker:
             for name, values in (components or {}).items():
                 mlflow.log_metrics({f"{name}_holdout_{k}": float(v) for k, v in values.items() if _finite(v)})
             mlflow.log_dict(lineage, "lineage.json")
+            signature = model_signature(*example) if example is not None else None
             info = mlflow.pyfunc.log_model(
                 name="forecaster",
                 python_model=str(MODEL_CODE),
                 artifacts={"model": str(model_dir)},
+                code_paths=[str(PACKAGE_DIR)],
                 registered_model_name=MODEL_NAME,
                 pip_requirements=model_requirements(),
+                signature=signature,
+                input_example=example[0] if example is not None else None,
             )
             version = str(info.registered_model_version)
         self.client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)

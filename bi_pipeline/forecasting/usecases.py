@@ -21,6 +21,7 @@ from bi_pipeline.forecasting.candidate import (
     forecast_latest,
     future_covariates,
     holdout_forecast,
+    input_example,
     lineage_of,
     load_champion,
     make_candidate,
@@ -145,6 +146,7 @@ def train_and_promote(
             run_name=run_name,
             components=candidate.scores,
             version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight, "mode": mode},
+            example=input_example(candidate.model, history, task.horizon),
         )
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +19,7 @@ from bi_pipeline.decisions.warehouse import Warehouse, default_url
 from bi_pipeline.definitions import build_defs
 from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, sales_periods
 from bi_pipeline.forecasting.calendar import pandas_freq
-from bi_pipeline.forecasting.candidate import forecast_latest, future_covariates
+from bi_pipeline.forecasting.candidate import forecast_latest, future_covariates, input_example, model_input
 from bi_pipeline.forecasting.ensemble import Forecaster, saved_dependence
 from bi_pipeline.forecasting.lightgbm import fit_lightgbm
 from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
@@ -22,6 +28,7 @@ from bi_pipeline.generate import GenerationSpec, generate
 from bi_pipeline_tests.decisions.test_alerts import Sink
 
 TINY = ForecastSettings(horizon=6)
+REPOSITORY = Path(__file__).resolve().parents[2]
 TINY_TRAINING = TrainingSettings(members=1, epochs=2, max_windows_per_epoch=256)
 
 
@@ -145,7 +152,13 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         blended = Forecaster(v1.transformer, fit_lightgbm(integrated, 6, "W"), weights)
         blended.save(landed.home / "ensemble")
         _, v3 = tracker.log_training(
-            landed.home / "ensemble", {}, [], {"MASE": 0.5}, {}, version_tags={"kind": "ensemble"}
+            landed.home / "ensemble",
+            {},
+            [],
+            {"MASE": 0.5},
+            {},
+            version_tags={"kind": "ensemble"},
+            example=input_example(blended, integrated, 6),
         )
         tracker.client.set_registered_model_alias(MODEL_NAME, CHAMPION, v3)
         served = (
@@ -164,6 +177,33 @@ def test_pipeline_trains_registers_promotes_and_forecasts(landed: Settings):
         assert future["holiday"].notna().all()
         expected = forecast_latest(Forecaster.load(tracker.model_dir(v3)), integrated, future)
         np.testing.assert_allclose(out["q0.5"].to_numpy(), expected["q0.5"].to_numpy(), rtol=1e-5)
+        # Anyone can load the champion: a fresh process given the tracking URI alone, reading this package from the
+        # model's own code, returns the published forecasts value for value from the history and the planned future.
+        model_input(integrated, future).to_parquet(landed.home / "input.parquet")
+        script = (
+            "import sys, mlflow, pandas as pd\n"
+            f"model = mlflow.pyfunc.load_model('models:/{MODEL_NAME}@{CHAMPION}')\n"
+            f"model.predict(pd.read_parquet({str(landed.home / 'input.parquet')!r})).to_parquet(sys.argv[1])\n"
+            "print(sys.modules['bi_pipeline'].__file__)\n"
+        )
+        environment = {"MLFLOW_TRACKING_URI": landed.mlflow_uri, "PATH": os.environ["PATH"], "HOME": str(landed.home)}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(landed.home / "loaded.parquet")],
+            env=environment,
+            cwd=landed.home,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert Path(REPOSITORY) not in Path(done.stdout.strip().splitlines()[-1]).parents
+        loaded = pd.read_parquet(landed.home / "loaded.parquet")
+        columns = [quantile_column(q) for q in QUANTILES]
+        assert loaded[["store_id", "item_id", "date"]].equals(out[["store_id", "item_id", "date"]])
+        np.testing.assert_allclose(loaded[columns].to_numpy(), out[columns].to_numpy(), rtol=1e-6)
+        info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{v3}")
+        assert {"store_id", "item_id", "date", "sales", "holiday"} <= set(info.signature.inputs.input_names())
+        assert set(columns) <= set(info.signature.outputs.input_names())
 
         # A new week lands in which store S002 reports nothing and one series sells 50 times its usual: the alerts
         # hold a high-severity anomaly for it and the stopped store, the webhook gets each alert once.

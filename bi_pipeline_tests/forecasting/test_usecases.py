@@ -148,3 +148,39 @@ def test_future_covariates_take_general_rows_from_a_calendar_as_landed():
     # The store's own row wins over the general one; an empty event is no event.
     assert future["event"].isna().tolist() == [False, True, False, False]
     assert future["event"].dropna().tolist() == ["New Year", "New Year", "Street market"]
+
+
+def test_the_model_input_holds_history_then_the_planned_future_and_splits_back():
+    from mlflow.types import DataType
+
+    from bi_pipeline.forecasting.candidate import model_input, split_model_input
+    from bi_pipeline.forecasting.registry import model_signature
+
+    history = pd.DataFrame(
+        {
+            "store_id": pd.Categorical(["S1", "S1"]),
+            "item_id": ["A", "A"],
+            "date": pd.to_datetime(["2024-01-01", "2024-01-08"]),
+            "sales": [3, 0],
+            "price": pd.array([2.5, 2.5], dtype="float32"),
+            "region": pd.Categorical(["north", "north"]),
+        }
+    )
+    future = pd.DataFrame(
+        {"store_id": ["S1"], "item_id": ["A"], "date": pd.to_datetime(["2024-01-15"]), "holiday": [1.0]}
+    )
+    frame = model_input(history, future)
+    assert frame["sales"].tolist()[:2] == [3.0, 0.0] and frame["sales"].isna().tolist() == [False, False, True]
+    assert frame["store_id"].dtype == object and frame["region"].dtype == object  # no categoricals in the schema
+    past, ahead = split_model_input(frame)
+    assert past["date"].tolist() == history["date"].tolist() and past["sales"].tolist() == [3.0, 0.0]
+    # The future rows keep only what they carry: the planned holiday, not the history's price or region.
+    assert ahead.columns.tolist() == ["store_id", "item_id", "date", "holiday"] and ahead["holiday"].tolist() == [1.0]
+    assert split_model_input(model_input(history))[1] is None
+    with pytest.raises(ValueError, match="no row with sales"):
+        split_model_input(frame.assign(sales=float("nan")))
+    # The signature types every column, numbers as double, and requires only the keys and the date.
+    signature = model_signature(frame, pd.DataFrame({"q0.5": [1.0]}))
+    columns = {c.name: c for c in signature.inputs.inputs}
+    assert [n for n, c in columns.items() if c.required] == ["store_id", "item_id", "date"]
+    assert columns["price"].type == DataType.double and columns["region"].type == DataType.string
