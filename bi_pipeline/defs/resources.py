@@ -197,14 +197,18 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry (own small resource: dagster-mlflow is a thin legacy wrapper). The default is a
-    SQLite database under the home, artifacts next to it; a Postgres URI works the same way."""
+    SQLite database under the home, artifacts next to it; a Postgres URI works the same way. An MLflow server
+    (``http(s)://``, e.g. ``mlflow server --backend-store-uri postgresql://… --serve-artifacts``) keeps the artifacts
+    itself: the local artifact folder is not used."""
 
     tracking_uri: str
     artifact_location: str
     experiment: str = "bi_pipeline"
 
     def tracker(self):
-        from bi_pipeline.forecasting.registry import Tracker
+        from bi_pipeline.forecasting.registry import Tracker, served
 
+        if served(self.tracking_uri):
+            return Tracker(self.tracking_uri, None, self.experiment)
         Path(self.artifact_location).mkdir(parents=True, exist_ok=True)
         return Tracker(self.tracking_uri, Path(self.artifact_location).as_uri(), self.experiment)

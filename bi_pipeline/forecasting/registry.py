@@ -49,6 +49,11 @@ MODEL_PACKAGES = (
 )
 
 
+def served(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` is an MLflow server, which stores (and serves) the artifacts itself."""
+    return tracking_uri.split("://", 1)[0].lower() in ("http", "https")
+
+
 def model_signature(model_input: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
     """The logged model's signature from an example: every input column typed, only the series keys and the date
     required (a history without a store's attributes, or future rows with only their planned covariates, is valid)."""
