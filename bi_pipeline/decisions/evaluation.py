@@ -60,7 +60,7 @@ def model_dependence(
         if rows is None and name in STATISTICAL and origins:
             rows = origin_rows(train, task, name, origins)
         if rows is None:
-            out[name] = Dependence()
+            out[name] = fitted.get(key, Dependence())  # as the ensemble fitted it, or none
             continue
         dependence = fitted[key] if key in fitted else fit_dependence(rows, floor)
         parameters = series_parameters(rows[SERIES], task.frequency, economics, [attributes])

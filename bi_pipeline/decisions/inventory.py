@@ -311,13 +311,15 @@ LEVEL_SHIFTS = tuple(float(round(v, 1)) + 0.0 for v in np.arange(-0.6, 0.01, 0.1
 TUNING_SERIES = 2000
 
 
-def tuning_sample(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """``rows`` of at most :data:`TUNING_SERIES` series (drawn once), with string ids."""
+def tuning_sample(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` of at most :data:`TUNING_SERIES` series, with string ids: those whose ids hash lowest, so that every
+    model is tuned on the same series wherever they all have rows."""
     rows = rows.assign(store_id=rows["store_id"].astype(str), item_id=rows["item_id"].astype(str))
     keys = rows[SERIES].drop_duplicates()
     if len(keys) <= TUNING_SERIES:
         return rows
-    return rows.merge(keys.sample(TUNING_SERIES, random_state=seed), on=SERIES)
+    order = np.argsort(pd.util.hash_pandas_object(keys, index=False).to_numpy(), kind="stable")
+    return rows.merge(keys.iloc[order[:TUNING_SERIES]], on=SERIES)
 
 
 def tune_level_shift(
@@ -332,8 +334,9 @@ def tune_level_shift(
     forecaster's validation forecasts: ``rows`` holds ``store_id``, ``item_id``, ``origin``, ``step``, the quantile
     columns and ``sales``; ``parameters`` the economics of its series (:func:`series_parameters`). Each origin's
     series with an actual for every step it forecast are simulated as from a holdout's start (at most
-    :data:`TUNING_SERIES` of them, drawn once); ties go to the smaller shift. 0 when no origin can be scored."""
-    rows = tuning_sample(rows.dropna(subset=["sales"]), seed)
+    :data:`TUNING_SERIES` of them, :func:`tuning_sample`); ties go to the smaller shift. 0 when no origin can be
+    scored."""
+    rows = tuning_sample(rows.dropna(subset=["sales"]))
     costs = np.zeros(len(shifts))
     scored = False
     for _, part in rows.groupby("origin", sort=True):

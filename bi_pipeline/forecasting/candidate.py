@@ -255,10 +255,13 @@ def model_input(history: pd.DataFrame, future: pd.DataFrame | None = None) -> pd
         ahead = future.drop(columns="sales", errors="ignore").assign(sales=np.nan)
         ahead = ahead.dropna(axis=1, how="all")  # an all-empty column would only blur the history's types
         frame = pd.concat([frame.astype({k: str for k in SERIES}), ahead.astype({k: str for k in SERIES})])
-    # Plain string ids and values (not categorical) and float sales: one schema whether or not future rows are given.
+    # Plain string ids and values (not categorical), numbers as float64: one schema whether or not future rows are
+    # given (an empty future cell turns an integer column into floats).
     frame = frame.reset_index(drop=True).astype({"store_id": str, "item_id": str, "sales": "float64"})
     for column in frame.select_dtypes("category").columns:
         frame[column] = frame[column].astype(object)
+    for column in frame.select_dtypes(include=["integer", "floating"]).columns:
+        frame[column] = frame[column].astype("float64")
     return frame
 
 
@@ -266,11 +269,12 @@ EXAMPLE_SERIES = 2
 
 
 def input_example(model: Forecaster | BIForecaster, history: pd.DataFrame, horizon: int) -> tuple:
-    """A small input for the registered model's ``predict`` and what the model returns for it: the history of
-    :data:`EXAMPLE_SERIES` series active at the last period up to ``horizon`` periods before it, and those periods as
-    known-future rows (:func:`model_input`)."""
-    ends = history.groupby(SERIES, observed=True)["date"].max()
-    active = ends[ends == ends.max()].index[:EXAMPLE_SERIES]
+    """A small input for the registered model's ``predict`` and what the model returns for it: the history of the
+    :data:`EXAMPLE_SERIES` longest-running series active at the last period, up to ``horizon`` periods before it, and
+    those periods as known-future rows (:func:`model_input`)."""
+    spans = history.groupby(SERIES, observed=True)["date"].agg(["min", "max"])
+    spans = spans[spans["max"] == spans["max"].max()].sort_values("min", kind="stable")
+    active = spans.index[:EXAMPLE_SERIES]
     part = history[pd.MultiIndex.from_frame(history[SERIES]).isin(active)]
     dates = np.sort(part["date"].unique())
     cut = dates[max(len(dates) - horizon - 1, 0)]

@@ -443,9 +443,11 @@ def select(
     selection.dependence = {name: fit_dependence(part, floor) for name, part in forecasts.items()}
     selection.validation_rows = {name: tuning_sample(part) for name, part in forecasts.items()}
     if "combination" in forecasts:
-        # The orders asset reads the champion's level shift: tuned at the economics the settings give now.
+        # The orders asset reads the champion's level shift: tuned at the economics the settings give now and the
+        # items' and stores' decision attributes the training data carries.
         sample = selection.validation_rows["combination"]
-        parameters = series_parameters(sample[SERIES], task.frequency, DecisionSettings.from_env())
+        attributes = train.drop_duplicates(SERIES).astype({"store_id": str, "item_id": str})
+        parameters = series_parameters(sample[SERIES], task.frequency, DecisionSettings.from_env(), [attributes])
         dependence = selection.dependence["combination"]
         shift = tune_level_shift(sample, parameters, dependence, floor)
         selection.dependence["combination"] = dependence.with_shift(shift)

@@ -358,7 +358,10 @@ def _future_covariates(
     )
     known = history.assign(unique_id=ids)[["unique_id", "date", *covariates]]
     if future is not None and len(future):
-        known = pd.concat([known, future.assign(unique_id=series_id(future))[["unique_id", "date", *covariates]]])
+        # A covariate the future frame lacks is not given there: the last known value carries forward, as for an
+        # empty one (the transformer's panel drops empty future columns alike).
+        given = future.assign(unique_id=series_id(future)).reindex(columns=["unique_id", "date", *covariates])
+        known = pd.concat([known, given])
     known = known.rename(columns={"date": "ds"}).drop_duplicates(["unique_id", "ds"], keep="last")
     missing = ~grid.set_index(["unique_id", "ds"]).index.isin(known.set_index(["unique_id", "ds"]).index)
     out = pd.concat([known, grid[missing]])

@@ -46,6 +46,7 @@ MODEL_PACKAGES = (
     "lightgbm",
     "mlforecast",
     "statsforecast",
+    "scipy",
 )
 
 
@@ -125,7 +126,7 @@ class Tracker:
         """One MLflow run for a training; returns (run_id, registered version). ``metrics`` are the registered
         model's holdout metrics; ``components`` the same per part (transformer, lightgbm, ensemble). ``example``:
         an input for the model's ``predict`` and what the model returned for it, logged as its input example and
-        signature (MLflow checks, on logging, that the logged model predicts on it)."""
+        signature (MLflow also runs the logged model on it, and warns if that fails)."""
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
             mlflow.set_tags({f"lineage.{k}": _param(v) for k, v in lineage.items()})

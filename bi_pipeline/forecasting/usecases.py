@@ -146,7 +146,7 @@ def train_and_promote(
             run_name=run_name,
             components=candidate.scores,
             version_tags={"kind": candidate.kind, "transformer_weight": candidate.weight, "mode": mode},
-            example=input_example(candidate.model, history, task.horizon),
+            example=_example(candidate.model, history, task.horizon, warn),
         )
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)  # the registered copy lives in MLflow's artifact store
@@ -332,6 +332,15 @@ class Publication:
 
 class NoChampion(RuntimeError):
     """There is no champion model to forecast from yet."""
+
+
+def _example(model: Forecaster, history: pd.DataFrame, horizon: int, warn: Log) -> tuple | None:
+    """The registered model's input example and output; a training is registered without one rather than lost."""
+    try:
+        return input_example(model, history, horizon)
+    except Exception as exc:
+        warn(f"the model is registered without an input example or signature ({type(exc).__name__}: {exc})")
+        return None
 
 
 def publish_forecasts(

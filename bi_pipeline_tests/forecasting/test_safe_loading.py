@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bi_pipeline.forecasting.candidate import forecast_latest, train_with_holdout
+from bi_pipeline.forecasting.candidate import forecast_latest, model_input, train_with_holdout
 from bi_pipeline.forecasting.checkpoint import plain, save_state
 from bi_pipeline.forecasting.ensemble import Forecaster
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, UnsafeModelFormat, fit_lightgbm, predict_lightgbm
@@ -174,3 +174,13 @@ def test_the_registered_model_is_logged_as_code_and_predicts_what_the_forecaster
     loaded = Forecaster.load(tracker.model_dir(version))
     assert loaded.kind == "ensemble" and loaded.weight == 0.5
     pd.testing.assert_frame_equal(pyfunc.predict(history), forecast_latest(loaded, history))
+    # The planned future through the one-frame input: a horizon without any holiday (the column empty, as
+    # future_covariates leaves it) forecasts as the forecaster does with that future frame.
+    cut = history["date"].sort_values().unique()[-9]
+    past = history[history["date"] <= cut]
+    future = history[history["date"] > cut][["store_id", "item_id", "date", "holiday"]].assign(holiday=np.nan)
+    pd.testing.assert_frame_equal(
+        pyfunc.predict(model_input(past, future)),
+        forecast_latest(loaded, past.assign(store_id=past["store_id"].astype(str)), future),
+        check_dtype=False,
+    )
