@@ -7,7 +7,7 @@ TORCH_LINKS := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/whee
 export BI_PIPELINE_HOME ?= $(CURDIR)/.bi_pipeline
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo run ui test test-fast lint bench clean
+.PHONY: install demo run ui test test-fast lint bench clean prod-up prod-down
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ test-fast: install  ## lint, then the tests not marked slow (a quick loop while 
 
 bench: install  ## ingestion benchmark at 1M rows (see README for M5 scale)
 	$(BIN)/bi-pipeline bench ingest --series 10000 --periods 100 --out bench_ingest_1m.json
+
+prod-up: install  ## a local production cluster on the machine's PostgreSQL and Redis: Celery workers, daemon, UI, MLflow server (docs/production.md)
+	deploy/cluster.sh up
+
+prod-down:  ## stop every service `make prod-up` started (`deploy/cluster.sh status` says what runs)
+	deploy/cluster.sh down
 
 clean:
 	rm -rf $(BI_PIPELINE_HOME)

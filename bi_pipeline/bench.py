@@ -53,7 +53,10 @@ def bench_ingest(
     gx_landed_max_rows: int | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
     chunk_rows: int = 2_000_000,
+    on_integrated: Callable[[pd.DataFrame, str], None] | None = None,
 ) -> dict:
+    """Landing zone -> integrated_sales on generated data (see the module's docstring); ``on_integrated`` is handed
+    the integrated frame and its frequency (what ``bench scale`` goes on from)."""
     from bi_pipeline.expectations import Validator, batch_validation_frames, validate_sales
     from bi_pipeline.integration import integrate
 
@@ -184,6 +187,8 @@ def bench_ingest(
         "quarantine_matches_injected": quarantined == expected,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pandas": pd.__version__},
     }
+    if on_integrated is not None:
+        on_integrated(integrated, freq)
     if not keep and not workdir:
         shutil.rmtree(root, ignore_errors=True)
     return result
@@ -239,6 +244,19 @@ def bare_patchtst_windows_per_second(
     return seen / elapsed if elapsed else float("nan")
 
 
+def _throughput(result, seconds: float) -> dict:
+    """A training run's windows/s, all epochs and after the first (warm), and its wall time with the processes'
+    start."""
+    later = result.history[1:] or result.history
+    warm = sum(r["windows"] for r in later) / max(sum(r["seconds"] for r in later), 1e-9)
+    return {
+        "train_windows_per_second": round(result.windows_per_second, 1),
+        "warm_train_windows_per_second": round(warm, 1),
+        "train_seconds": round(seconds, 2),
+        "epochs": result.epochs_run,
+    }
+
+
 def bench_forecaster(
     series: int = 300,
     periods: int = 156,
@@ -250,17 +268,21 @@ def bench_forecaster(
     batch_size: int = 128,
     device: str = "auto",
     workdir: Path | None = None,
+    processes: tuple[int, ...] = (1,),
+    workers: int = 0,
 ) -> dict:
     """Training throughput (windows/s) and inference speed (series/s) of the forecaster on generated data, with the
-    device, its precision (bf16 autocast on CUDA) and peak memory."""
+    device, its precision (bf16 autocast on CUDA) and peak memory. Training runs once per count of data-parallel
+    ``processes`` (the same global batch), each with ``workers`` DataLoader workers a process; the figures outside
+    ``by_processes`` are the first count's."""
     import torch
 
     from bi_pipeline.forecasting.backtest import load_history
     from bi_pipeline.forecasting.configuration import TrainConfig
     from bi_pipeline.forecasting.device import choose_device
+    from bi_pipeline.forecasting.distributed import train_distributed
     from bi_pipeline.forecasting.features import fit_spec
     from bi_pipeline.forecasting.panel import build_panel
-    from bi_pipeline.forecasting.trainer import train_forecaster
     from bi_pipeline.forecasting.transformer import forecast
     from bi_pipeline.generate import GenerationSpec, generate
 
@@ -280,16 +302,25 @@ def bench_forecaster(
         batch_size=batch_size,
         device=device,
     )
-    started = time.perf_counter()
-    result = train_forecaster(panel, horizon, origin, config)
-    train_seconds = time.perf_counter() - started
+    if not processes or min(processes) < 1:
+        raise ValueError(f"processes: counts of at least 1, not {processes}")
+    runs = {}
+    for count in processes:
+        started = time.perf_counter()
+        run = train_distributed(panel, horizon, origin, config, processes=count, workers=workers)
+        runs[count] = (run, time.perf_counter() - started)
+    result, train_seconds = runs[processes[0]]
+    by_processes = {str(count): _throughput(run, seconds) for count, (run, seconds) in runs.items()}
+    reference = by_processes[str(processes[0])]["warm_train_windows_per_second"]
+    for figures in by_processes.values():
+        # Against the first count: with 1 first, the speed-up of N processes over one.
+        figures["warm_vs_first"] = round(figures["warm_train_windows_per_second"] / reference, 3) if reference else None
     forecast(result.model, panel, origin)  # warm-up
     started = time.perf_counter()
     out = forecast(result.model, panel, origin)
     predict_seconds = time.perf_counter() - started
     chosen = choose_device(device)
-    later = result.history[1:] or result.history
-    warm = sum(r["windows"] for r in later) / max(sum(r["seconds"] for r in later), 1e-9)
+    warm = by_processes[str(processes[0])]["warm_train_windows_per_second"]
     bare = bare_patchtst_windows_per_second(
         panel, result.model.config, origin, chosen, batch_size, max_windows_per_epoch
     )
@@ -309,7 +340,12 @@ def bench_forecaster(
         "torch_threads": torch.get_num_threads(),
         "train_windows_per_second": round(result.windows_per_second, 1),
         # After the first epoch, which also pays for the device's start (CUDA context, kernel selection).
-        "warm_train_windows_per_second": round(warm, 1),
+        "warm_train_windows_per_second": warm,
+        "batch_size": batch_size,
+        "loader_workers": workers,
+        # Per count of data-parallel processes (one global batch of batch_size shared out): training windows/s of
+        # them all together, and the warm figure over the first count's.
+        "by_processes": by_processes,
         # The same windows through a bare PatchTST (one backbone, a linear head, MAE, Adam) on the same device, its
         # first batch not timed: what the pipeline's own training costs on top (members, quantile head, mixup, weight
         # average).

@@ -10,6 +10,7 @@ bi-pipeline import-csv FILE --to DIR --date COL --store COL [--item COL] --sales
 bi-pipeline backtest --data DIR --horizon H [--season-length M] [--windows W] [--out FILE.json]
 bi-pipeline pretrain --frequency W --horizon H --out DIR   pretrain on a synthetic corpus (a checkpoint)
 bi-pipeline bench ingest --series N --periods P --out FILE.json
+bi-pipeline bench scale --out m5_scale.json     (M5 scale: 30,490 series x 1,941 days, every stage)
 bi-pipeline bench continual --data DIR --start-periods S --step 1 --out FILE.json
 """
 
@@ -243,9 +244,12 @@ def cmd_remove_period(args: argparse.Namespace) -> int:
 
 def cmd_docs(args: argparse.Namespace) -> int:
     from bi_pipeline.docs_site import DocsNotBuilt, serve_docs
+    from bi_pipeline.storage import is_local, pull
 
     settings = Settings.from_env()
     port = args.port or settings.docs_port
+    if not is_local(settings.gx_store):  # the site as the workers last stored it
+        pull(settings.gx_store, settings.gx_dir, skip=lambda name: name.endswith(".lock"))
     try:
         serve_docs(settings.gx_dir, port)
     except DocsNotBuilt as exc:
@@ -470,6 +474,8 @@ def cmd_bench_forecaster(args: argparse.Namespace) -> int:
         max_windows_per_epoch=args.max_windows,
         batch_size=args.batch_size,
         device=from_args(TrainingSettings, args).device,
+        processes=tuple(args.processes),
+        workers=args.workers,
     )
     return _write_json(result, args.out)
 
@@ -551,6 +557,20 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         keep=args.keep,
         gx_landed_max_rows=args.gx_landed_max_rows,
         progress=_progress,
+    )
+    return _write_json(result, args.out)
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from bi_pipeline.bench_scale import bench_scale
+
+    result = bench_scale(
+        series=args.series,
+        periods=args.periods,
+        frequency=args.frequency,
+        horizon=args.horizon,
+        workdir=Path(args.workdir) if args.workdir else None,
+        progress=_say,
     )
     return _write_json(result, args.out)
 
@@ -666,6 +686,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="GX-validate the landed rows of chunks up to this size (default: BI_PIPELINE_GX_LANDED_MAX_ROWS)",
     )
     ingest.set_defaults(func=cmd_bench_ingest)
+    scale = bench_sub.add_parser(
+        "scale", help="landing zone -> features -> one training epoch -> every series forecast: seconds, peak RSS"
+    )
+    scale.add_argument("--series", type=int, default=30490, help="series (default: M5's 30,490)")
+    scale.add_argument("--periods", type=int, default=1941, help="periods (default: M5's 1,941 days)")
+    scale.add_argument("--frequency", choices=FREQUENCIES, default="D")
+    scale.add_argument("--horizon", type=int, help="periods forecast (default: 28 daily, 13 weekly, 12 monthly)")
+    scale.add_argument("--workdir", help="where to generate (default: a temporary directory, removed)")
+    scale.add_argument("--out", help="write the JSON here too")
+    scale.set_defaults(func=cmd_bench_scale)
     fc = bench_sub.add_parser("forecaster", help="training windows/s and inference series/s of the forecaster")
     fc.add_argument("--series", type=int, default=300)
     fc.add_argument("--periods", type=int, default=156)
@@ -674,7 +704,15 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--epochs", type=int, default=3)
     fc.add_argument("--members", type=int, default=1)
     fc.add_argument("--max-windows", type=int, default=4096, help="training windows per epoch")
-    fc.add_argument("--batch-size", type=int, default=128)
+    fc.add_argument("--batch-size", type=int, default=128, help="the global batch, shared out among the processes")
+    fc.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="train once per count of data-parallel processes (e.g. 1 2) and report windows/s for each",
+    )
+    fc.add_argument("--workers", type=int, default=0, help="DataLoader workers per process that gather the batches")
     add_flags(fc, TrainingSettings, only=("device",))
     fc.add_argument("--out", help="write the JSON here too")
     fc.set_defaults(func=cmd_bench_forecaster)

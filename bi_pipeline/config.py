@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from bi_pipeline.state import ensure_private_dir, sweep_temp_files
+from bi_pipeline.storage import StoragePath, is_local, storage_path
 
 FREQUENCIES = ("D", "W", "M")
 SALES_GRAINS = ("rows", "transactions")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CALENDAR_EFFECTS = ("easter", "all", "off")
 PROFILE_SETTINGS = ("auto", "on", "off")
+EXECUTORS = ("multiprocess", "in_process", "celery")
 PREFIX = "BI_PIPELINE_"
 
 
@@ -147,7 +149,7 @@ def markdown_table(cls: type) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the data half of the pipeline needs to know."""
+    """What the data half of the pipeline needs to know, where its state is stored and how its runs execute."""
 
     home: Path = setting(Path(".bi_pipeline"), "the one directory that holds every piece of state")
     landing: Path | None = setting(None, "the landing zone; unset: `$BI_PIPELINE_HOME/landing`")
@@ -179,6 +181,19 @@ class Settings:
     ingest_attempts: int = setting(3, "runs requested in all for a file whose ingestion failed")
     pii_columns: tuple[str, ...] = setting(("description",), "columns masked in every metadata preview and log line")
     docs_port: int = setting(3001, "`bi-pipeline docs` serves the GX Data Docs on 127.0.0.1 at this port")
+    storage: str | None = setting(
+        None,
+        "root of asset values, the GX context and Data Docs, checkpoints and the forecast archive: a path or an "
+        "fsspec URL (s3://…, gs://…, file://…); unset: $BI_PIPELINE_HOME",
+    )
+    executor: str = setting(
+        "multiprocess",
+        "how a run's steps execute: multiprocess (a process per step on this machine), in_process, or celery (steps "
+        "queued to Celery workers)",
+        choices=EXECUTORS,
+    )
+    celery_broker: str = setting("redis://127.0.0.1:6379/0", "the Celery broker when the executor is celery")
+    celery_backend: str = setting("redis://127.0.0.1:6379/1", "the Celery result backend when the executor is celery")
 
     def __post_init__(self) -> None:
         home = Path(self.home).expanduser().resolve()
@@ -198,6 +213,8 @@ class Settings:
         for name in ("max_file_bytes", "max_rows", "max_columns", "max_parquet_bytes", "max_line_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.ingest_attempts < 1:
             raise ValueError(f"ingest_attempts must be at least 1, got {self.ingest_attempts}")
 
@@ -211,12 +228,35 @@ class Settings:
         return self.home / "dagster"
 
     @property
-    def asset_dir(self) -> Path:
-        return self.home / "assets"
+    def storage_root(self) -> StoragePath:
+        """Asset values, the GX context and Data Docs, checkpoints and the forecast archive: the home, or
+        ``BI_PIPELINE_STORAGE`` (a path or any fsspec URL; docs/production.md)."""
+        return storage_path(self.storage) if self.storage else self.home
+
+    @property
+    def asset_dir(self) -> StoragePath:
+        return self.storage_root / "assets"
+
+    @property
+    def gx_store(self) -> StoragePath:
+        """The GX context and its Data Docs site as kept under the storage root."""
+        return self.storage_root / "gx"
 
     @property
     def gx_dir(self) -> Path:
-        return self.home / "gx"
+        """The GX file context GX works in: the stored one on a local root, else a local copy kept in step with
+        :attr:`gx_store` (GX's file context needs a real directory)."""
+        return Path(self.gx_store) if is_local(self.gx_store) else self.home / "gx"
+
+    @property
+    def archive_dir(self) -> StoragePath:
+        """Every published forecast, by cutoff and model version (bi_pipeline.forecasting.live)."""
+        return self.storage_root / "forecast_archive"
+
+    @property
+    def pretrained_dir(self) -> StoragePath:
+        """Checkpoints pretrained on the generator's corpus (bi_pipeline.synthetic)."""
+        return self.storage_root / "pretrained"
 
     @property
     def state_dir(self) -> Path:
@@ -243,8 +283,8 @@ class Settings:
         return self.home / "mlartifacts"
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.home / "checkpoints"
+    def checkpoint_dir(self) -> StoragePath:
+        return self.storage_root / "checkpoints"
 
 
 @dataclass
@@ -267,6 +307,10 @@ class TrainingSettings:
     )
     device: str = setting("auto", "auto: CUDA with bf16 autocast when present, else every CPU core; or cpu, cuda:1, …")
     seed: int = setting(0, "seed of the first member (member k: seed + k)")
+    processes: int = setting(
+        1, "data-parallel training processes on this machine (one per GPU; on CPUs they share the cores); docs/model.md"
+    )
+    loader_workers: int = setting(0, "DataLoader worker processes per training process that gather the batches")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -364,8 +408,9 @@ def prepare_dagster_home(settings: Settings) -> Path:
     # The home holds the business's data and models: readable by its user only when this creates it.
     ensure_private_dir(settings.home)
     # Temporary files a crashed writer left behind (old enough that no write in progress owns them).
-    for folder in (settings.asset_dir, settings.state_dir, settings.home / "forecast_archive"):
-        sweep_temp_files(folder)
+    for folder in (settings.asset_dir, settings.state_dir, settings.archive_dir):
+        if is_local(folder):
+            sweep_temp_files(Path(folder))
     target = settings.dagster_home
     target.mkdir(parents=True, exist_ok=True)
     config = target / "dagster.yaml"

@@ -10,6 +10,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bi_pipeline.quality import (
     period_end,
     period_start_array,
 )
+from bi_pipeline.storage import StoragePath, is_local, pull, push
 
 VALIDATION_COLUMNS = ("date", "store_id", "item_id", "sales", "price", "period_offset", "key_repeat")
 
@@ -291,12 +293,23 @@ def calendar_suite_spec(has_store: bool) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-class Validator:
-    """Runs suites through a GX file context under the home and keeps its Data Docs site up to date."""
+def _local_only(relative: str) -> bool:
+    """Lock files belong to the local copy, never to the store."""
+    return relative == ".lock" or relative.endswith(".lock")
 
-    def __init__(self, gx_dir: Path, data_docs: bool = True) -> None:
+
+class Validator:
+    """Runs suites through a GX file context under the storage root and keeps its Data Docs site up to date.
+
+    GX's file context needs a real directory: with a remote root (``BI_PIPELINE_STORAGE=s3://…``), ``gx_dir`` is a
+    local copy of ``store`` that each validation first brings up to date (suites, checkpoints and the results other
+    workers stored) and then writes its own files back to, Data Docs included.
+    """
+
+    def __init__(self, gx_dir: Path, data_docs: bool = True, store: StoragePath | None = None) -> None:
         self.gx_dir = Path(gx_dir)
         self.data_docs = data_docs
+        self.store = store
         self._context = None
         # Checkpoints already stored in the context, by name and spec: storing them again costs a file write each.
         self._checkpoints: dict[tuple[str, str], Any] = {}
@@ -316,15 +329,27 @@ class Validator:
     def docs_index(self) -> Path:
         return site_dir(self.gx_dir) / "index.html"
 
+    @classmethod
+    def for_settings(cls, settings: Settings, data_docs: bool = True) -> Validator:
+        """The validator of ``settings``' storage root: in place on a local root, through a local copy otherwise."""
+        store = None if is_local(settings.gx_store) else settings.gx_store
+        return cls(settings.gx_dir, data_docs=data_docs, store=store)
+
     def run(self, name: str, frame: pd.DataFrame, spec: list[tuple[str, dict[str, Any]]]) -> SuiteOutcome:
         # The file context is not safe for concurrent writers: one validation at a time, across threads and the
         # processes of concurrent runs.
         self.gx_dir.mkdir(parents=True, exist_ok=True)
         with _LOCK, (self.gx_dir / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            started = time.time()
+            if self.store is not None:
+                pull(self.store, self.gx_dir, skip=_local_only)
             checkpoint = self._checkpoint(name, spec)
             result = checkpoint.run(batch_parameters={"dataframe": frame})
             page = self._docs_page(name, result) if self.data_docs else None
+            if self.store is not None:
+                # Files are stamped to the second on some filesystems: a second's slack never misses one.
+                push(self.gx_dir, self.store, since=started - 1.0, skip=_local_only)
         return self._outcome(name, frame, result, page)
 
     def _docs_page(self, name: str, result) -> Path | None:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,10 @@ from bi_pipeline.forecasting.configuration import ARCHITECTURE, TrainConfig
 from bi_pipeline.forecasting.pretraining import MANIFEST, default_config, pretrain
 from bi_pipeline.forecasting.trainer import Progress
 from bi_pipeline.generate import FREQUENCIES, GenerationSpec, simulate_totals
+from bi_pipeline.storage import StoragePath, is_local, pull, push
+
+if TYPE_CHECKING:
+    from bi_pipeline.config import Settings
 
 # Five years weekly, 25 monthly, two daily: several yearly cycles per series at every frequency.
 DEFAULT_PERIODS = {"D": 730, "W": 260, "M": 300}
@@ -127,11 +132,19 @@ def pretrain_synthetic(
 
 
 def synthetic_checkpoint(
-    frequency: str, horizon: int, config: TrainConfig, home: Path, progress: Progress | None = None
+    frequency: str,
+    horizon: int,
+    config: TrainConfig,
+    home: Path,
+    progress: Progress | None = None,
+    store: StoragePath | None = None,
 ) -> Path:
     """The default corpus's checkpoint for this frequency, horizon and architecture (taken from ``config``), under
     ``home/pretrained/``: pretrained the first time it is asked for (minutes on a CPU), then reused. The directory
-    name carries a hash of everything that fixes it, so another setting gets its own checkpoint."""
+    name carries a hash of everything that fixes it, so another setting gets its own checkpoint.
+
+    With a remote ``store`` (``<storage root>/pretrained``), ``home/pretrained`` is a local copy: a checkpoint another
+    machine pretrained is fetched from the store, and one pretrained here is stored there once it is complete."""
     corpus = CorpusSpec(frequency=frequency, **SYNTHETIC_CORPUS)
     # The corpus seed also seeds the training, as `bi-pipeline pretrain` does: both give the same checkpoint.
     architecture = {name: getattr(config, name) for name in _ARCHITECTURE_FIELDS}
@@ -141,6 +154,9 @@ def synthetic_checkpoint(
     path = home / "pretrained" / f"synthetic-{frequency}-h{horizon}-{key}"
     if (path / MANIFEST).exists():
         return path
+    stored = store / path.name if store is not None else None
+    if stored is not None and (stored / MANIFEST).exists():
+        return _fetch(stored, path)
 
     def report(record: dict) -> None:
         if progress and record.get("stage") == "train":
@@ -168,19 +184,46 @@ def synthetic_checkpoint(
                     raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    if stored is not None and not (stored / MANIFEST).exists():
+        # The manifest goes last: a store holding it holds the whole checkpoint.
+        push(path, stored, skip=lambda name: name == MANIFEST)
+        push(path, stored, skip=lambda name: name != MANIFEST)
+    return path
+
+
+def _fetch(stored: StoragePath, path: Path) -> Path:
+    """A stored checkpoint copied beside ``path`` and moved into place (the same care as pretraining it here)."""
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        pull(stored, partial)
+        if not (path / MANIFEST).exists():
+            shutil.rmtree(path, ignore_errors=True)
+            try:
+                partial.rename(path)
+            except OSError:
+                if not (path / MANIFEST).exists():
+                    raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return path
 
 
 def resolve_init_from(
-    config: TrainConfig, frequency: str, horizon: int, home: Path | None = None, progress: Progress | None = None
+    config: TrainConfig,
+    frequency: str,
+    horizon: int,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
 ) -> TrainConfig:
     """``config`` with ``init_from="synthetic"`` replaced by the synthetic checkpoint's directory (built if missing,
-    under ``$BI_PIPELINE_HOME``); any other value is returned as it is."""
+    under the storage root of ``settings``, the environment's by default); any other value is returned as it is."""
     if config.init_from != SYNTHETIC:
         return config
-    if home is None:
+    if settings is None:
         from bi_pipeline.config import Settings
 
-        home = Settings.from_env().home
-    path = synthetic_checkpoint(frequency, horizon, config, home, progress)
+        settings = Settings.from_env()
+    root = settings.pretrained_dir
+    home, store = (Path(root).parent, None) if is_local(root) else (settings.home, root)
+    path = synthetic_checkpoint(frequency, horizon, config, home, progress, store)
     return dataclasses.replace(config, init_from=str(path))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import uuid
 
 import dagster as dg
 import pandas as pd
@@ -268,3 +270,42 @@ def test_bench_continual_command_writes_the_replay_json(tmp_path, capsys):
     assert result["incremental_config"]["epochs"] == 1 and result["train_config"]["members"] == 1
     assert {"time_ratio", "mase_ratio", "forgetting"} <= set(result)
     assert '"time_ratio"' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_on_a_url_storage_root_gives_the_default_roots_results(home, tmp_path, monkeypatch, capsys):
+    """Asset values, the GX context and Data Docs, checkpoints and the forecast archive under an fsspec URL (the
+    memory filesystem: no rename, no local path), value for value what the default root holds."""
+    from upath import UPath
+
+    from bi_pipeline.storage import files, read_bytes, remove_tree
+
+    args = ["demo", "--stores", "2", "--items", "6", "--periods", "20", "--defects", "1"]
+    assert main(args) == 0
+    other = tmp_path / "other"
+    root = UPath(f"memory://bi-pipeline-{uuid.uuid4().hex[:8]}/root")
+    monkeypatch.setenv("BI_PIPELINE_HOME", str(other))
+    monkeypatch.setenv("BI_PIPELINE_STORAGE", str(root))
+    try:
+        capsys.readouterr()
+        assert main(args) == 0
+        assert f"assets stored under {root}/assets" in capsys.readouterr().out
+        for asset in ("integrated_sales", "features", "forecasts", "backtest", "orders", "drivers"):
+            stored = pd.read_parquet(io.BytesIO(read_bytes(root / "assets" / f"{asset}.parquet")))
+            pd.testing.assert_frame_equal(stored, pd.read_parquet(home / "assets" / f"{asset}.parquet"), obj=asset)
+        periods = sorted(p.name for p in files(root / "assets" / "clean_sales"))
+        assert periods == sorted(p.name for p in (home / "assets" / "clean_sales").glob("*.parquet"))
+        assert len(periods) == 20
+        archive = [p.name for p in files(root / "forecast_archive")]
+        assert archive == [p.name for p in (home / "forecast_archive").glob("*.parquet")] and len(archive) == 1
+        # The GX context and its Data Docs are stored there too (GX itself works in a local copy under the home).
+        docs = root / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+        assert (docs / "index.html").exists() and list(files(docs / "validations"))
+        assert (root / "gx" / "gx" / "great_expectations.yml").exists()
+        # The training's checkpoints went there and were cleared once it succeeded; nothing is stored locally.
+        assert not list(files(root / "checkpoints"))
+        assert [p.name for p in files(root / "reports")] == [p.name for p in (home / "reports").glob("*.html")]
+        for local in ("assets", "forecast_archive", "checkpoints", "reports"):
+            assert not (other / local).exists(), local
+    finally:
+        remove_tree(root)

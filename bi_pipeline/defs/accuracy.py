@@ -45,7 +45,7 @@ def forecast_accuracy(
     reads ``latest_MASE`` and ``champion_backtest_MASE``)."""
     frequency = partition_frequency(context, pipeline)
     season = season_length_for(frequency, int(integrated_sales["date"].nunique()), forecasting.season_length)
-    archive = pipeline.settings().home / "forecast_archive"
+    archive = pipeline.settings().archive_dir
     report = live_report(integrated_sales, archive, mlflow_tracking.tracker(), season)
     table, scored, evidence = report.table, report.scored, report.evidence
     champion, champion_mase = report.champion_version, report.champion_mase

@@ -27,6 +27,30 @@ from bi_pipeline.defs.resources import (
 MLFLOW_URI_ENV = "BI_PIPELINE_MLFLOW_URI"
 
 
+def _secret(value: str, env: str) -> str | dict:
+    """A value read from the environment can hold a password: Dagster config gets the variable's name instead."""
+    return {"env": env} if os.environ.get(env) and os.environ[env] == value else value
+
+
+def build_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """The executor every job's runs use (``BI_PIPELINE_EXECUTOR``): steps in subprocesses on this machine by
+    default, or queued to Celery workers on the broker (docs/production.md). ``bi-pipeline run`` and ``demo`` execute
+    in process whatever this says; runs launched by the webserver, the daemon's sensors and schedules use it."""
+    if settings.executor == "in_process":
+        return dg.in_process_executor
+    if settings.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {
+                "broker": _secret(settings.celery_broker, "BI_PIPELINE_CELERY_BROKER"),
+                "backend": _secret(settings.celery_backend, "BI_PIPELINE_CELERY_BACKEND"),
+            },
+            name="celery",
+        )
+    return dg.multiprocess_executor
+
+
 def build_defs(
     settings: Settings | None = None,
     forecast: ForecastSettings | None = None,
@@ -48,6 +72,7 @@ def build_defs(
         jobs=list(JOBS),
         sensors=[landing_zone_sensor, inventory_sensor, retrain_sensor, forecast_sensor, automation_sensor],
         schedules=build_schedules(forecast),
+        executor=build_executor(settings),
         resources={
             "pipeline": PipelineResource.from_settings(settings),
             "forecasting": ForecastingResource.from_settings(settings, forecast, training, recipe),

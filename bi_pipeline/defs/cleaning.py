@@ -132,7 +132,7 @@ def clean_sales(
     landed, kept = batch_validation_frames(cleaned, frequency, known_stores, known_items, settings.gx_landed_max_rows)
     del cleaned
     landed_result, gate_result = sales_check_results(
-        Validator(settings.gx_dir), landed, kept, lambda: kept_source_files(results), sample, settings
+        Validator.for_settings(settings), landed, kept, lambda: kept_source_files(results), sample, settings
     )
     del landed, kept, sample
     yield landed_result

@@ -77,7 +77,7 @@ def _master_asset(name: str, key: str, description: str):
             return
         spec = calendar_suite_spec("store_id" in frame.columns) if name == "calendar" else master_suite_spec(key)
         check_frame = frame.replace({"": None})
-        outcome = Validator(settings.gx_dir).run(name, check_frame, spec)
+        outcome = Validator.for_settings(settings).run(name, check_frame, spec)
         yield gx_check_result(check_name, outcome, f"{name}.csv", settings=settings)
 
     return _asset

@@ -32,7 +32,7 @@ from bi_pipeline.forecasting.live import load_archive
 from bi_pipeline.forecasting.metrics import season_length_for
 from bi_pipeline.forecasting.usecases import live_report
 from bi_pipeline.privacy import redact_uri
-from bi_pipeline.state import atomic_write_text
+from bi_pipeline.storage import is_local, write_file
 
 GROUP = "decisions"
 
@@ -142,8 +142,8 @@ def alerts(
     settings, economics = pipeline.settings(), decisions.economics()
     frequency = partition_frequency(context, pipeline)
     season = season_length_for(frequency, int(integrated_sales["date"].nunique()), forecasting.season_length)
-    archive = load_archive(settings.home / "forecast_archive")
-    report = live_report(integrated_sales, settings.home / "forecast_archive", mlflow_tracking.tracker(), season)
+    archive = load_archive(settings.archive_dir)
+    report = live_report(integrated_sales, settings.archive_dir, mlflow_tracking.tracker(), season)
     rates = {
         key: (len(sales_quarantine.get(key, ())), len(clean_sales.get(key, ())) + len(sales_quarantine.get(key, ())))
         for key in set(clean_sales) | set(sales_quarantine)
@@ -312,21 +312,20 @@ def insights(
 ) -> dg.MaterializeResult:
     """One self-contained HTML report per publication: headline numbers against the same periods last year by store
     and category, the top movers, the drivers, the open alerts and the orders, written under
-    ``$BI_PIPELINE_HOME/reports``."""
+    ``reports/`` of the storage root (``$BI_PIPELINE_HOME`` by default)."""
     settings = pipeline.settings()
     frequency = partition_frequency(context, pipeline)
     master = master_or_none(items)
     effects = category_table(integrated_sales, master)
     report = build_insights(integrated_sales, forecasts, frequency, orders, alerts, master, drivers, effects)
     cutoff = pd.Timestamp(forecasts["cutoff"].iloc[0]).date()
-    path = settings.home / "reports" / f"insights_{cutoff}_v{forecasts['model_version'].iloc[0]}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, report.html)
+    path = settings.storage_root / "reports" / f"insights_{cutoff}_v{forecasts['model_version'].iloc[0]}.html"
+    write_file(path, lambda handle: handle.write(report.html.encode("utf-8")))
     context.log.info(f"insights report: {path}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
-            "open": dg.MetadataValue.url(path.as_uri()),
+            "open": dg.MetadataValue.url(path.as_uri() if is_local(path) else str(path)),
             "sections": ", ".join(report.sections),
             "bytes": len(report.html.encode()),
         }

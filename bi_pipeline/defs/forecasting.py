@@ -3,7 +3,6 @@ backtest that compares the forecaster with strong baselines on the same holdout.
 case of :mod:`bi_pipeline.forecasting.usecases`."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -33,6 +32,7 @@ from bi_pipeline.forecasting.usecases import (
 )
 from bi_pipeline.plots import figure, png_base64
 from bi_pipeline.privacy import redact_uri
+from bi_pipeline.storage import StoragePath, storage_path
 from bi_pipeline.synthetic import resolve_init_from
 
 GROUP = "forecasting"
@@ -149,10 +149,10 @@ def forecaster(
     split = split_of(features)
     panel = panel_from_frame(features, upto=split.cutoff)
     train_config = forecasting.train_config(validation_periods=split.validation_periods)
-    checkpoints = run_checkpoints(Path(forecasting.checkpoint_dir), context.run)
+    checkpoints = run_checkpoints(storage_path(forecasting.checkpoint_dir), context.run)
     reporter = training_reporter(context.log, checkpoints)
     # "synthetic": the checkpoint pretrained on the generator's corpus (built on first use, then reused).
-    train_config = resolve_init_from(train_config, task.frequency, task.horizon, settings.home, reporter)
+    train_config = resolve_init_from(train_config, task.frequency, task.horizon, settings, reporter)
     promotion = Promotion(
         ensemble=forecast_settings.ensemble,
         margin=forecast_settings.promotion_margin,
@@ -248,7 +248,7 @@ def forecaster(
     )
 
 
-def run_checkpoints(checkpoint_dir: Path, run: dg.DagsterRun) -> Path:
+def run_checkpoints(checkpoint_dir: StoragePath, run: dg.DagsterRun) -> StoragePath:
     """The training checkpoints of a run: a folder per run, so concurrent trainings never share one, keyed by the
     root run, so a retry of a failed run (a new run with the same root) resumes from its last epoch."""
     return checkpoint_dir / "forecaster" / (run.root_run_id or run.run_id)
@@ -297,7 +297,7 @@ def forecasts(
     history = integrated_sales
     try:
         published = publish_forecasts(
-            history, master_or_none(calendar), mlflow_tracking.tracker(), pipeline.settings().home / "forecast_archive"
+            history, master_or_none(calendar), mlflow_tracking.tracker(), pipeline.settings().archive_dir
         )
     except NoChampion as exc:
         raise dg.Failure(str(exc)) from None

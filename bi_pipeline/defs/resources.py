@@ -1,4 +1,4 @@
-"""Resources: the pipeline's settings and the Parquet IO manager that keeps asset values under the home."""
+"""Resources: the pipeline's settings and the Parquet IO manager that keeps asset values under the storage root."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+from dagster._core.storage.upath_io_manager import escape_dotdot_segments, escape_leading_slash
 from pydantic import Field
 
 from bi_pipeline.config import DecisionSettings, ForecastSettings, Settings, TrainingSettings, settings_fields
-from bi_pipeline.state import atomic_write
+from bi_pipeline.storage import read_parquet, storage_path, write_file, write_parquet
 
 
 def _config_type(hint: Any) -> Any:
@@ -140,59 +141,82 @@ class DecisionResource(_DecisionBase):
         return DecisionSettings(**_values(self, DecisionSettings))
 
 
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """DataFrames as Parquet: ``<base_dir>/<asset>/<partition>.parquet`` or ``<base_dir>/<asset>.parquet``.
+class ParquetStore(dg.UPathIOManager):
+    """DataFrames as Parquet under a storage root (a path or any fsspec URL): ``<root>/<asset>/<partition>.parquet``
+    or ``<root>/<asset>.parquet``.
 
     A run over many partitions (single-run backfill) hands over ``{partition_key: DataFrame}``; loading partitions
-    always gives that mapping back. A partition the mapping leaves out keeps what is stored (``raw_sales`` for a
-    period whose file is gone). Files are written to a temporary name, fsync'd and renamed, so a crash never leaves
-    a half-written partition behind.
+    always gives that mapping back, leaving out (with a warning) partitions not materialized yet. A partition the
+    mapping leaves out keeps what is stored (``raw_sales`` for a period whose file is gone). On a local disk files
+    are written to a temporary name, fsync'd and renamed, so a crash never leaves a half-written partition behind;
+    on an object store each file is one ``put``.
     """
+
+    extension = ".parquet"
+
+    def make_safe_partition_path(self, base_path, partition: str):
+        # Partition keys are dates; escaping `..` keeps any key inside the asset's folder on a real filesystem too.
+        return base_path / escape_dotdot_segments(escape_leading_slash(partition))
+
+    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path) -> None:
+        write_file(path, lambda handle: write_parquet(obj, handle))
+
+    def load_from_path(self, context: dg.InputContext, path) -> pd.DataFrame:
+        return read_parquet(path)
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | dict[str, pd.DataFrame] | None) -> None:
+        if obj is None:
+            return
+        name = context.asset_key.to_user_string()
+        if context.has_asset_partitions and (isinstance(obj, dict) or len(context.asset_partition_keys) != 1):
+            if not isinstance(obj, dict):
+                raise dg.Failure(f"{name}: one DataFrame for {len(context.asset_partition_keys)} partitions")
+            paths = self._get_paths_for_partitions(context)
+            for key, frame in obj.items():
+                self.dump_to_path(context, frame, paths[key])
+            rows = sum(len(f) for f in obj.values())
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(self._get_path_without_extension(context)))})
+        else:
+            super().handle_output(context, obj)
+            rows = len(obj)
+        context.log.debug(f"wrote {rows} rows of {name}")
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        if context.has_asset_key and context.has_asset_partitions and not context.asset_partition_keys:
+            return {}  # no partition yet (no stock snapshot landed): an empty mapping, not None
+        return super().load_input(context)
+
+    def load_partitions(self, context: dg.InputContext) -> dict[str, pd.DataFrame]:
+        # Always a mapping, for one partition or many, so asset code has one shape to handle.
+        frames, missing = {}, []
+        for key, path in self._get_paths_for_partitions(context).items():
+            try:
+                frames[key] = self.load_from_path(context, path)
+            except FileNotFoundError:
+                missing.append(key)
+        if missing:
+            context.log.warning(
+                f"{context.asset_key.to_user_string()}: {len(missing)} partition(s) not materialized yet, skipped: "
+                + ", ".join(missing[:10])
+            )
+        return frames
+
+    def _load_single_input(self, path, context: dg.InputContext) -> pd.DataFrame:
+        try:
+            return self.load_from_path(context, path)
+        except FileNotFoundError:
+            raise dg.Failure(
+                f"{context.asset_key.to_user_string()} has not been materialized yet (no {path})"
+            ) from None
+
+
+class ParquetIOManager(dg.ConfigurableIOManagerFactory):
+    """Asset values as Parquet under ``base_dir``: a local path or any fsspec URL (``BI_PIPELINE_STORAGE``)."""
 
     base_dir: str
 
-    def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
-        base = Path(self.base_dir).joinpath(*asset_key.path)
-        return base / f"{partition}.parquet" if partition is not None else base.with_suffix(".parquet")
-
-    @staticmethod
-    def _write(frame: pd.DataFrame, path: Path) -> None:
-        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
-
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | dict[str, pd.DataFrame]) -> None:
-        if obj is None:
-            return
-        if context.has_asset_partitions:
-            keys = context.asset_partition_keys
-            frames = obj if isinstance(obj, dict) else {keys[0]: obj}
-            if isinstance(obj, pd.DataFrame) and len(keys) != 1:
-                raise dg.Failure(f"{context.asset_key.to_user_string()}: one DataFrame for {len(keys)} partitions")
-            for key, frame in frames.items():
-                self._write(frame, self._path(context.asset_key, key))
-            rows = sum(len(f) for f in frames.values())
-        else:
-            self._write(obj, self._path(context.asset_key, None))
-            rows = len(obj)
-        context.add_output_metadata({"storage": dg.MetadataValue.path(str(self._path(context.asset_key, None).parent))})
-        context.log.debug(f"wrote {rows} rows of {context.asset_key.to_user_string()}")
-
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
-        asset_key = context.asset_key
-        if context.has_asset_partitions:
-            keys = context.asset_partition_keys
-            paths = {k: self._path(asset_key, k) for k in keys}
-            missing = [k for k, p in paths.items() if not p.exists()]
-            if missing:
-                context.log.warning(
-                    f"{asset_key.to_user_string()}: {len(missing)} partition(s) not materialized yet, skipped: "
-                    + ", ".join(missing[:10])
-                )
-            # Always a mapping, for one partition or many, so asset code has one shape to handle.
-            return {k: pd.read_parquet(p) for k, p in paths.items() if p.exists()}
-        path = self._path(asset_key, None)
-        if not path.exists():
-            raise dg.Failure(f"{asset_key.to_user_string()} has not been materialized yet (no {path})")
-        return pd.read_parquet(path)
+    def create_io_manager(self, context: dg.InitResourceContext) -> ParquetStore:
+        return ParquetStore(base_path=storage_path(self.base_dir))
 
 
 class MLflowResource(dg.ConfigurableResource):

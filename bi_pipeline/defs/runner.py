@@ -4,9 +4,9 @@ What `bi-pipeline demo` and `bi-pipeline run` use: every landed period is regist
 stages run in one run (a single-run backfill), so the result shows up in the Dagster UI afterwards.
 """
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -17,6 +17,8 @@ from bi_pipeline.defs.collection import RANGE_END_TAG, RANGE_START_TAG, chunks, 
 from bi_pipeline.defs.jobs import INVENTORY_ASSETS, ingest_job, integrate_job, inventory_job, pipeline_job, train_job
 from bi_pipeline.ingest import landing_scan
 from bi_pipeline.state import locked, read_json, record_removal, write_json
+from bi_pipeline.storage import StoragePath, read_bytes
+from bi_pipeline.storage import files as stored_files
 
 
 @dataclass
@@ -181,8 +183,18 @@ def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
 STORED_PER_PERIOD = ("raw_sales", "clean_sales", "sales_quarantine")
 
 
-def _stored_partition(settings: Settings, asset: str, key: str) -> Path:
+def _stored_partition(settings: Settings, asset: str, key: str) -> StoragePath:
     return settings.asset_dir / asset / f"{key}.parquet"
+
+
+def _source_file(path: StoragePath) -> tuple[str, str] | None:
+    """(file, sha256) a stored ``raw_sales`` partition was read from, kept in its Parquet metadata."""
+    attrs = pd.read_parquet(io.BytesIO(read_bytes(path)), columns=["source_row"]).attrs
+    return (
+        (attrs["source_file"], attrs["source_sha256"])
+        if attrs.get("source_file") and attrs.get("source_sha256")
+        else None
+    )
 
 
 def remove_period(
@@ -199,10 +211,9 @@ def remove_period(
         raise ValueError(f"{key} is not an ingested period (see the sales_periods partitions in the UI)")
     files: dict[str, str] = {}
     raw = _stored_partition(settings, "raw_sales", key)
-    if raw.exists():
-        attrs = pd.read_parquet(raw, columns=["source_row"]).attrs
-        if attrs.get("source_file") and attrs.get("source_sha256"):
-            files[attrs["source_file"]] = attrs["source_sha256"]
+    source = _source_file(raw) if raw.exists() else None
+    if source is not None:
+        files[source[0]] = source[1]
     deleted = []
     for asset in STORED_PER_PERIOD:
         path = _stored_partition(settings, asset, key)
@@ -228,10 +239,10 @@ def rebuild_state(settings: Settings) -> dict:
     was read from) and drop the landing-scan cache (the next scans rebuild it). The landed files are not touched."""
     manifest: dict[str, str] = {}
     folder = settings.asset_dir / "raw_sales"
-    for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
-        attrs = pd.read_parquet(path, columns=["source_row"]).attrs
-        if attrs.get("source_file") and attrs.get("source_sha256"):
-            manifest[attrs["source_file"]] = attrs["source_sha256"]
+    for path in stored_files(folder, "*.parquet"):
+        source = _source_file(path)
+        if source is not None:
+            manifest[source[0]] = source[1]
     with locked(settings.manifest_path):
         write_json(settings.manifest_path, manifest)
     settings.scan_state_path.unlink(missing_ok=True)

@@ -4,11 +4,8 @@ and plain values, never arbitrary objects), and a fingerprint of what the run tr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import shutil
-import uuid
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,12 +14,14 @@ from bi_pipeline.forecasting.configuration import Progress, TrainConfig
 from bi_pipeline.forecasting.panel import (
     Panel,
 )
+from bi_pipeline.storage import StoragePath, read_bytes, remove_tree, write_file
 
 
 def fingerprint(panel: Panel, horizon: int, cutoff: int, config: TrainConfig, warm: list | None = None) -> str:
     digest = hashlib.sha256()
-    # The epoch budget is left out: a resumed run may be given more epochs than the one that crashed.
-    recipe = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")}
+    # The epoch budget is left out: a resumed run may be given more epochs than the one that crashed; so are the
+    # loader workers, which change how batches are gathered, not what they hold.
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience", "loader_workers")}
     digest.update(json.dumps([recipe, horizon, cutoff, list(panel.values.shape), warm], sort_keys=True).encode())
     digest.update(np.ascontiguousarray(panel.values[:, : cutoff + 1]).tobytes())
     return digest.hexdigest()[:16]
@@ -42,13 +41,13 @@ def plain(value):
     return value
 
 
-def load_state(path: Path, device: torch.device, progress: Progress | None) -> dict | None:
+def load_state(path: StoragePath, device: torch.device, progress: Progress | None) -> dict | None:
     """The checkpoint's state, read with ``weights_only=True``: tensors and plain containers only, so a file that
     holds anything else (a crafted pickle that would run code, or a checkpoint from an older version) is refused
     without running any of it. A refused or unreadable checkpoint is not resumed from: the training starts fresh,
     reports it (stage ``resume_skipped``, with the file and the error) and overwrites it with its own."""
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(io.BytesIO(read_bytes(path)), map_location=device, weights_only=True)
         if not isinstance(saved, dict):
             raise ValueError(f"a checkpoint holds a dict, not {type(saved).__name__}")
         return saved
@@ -58,20 +57,11 @@ def load_state(path: Path, device: torch.device, progress: Progress | None) -> d
         return None
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Written to a temporary file of its own (two writers never share one), synced to disk and renamed: a crash
-    mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_state(path: StoragePath, state: dict) -> None:
+    """On a local disk, written to a temporary file of its own (two writers never share one), synced and renamed; on
+    an object store, one ``put``: either way a crash mid-write leaves the previous checkpoint intact."""
+    write_file(path, lambda handle: torch.save(state, handle))
 
 
-def clear_checkpoints(checkpoint_dir: Path) -> None:
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+def clear_checkpoints(checkpoint_dir: StoragePath) -> None:
+    remove_tree(checkpoint_dir)

@@ -83,6 +83,7 @@ class TrainResult:
     validation_periods: int = 0
     resumed_from_epoch: int | None = None
     init_from: str | None = None  # the checkpoint it started from ("synthetic" resolved to its directory)
+    processes: int = 1  # the data-parallel processes it trained in (bi_pipeline.forecasting.distributed)
 
 
 # Fine-tuning keeps the checkpoint's architecture: these fields come from its config, not from TrainConfig.

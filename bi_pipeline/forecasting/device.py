@@ -1,12 +1,26 @@
-"""Where training and inference run: CUDA with bf16 autocast when present, otherwise every CPU core."""
+"""Where training and inference run: CUDA with bf16 autocast when present, otherwise every CPU core (shared out
+between the processes of a data-parallel run, :class:`Parallel`)."""
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How one training run is spread: this process is ``rank`` of ``world`` data-parallel processes (1: a single
+    process, no process group), ``local`` of them on this machine (they share its cores), each gathering its batches
+    with ``workers`` DataLoader worker processes (0: on its main thread)."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 1
+    workers: int = 0
 
 
 def choose_device(requested: str = "auto") -> torch.device:

@@ -111,6 +111,12 @@ def _numeric_covariates(history: pd.DataFrame, candidates: list[str] | None) -> 
     ]
 
 
+def _text_levels(values: pd.Series) -> list[str]:
+    """The column's distinct values as text, sorted. Only the distinct values are turned into text: every row's
+    (54M at M5 scale) would take gigabytes."""
+    return sorted(set(pd.Series(values.dropna().unique()).astype(str)))
+
+
 def _is_static(history: pd.DataFrame, column: str) -> bool:
     per_series = history.groupby(SERIES, observed=True)[column].nunique(dropna=False)
     return bool((per_series <= 1).all())
@@ -150,7 +156,7 @@ def fit_spec(
             if values.notna().any():
                 numeric.append(column)
         else:
-            levels = sorted(values.dropna().astype(str).unique())
+            levels = _text_levels(values)
             # One level per store or per item is an identifier in disguise (a description): it lets the model
             # memorise series instead of learning what they share.
             per_store = bool((history.groupby("store_id", observed=True)[column].nunique() <= 1).all())
@@ -206,7 +212,7 @@ def unused_columns(history: pd.DataFrame, spec: FeatureSpec) -> dict[str, str]:
         elif numeric:
             reasons[column] = "a constant"
         else:
-            levels = values.dropna().astype(str).nunique()
+            levels = len(_text_levels(values))
             if levels <= 1:
                 reasons[column] = "one value for every series"
             elif levels > MAX_STATIC_LEVELS:

@@ -1,43 +1,44 @@
 """Live forecast accuracy (no Dagster): every published forecast is archived by model version and cutoff; as actuals
 land, each publication is scored on the periods that have actuals so far.
 
-The archive lives under ``$BI_PIPELINE_HOME/forecast_archive/``, one Parquet file per (cutoff, model version):
+The archive lives under ``<storage root>/forecast_archive/`` (the home by default; any fsspec URL with
+``BI_PIPELINE_STORAGE``), one Parquet file per (cutoff, model version):
 publishing the same forecast again overwrites its own file and nothing else.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.metrics import SERIES, mase, mase_scales, score
-from bi_pipeline.state import atomic_write
+from bi_pipeline.storage import StoragePath, files, read_bytes, write_file
 
 COLUMNS = ["model_version", "cutoff", "published_periods", "scored_periods", "series", "MASE", "WAPE", "WQL"]
 
 
-def archive_path(archive: Path, cutoff: pd.Timestamp, version: str) -> Path:
+def archive_path(archive: StoragePath, cutoff: pd.Timestamp, version: str) -> StoragePath:
     return archive / f"cutoff={pd.Timestamp(cutoff).date()}__v{version}.parquet"
 
 
-def archive_forecasts(archive: Path, forecasts: pd.DataFrame) -> Path:
+def archive_forecasts(archive: StoragePath, forecasts: pd.DataFrame) -> StoragePath:
     """Writes one publication (a ``forecasts`` frame with ``cutoff`` and ``model_version``) atomically."""
     cutoffs, versions = forecasts["cutoff"].unique(), forecasts["model_version"].unique()
     if len(cutoffs) != 1 or len(versions) != 1:
         raise ValueError(f"a publication has one cutoff and one model version, not {len(cutoffs)} and {len(versions)}")
     path = archive_path(archive, cutoffs[0], str(versions[0]))
-    return atomic_write(path, lambda tmp: forecasts.to_parquet(tmp, index=False))
+    return write_file(path, lambda handle: forecasts.to_parquet(handle, index=False))
 
 
-def load_archive(archive: Path) -> pd.DataFrame:
-    files = sorted(archive.glob("cutoff=*__v*.parquet")) if archive.exists() else []
-    if not files:
+def load_archive(archive: StoragePath) -> pd.DataFrame:
+    published = list(files(archive, "cutoff=*__v*.parquet"))
+    if not published:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat([pd.read_parquet(io.BytesIO(read_bytes(f))) for f in published], ignore_index=True)
 
 
 def live_accuracy(archive: pd.DataFrame, history: pd.DataFrame, season_length: int) -> pd.DataFrame:

@@ -13,12 +13,12 @@ import pandas as pd
 
 from bi_pipeline.forecasting.baselines import statistical_forecast
 from bi_pipeline.forecasting.configuration import Progress, TrainConfig, TrainResult
+from bi_pipeline.forecasting.distributed import train_distributed
 from bi_pipeline.forecasting.features import FeatureSpec, fit_spec, seasonal_profile_lag
 from bi_pipeline.forecasting.interface import ForecastModel, Task
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, predict_lightgbm
 from bi_pipeline.forecasting.modeling import BIForecaster
 from bi_pipeline.forecasting.panel import Panel, build_panel
-from bi_pipeline.forecasting.trainer import train_forecaster
 from bi_pipeline.forecasting.transformer import forecast
 
 TASK_FILE = "task.json"
@@ -143,8 +143,16 @@ class Transformer(ForecastModel):
     def fit_panel(self, panel: Panel, cutoff: int, task: Task) -> Transformer:
         """Trains on the panel's periods up to date index ``cutoff`` (the features asset's panel)."""
         self.task, self._train = task, None
-        self.result = train_forecaster(
-            panel, task.horizon, cutoff, self.config, checkpoint_dir=self.checkpoint_dir, progress=self.progress
+        # One process unless the settings ask for more (train_distributed trains in this process then).
+        self.result = train_distributed(
+            panel,
+            task.horizon,
+            cutoff,
+            self.config,
+            processes=self.config.processes,
+            checkpoint_dir=self.checkpoint_dir,
+            progress=self.progress,
+            workers=self.config.loader_workers,
         )
         self.network, self.panel, self.cutoff = self.result.model, panel, cutoff
         self.info.update(

@@ -1,12 +1,17 @@
 """The training loop (no Dagster): fine-tuning with the pinball loss over the quantiles, AdamW, gradient clipping, a
 moving average of the weights, early stopping on the validation loss (validation targets are never training targets,
 see :func:`bi_pipeline.forecasting.panel.split_windows`), a checkpoint after every epoch that a restarted run resumes
-from, then the calibrations and the per-series feedback. Progress goes to a callback (the Dagster log, or a bar)."""
+from, then the calibrations and the per-series feedback. Progress goes to a callback (the Dagster log, or a bar).
+
+One process by default; with :class:`~bi_pipeline.forecasting.device.Parallel` several data-parallel ones (started by
+:mod:`bi_pipeline.forecasting.distributed`), each training on its share of every batch, with the loss of one process
+training on the whole batch."""
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 
 from bi_pipeline.forecasting.calibration import CALIBRATION, calibrate
 from bi_pipeline.forecasting.checkpoint import fingerprint, load_state, plain, save_state
@@ -26,10 +34,11 @@ from bi_pipeline.forecasting.configuration import (
     new_model,
     warm_config,
 )
-from bi_pipeline.forecasting.device import autocast, choose_device, seed_everything, to_device
+from bi_pipeline.forecasting.device import Parallel, autocast, choose_device, seed_everything, to_device
 from bi_pipeline.forecasting.feedback import fit_error_spread, fit_level_feedback
 from bi_pipeline.forecasting.modeling import (
     BIForecaster,
+    DropoutNoise,
     pinball_loss,
 )
 from bi_pipeline.forecasting.panel import (
@@ -40,17 +49,23 @@ from bi_pipeline.forecasting.panel import (
     validation_length,
 )
 from bi_pipeline.forecasting.sampling import (
+    NO_MIX,
     PERIODS_PER_YEAR,
+    EpochBatches,
     batches,
     epoch_sample,
-    gather_windows,
-    mix_windows,
+    mix_plan,
     ordered_batches,
 )
 
+SINGLE = Parallel()
+
 
 def run_loss(
-    model: BIForecaster, batch: dict[str, torch.Tensor], levels: torch.Tensor, members: bool = False
+    model: BIForecaster | DistributedDataParallel,
+    batch: dict[str, torch.Tensor],
+    levels: torch.Tensor,
+    members: bool = False,
 ) -> torch.Tensor:
     """Pinball loss of the averaged quantiles; with ``members``, the sum of each member's own loss (training: every
     member learns on its own, so they stay diverse)."""
@@ -70,20 +85,64 @@ def run_loss(
 
 
 def evaluate_loss(
-    model: BIForecaster, panel: Panel, windows: Windows, device: torch.device, batch_size: int = 1024
+    model: BIForecaster,
+    panel: Panel,
+    windows: Windows,
+    device: torch.device,
+    batch_size: int = 1024,
+    parallel: Parallel = SINGLE,
 ) -> float:
+    """The mean pinball loss over the windows' targets; with several processes each scores every ``world``-th batch
+    and the sums are added up, so every process gets the same loss (up to the order of the sum)."""
     cfg = model.config
     levels = torch.tensor(cfg.quantiles, device=device)
     model.eval()
     total, weight = 0.0, 0.0
     with torch.inference_mode(), autocast(device):
-        for batch in ordered_batches(panel, windows, cfg, batch_size):
+        for batch in ordered_batches(panel, windows, cfg, batch_size, parallel.rank, parallel.world):
             count = float(batch["mask"].sum())
             if count == 0:
                 continue
             total += float(run_loss(model, to_device(batch, device), levels)) * count
             weight += count
+    if parallel.world > 1:
+        sums = torch.tensor([total, weight], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, weight = sums.tolist()
     return total / weight if weight else float("nan")
+
+
+class ShardedNoise(DropoutNoise):
+    """The dropout stream of one of several data-parallel processes: every mask is drawn for the whole batch and the
+    process keeps its share's rows, so a window gets the mask it gets in one process training on the whole batch
+    (the price: each process draws every process's masks, cheap next to the step). Set per batch by ``shard``."""
+
+    def __init__(self, noise: DropoutNoise) -> None:
+        self.generator = noise.generator
+        self.rows, self.offset, self.size = 0, 0, 0
+
+    def shard(self, rows: int, offset: int, size: int) -> None:
+        """The batch has ``rows`` windows; this process trains on ``size`` of them from ``offset``."""
+        self.rows, self.offset, self.size = rows, offset, size
+
+    def drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        if x.device.type != "cpu" or not self.rows:
+            return super().drop(x, p)
+        if x.shape[0] != self.size:
+            raise ValueError(f"dropout on {tuple(x.shape)}: its first dimension is not the {self.size} windows'")
+        bits = self.generator.integers(0, 65536, size=(self.rows, *x.shape[1:]), dtype=np.uint16)
+        bits = bits[self.offset : self.offset + self.size]
+        keep = torch.from_numpy(bits >= round(p * 65536))
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def shard_noise(model: BIForecaster) -> ShardedNoise:
+    """Every module that draws from the model's dropout stream draws from a :class:`ShardedNoise` instead."""
+    old, noise = model.noise, ShardedNoise(model.noise)
+    for module in model.modules():
+        if getattr(module, "noise", None) is old:
+            module.noise = noise
+    return noise
 
 
 def train_epoch(
@@ -96,9 +155,16 @@ def train_epoch(
     device: torch.device,
     salt: int = 0,
     average: dict[str, torch.Tensor] | None = None,
+    parallel: Parallel = SINGLE,
+    network: DistributedDataParallel | None = None,
 ) -> tuple[float, int, float, int]:
     """One pass over (a sample of) the windows: (mean loss, windows seen, seconds, optimizer steps); with
-    ``average``, the moving average of the weights (:func:`update_average`) follows every step."""
+    ``average``, the moving average of the weights (:func:`update_average`) follows every step.
+
+    Every process draws the epoch's sample, order and mixup alike and trains on its share of each batch through
+    ``network`` (the model wrapped in DDP, which averages the gradients): each share's loss is its targets' sum over
+    the whole batch's count, times the processes, so the averaged gradient is the whole batch's. The step losses
+    stay on the device until the epoch ends (one transfer, not one a step)."""
     cfg = model.config
     levels = torch.tensor(cfg.quantiles, device=device)
     for group in optimizer.param_groups:
@@ -106,27 +172,42 @@ def train_epoch(
     rng = np.random.default_rng(config.seed * 1000 + epoch + salt)
     halflife = config.recency_halflife * PERIODS_PER_YEAR[panel.spec.frequency]
     chosen = epoch_sample(windows, config.max_windows_per_epoch, halflife, rng)
+    selections = [chosen[idx] for idx in batches(len(chosen), config.batch_size, rng)]
+    # Drawn in the order the loop drew them batch by batch, so the batches are the same.
+    plans = [mix_plan(panel, windows, sel, config.mixup, rng) if config.mixup else NO_MIX for sel in selections]
+    loader = DataLoader(
+        EpochBatches(panel, windows, cfg, selections, plans, parallel.rank, parallel.world),
+        batch_size=None,
+        num_workers=parallel.workers,
+        pin_memory=device.type == "cuda",
+    )
     model.noise.reseed([config.seed, epoch, salt])
     model.train()
     started = time.perf_counter()
     losses = []
-    for idx in batches(len(chosen), config.batch_size, rng):
-        sel = chosen[idx]
-        batch = gather_windows(panel, windows, sel, cfg)
-        if config.mixup:
-            batch = mix_windows(panel, batch, windows, sel, cfg, config.mixup, rng)
-        if not bool(batch["mask"].any()):
+    for item in loader:
+        if item["total"] == 0:
             continue
+        if isinstance(model.noise, ShardedNoise):
+            model.noise.shard(item["rows"], item["offset"], len(item["batch"]["mask"]))
         with autocast(device):
-            loss = run_loss(model, to_device(batch, device), levels, members=True)
+            loss = run_loss(network or model, to_device(item["batch"], device), levels, members=True)
+        if parallel.world > 1:
+            # pinball_loss divided the share's sum by the share's count; this makes it the share of the batch's mean.
+            loss = loss * (parallel.world * max(item["count"], 1) / item["total"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         if average is not None:
             update_average(average, model, config.weight_average)
-        losses.append(float(loss.detach()) / len(model.members))
-    mean = float(np.mean(losses)) if losses else float("nan")
+        losses.append(loss.detach() / parallel.world if parallel.world > 1 else loss.detach())
+    mean = float("nan")
+    if losses:
+        steps = torch.stack(losses).double()
+        if parallel.world > 1:
+            dist.all_reduce(steps)  # each step's loss: the sum of the shares'
+        mean = float(np.mean(steps.cpu().numpy() / len(model.members)))
     return mean, len(chosen), time.perf_counter() - started, len(losses)
 
 
@@ -178,6 +259,7 @@ def train_forecaster(
     progress: Progress | None = None,
     initial_model: BIForecaster | None = None,
     window_filter: Callable[[Windows], Windows] | None = None,
+    parallel: Parallel = SINGLE,
 ) -> TrainResult:
     """Train on the panel's periods up to date index ``cutoff`` (inclusive); nothing later is read.
 
@@ -188,14 +270,27 @@ def train_forecaster(
     Trains on targets before the validation periods and stops early on the validation loss; the forecasts' level
     (with ``calibrate_level``) and then the quantile spread are calibrated on the validation windows, then the
     per-series feedback is fitted on them.
+
+    ``parallel``: this process's part in a data-parallel run (its process group already started, see
+    :mod:`bi_pipeline.forecasting.distributed`): every process resumes from the same checkpoint, only rank 0 writes
+    it and reports progress, and every process returns the same model.
     """
     config = config or TrainConfig()
+    if parallel.world > 1 and not dist.is_initialized():
+        raise RuntimeError("a data-parallel run needs its process group started (bi_pipeline.forecasting.distributed)")
+    if parallel.rank != 0:
+        progress = None
     if config.init_from == "synthetic" and initial_model is None:
         raise ValueError(
             "init_from='synthetic' names the checkpoint pretrained on the generator's corpus: resolve it to its "
             "directory first (bi_pipeline.synthetic.resolve_init_from)"
         )
     device = choose_device(config.device)
+    if parallel.world > 1:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel.local))  # the processes share the cores
     seed_everything(config.seed)
     t0 = time.perf_counter()
     model_cfg = (
@@ -240,12 +335,17 @@ def train_forecaster(
             progress({"stage": "resume", "epoch": resumed})
 
     def checkpoint() -> None:
-        if state_path is not None:
+        if state_path is not None and parallel.rank == 0:
             snapshot = {"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
             save_state(state_path, {**snapshot, "torch_rng": torch.get_rng_state(), **plain(state)})
 
+    network = None
+    if parallel.world > 1:
+        shard_noise(model)
+        # Also broadcasts rank 0's weights, so every process starts from the same ones.
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     seen, train_seconds = fit_epochs(
-        model, optimizer, panel, train_w, valid_w, config, device, state, checkpoint, progress
+        model, optimizer, panel, train_w, valid_w, config, device, state, checkpoint, progress, parallel, network
     )
     if not state["done"]:
         if state["best_state"] is not None:
@@ -277,6 +377,7 @@ def train_forecaster(
         seconds=time.perf_counter() - t0,
         windows_per_second=seen / train_seconds if train_seconds else float("nan"),
         device=str(device),
+        processes=parallel.world,
         validation_periods=validation,
         resumed_from_epoch=resumed,
         init_from=config.init_from if initial_model is None else None,
@@ -294,9 +395,13 @@ def fit_epochs(
     state: dict,
     checkpoint: Callable[[], None],
     progress: Progress | None,
+    parallel: Parallel = SINGLE,
+    network: DistributedDataParallel | None = None,
 ) -> tuple[int, float]:
     """The epochs from the state's next one until early stopping (or the budget), a checkpoint after each; validation
-    reads the moving average of the weights, training goes on from the raw ones. Returns (windows seen, seconds)."""
+    reads the moving average of the weights, training goes on from the raw ones. Returns (windows seen, seconds).
+    With several processes, every one keeps the same state: the same all-reduced gradients, so the same weights and
+    average, and the same validation loss, so the same early stopping."""
     seen, train_seconds = 0, 0.0
     stopping_w = subsample(valid_w, config.early_stopping_windows, config.seed + 1)
     if config.weight_average and state["average"] is None:
@@ -305,13 +410,15 @@ def fit_epochs(
         if state["done"] or state["bad_epochs"] >= config.patience:
             break
         average = state["average"] if config.weight_average else None
-        loss, count, seconds, steps = train_epoch(model, optimizer, panel, train_w, config, epoch, device, 0, average)
+        loss, count, seconds, steps = train_epoch(
+            model, optimizer, panel, train_w, config, epoch, device, 0, average, parallel, network
+        )
         seen, train_seconds = seen + count, train_seconds + seconds
         if average is not None:
             state["average_steps"] += steps
             raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(averaged_weights(average, config.weight_average, state["average_steps"]))
-        valid_loss = evaluate_loss(model, panel, stopping_w, device) if len(stopping_w) else loss
+        valid_loss = evaluate_loss(model, panel, stopping_w, device, parallel=parallel) if len(stopping_w) else loss
         improved = valid_loss < state["best_loss"] - 1e-6
         if improved:
             state.update(best_loss=valid_loss, best_epoch=epoch, bad_epochs=0)

@@ -297,7 +297,7 @@ def test_periods_land_one_by_one_and_the_model_keeps_up(settings: Settings, tmp_
         sim.launch("forecast_job", refresh)
         assert sim.tick_forecast().skip_message.endswith("are current")
         assert sim.tick_schedule("forecast_refresh_schedule", monday).skip_message.endswith("are current")
-        assert len(load_archive(settings.home / "forecast_archive")) == 2 * 6 * 4  # two publications, 6 series x 4
+        assert len(load_archive(settings.archive_dir)) == 2 * 6 * 4  # two publications, 6 series x 4
         assert sim.tick_retrain().skip_message.startswith("champion v2: 1 new period(s)")
 
         # K = 2 new periods: an incremental training is requested and says why; the decision is recorded with the
