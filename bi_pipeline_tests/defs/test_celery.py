@@ -204,14 +204,7 @@ def test_pipeline_job_on_the_local_cluster_runs_on_its_workers_as_it_runs_in_pro
         # Launched as a user launches it, through the webserver: queued, then launched by the daemon.
         client = DagsterGraphQLClient("127.0.0.1", port_number=cluster["web_port"])
         run_id = client.submit_job_execution("pipeline_job", run_config=run_config, tags=tags)
-        deadline = time.monotonic() + 900
-        while (status := client.get_run_status(run_id)) not in (
-            dg.DagsterRunStatus.SUCCESS,
-            dg.DagsterRunStatus.FAILURE,
-            dg.DagsterRunStatus.CANCELED,
-        ):
-            assert time.monotonic() < deadline, f"run {run_id} still {status}"
-            time.sleep(2)
+        status = _wait(client, run_id)
         events = instance.all_logs(run_id)
         failures = [
             e.dagster_event.step_failure_data.error
@@ -289,3 +282,43 @@ def test_pipeline_job_on_the_local_cluster_runs_on_its_workers_as_it_runs_in_pro
     for name, frame in embedded_values.items():
         pd.testing.assert_frame_equal(distributed_values[name], frame, check_exact=True, obj=name)
     print(f"cluster run {distributed:.0f}s, embedded run {time.monotonic() - started - distributed:.0f}s")
+
+    # Two trainings launched at once: both runs start (two may run at once), each on the workers, and their forecaster
+    # steps, in the `gpu` pool with its limit of one, run one after the other, whichever worker takes them.
+    monkeypatch.setenv("DAGSTER_HOME", str(cluster["home"] / "cluster" / "dagster"))
+    monkeypatch.setenv("BI_PIPELINE_MLFLOW_URI", f"http://127.0.0.1:{cluster['mlflow_port']}")
+    monkeypatch.setenv("BI_PIPELINE_HOME", str(cluster["home"]))
+    monkeypatch.setenv("BI_PIPELINE_EXECUTOR", "celery")
+    config = _landing_config(cluster["landing"])
+    runs = [client.submit_job_execution("train_job", run_config=config) for _ in range(2)]
+    assert [_wait(client, run) for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+    instance = dg.DagsterInstance.get()
+    try:
+        spans, run_spans = [], []
+        for run in runs:
+            logged = [e for e in instance.all_logs(run) if e.is_dagster_event]
+            kinds = {e.dagster_event.event_type: e.timestamp for e in logged}
+            run_spans.append((kinds[dg.DagsterEventType.RUN_START], kinds[dg.DagsterEventType.RUN_SUCCESS]))
+            events = [e for e in logged if e.step_key == "forecaster"]
+            start = min(e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START)
+            end = max(e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS)
+            spans.append((start, end))
+        (_, first_run_end), (second_run_start, _) = sorted(run_spans)
+        assert second_run_start < first_run_end, run_spans  # the two runs ran at the same time
+        (_, first_end), (second_start, _) = sorted(spans)
+        assert first_end <= second_start, spans  # but never two trainings at once
+        assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
+    finally:
+        instance.dispose()
+
+
+def _wait(client, run_id: str, timeout: float = 900) -> dg.DagsterRunStatus:
+    deadline = time.monotonic() + timeout
+    while (status := client.get_run_status(run_id)) not in (
+        dg.DagsterRunStatus.SUCCESS,
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    ):
+        assert time.monotonic() < deadline, f"run {run_id} still {status}"
+        time.sleep(2)
+    return status
