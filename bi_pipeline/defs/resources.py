@@ -47,6 +47,20 @@ def settings_resource(name: str, doc: str, classes: tuple[type, ...], exclude: t
     return type(name, (dg.ConfigurableResource,), namespace)
 
 
+def _defaulting_to(cls: type, values: dict[str, Any]) -> type:
+    """``cls`` with ``values`` (the environment's settings) as its fields' defaults. Run config that sets some fields of
+    a resource (the Launchpad, a sensor's request) fills the others from the defaults of the resource's class: with the
+    declared defaults, a run launched with only ``landing`` would have run with the default home."""
+    annotations: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    for name, field in cls.model_fields.items():
+        if name in values:
+            annotations[name] = field.annotation
+            namespace[name] = Field(default=values[name], description=field.description)
+    namespace["__annotations__"] = annotations
+    return type(cls.__name__, (cls,), namespace)
+
+
 def _values(resource: dg.ConfigurableResource, cls: type) -> dict[str, Any]:
     values = {f.name: getattr(resource, f.name) for f in settings_fields(cls)}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
@@ -71,7 +85,7 @@ class PipelineResource(_PipelineBase):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineResource:
-        return cls(**_from(Settings, settings))
+        return _defaulting_to(cls, _from(Settings, settings))()
 
     def settings(self) -> Settings:
         return Settings(**_values(self, Settings))
@@ -107,7 +121,8 @@ class ForecastingResource(_ForecastingBase):
     ) -> ForecastingResource:
         values = {**_from(TrainingSettings, training or TrainingSettings()), **_from(ForecastSettings, forecast)}
         values = {k: v for k, v in values.items() if k not in _BUILD_TIME}
-        return cls(checkpoint_dir=str(settings.checkpoint_dir), recipe=dict(recipe or {}), **values)
+        values |= {"checkpoint_dir": str(settings.checkpoint_dir), "recipe": dict(recipe or {})}
+        return _defaulting_to(cls, values)()
 
     def training(self) -> TrainingSettings:
         return TrainingSettings(**_values(self, TrainingSettings))
@@ -135,7 +150,7 @@ class DecisionResource(_DecisionBase):
 
     @classmethod
     def from_settings(cls, decisions: DecisionSettings) -> DecisionResource:
-        return cls(**_from(DecisionSettings, decisions))
+        return _defaulting_to(cls, _from(DecisionSettings, decisions))()
 
     def economics(self) -> DecisionSettings:
         return DecisionSettings(**_values(self, DecisionSettings))

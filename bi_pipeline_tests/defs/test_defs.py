@@ -10,7 +10,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from bi_pipeline.config import Settings
+from bi_pipeline.config import DecisionSettings, ForecastSettings, Settings, TrainingSettings
+from bi_pipeline.defs.resources import DecisionResource, ForecastingResource, PipelineResource
 from bi_pipeline.generate import GenerationSpec, generate
 from bi_pipeline_tests.conftest import write_sales
 from bi_pipeline_tests.defs.chain import materialize_chain
@@ -184,3 +185,31 @@ def test_big_runs_count_landed_defects_with_the_rules_and_still_gate_with_gx(tmp
         assert set(re.findall(r"sales/\d{4}-\d{2}-\d{2}\.csv", landed.description)) == defect_files
         assert evaluations["clean_sales_expectations"].passed
         assert evaluations["clean_sales_expectations"].metadata["rows"].value == report.valid_rows
+
+
+def test_run_config_for_some_fields_of_a_resource_keeps_the_others_from_the_environment(tmp_path):
+    """A run launched with part of a resource's config (the Launchpad, a sensor's request) keeps every other field at
+    the environment's value, not at the declared default."""
+    seen: dict = {}
+
+    @dg.asset
+    def probe(pipeline: PipelineResource, forecasting: ForecastingResource, decisions: DecisionResource) -> None:
+        seen.update(settings=pipeline.settings(), training=forecasting.training(), economics=decisions.economics())
+
+    settings = Settings(home=tmp_path / "home", max_bad_row_rate=0.3)
+    resources = {
+        "pipeline": PipelineResource.from_settings(settings),
+        "forecasting": ForecastingResource.from_settings(settings, ForecastSettings(), TrainingSettings(members=2)),
+        "decisions": DecisionResource.from_settings(DecisionSettings(service_level=0.9)),
+    }
+    landing = tmp_path / "elsewhere"
+    config = {
+        "pipeline": {"config": {"landing": str(landing)}},
+        "forecasting": {"config": {"epochs": 3}},
+        "decisions": {"config": {"lead_time": 2}},
+    }
+    assert dg.materialize([probe], resources=resources, run_config={"resources": config}).success
+    assert seen["settings"].landing == landing and seen["settings"].home == tmp_path / "home"
+    assert seen["settings"].max_bad_row_rate == 0.3
+    assert (seen["training"].epochs, seen["training"].members) == (3, 2)
+    assert (seen["economics"].lead_time, seen["economics"].service_level) == (2, 0.9)
