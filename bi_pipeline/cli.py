@@ -244,12 +244,11 @@ def cmd_remove_period(args: argparse.Namespace) -> int:
 
 def cmd_docs(args: argparse.Namespace) -> int:
     from bi_pipeline.docs_site import DocsNotBuilt, serve_docs
-    from bi_pipeline.storage import is_local, pull
+    from bi_pipeline.expectations import Validator
 
     settings = Settings.from_env()
     port = args.port or settings.docs_port
-    if not is_local(settings.gx_store):  # the site as the workers last stored it
-        pull(settings.gx_store, settings.gx_dir, skip=lambda name: name.endswith(".lock"))
+    Validator.for_settings(settings).pull()  # with a remote storage root: the site as the workers last stored it
     try:
         serve_docs(settings.gx_dir, port)
     except DocsNotBuilt as exc:

@@ -335,6 +335,12 @@ class Validator:
         store = None if is_local(settings.gx_store) else settings.gx_store
         return cls(settings.gx_dir, data_docs=data_docs, store=store)
 
+    def pull(self) -> None:
+        """With a remote store, bring the local copy up to date: suites, checkpoints, the results other workers stored
+        and the Data Docs site."""
+        if self.store is not None:
+            pull(self.store, self.gx_dir, skip=_local_only)
+
     def run(self, name: str, frame: pd.DataFrame, spec: list[tuple[str, dict[str, Any]]]) -> SuiteOutcome:
         # The file context is not safe for concurrent writers: one validation at a time, across threads and the
         # processes of concurrent runs.
@@ -342,8 +348,7 @@ class Validator:
         with _LOCK, (self.gx_dir / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             started = time.time()
-            if self.store is not None:
-                pull(self.store, self.gx_dir, skip=_local_only)
+            self.pull()
             checkpoint = self._checkpoint(name, spec)
             result = checkpoint.run(batch_parameters={"dataframe": frame})
             page = self._docs_page(name, result) if self.data_docs else None

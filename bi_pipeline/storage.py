@@ -120,7 +120,7 @@ def pull(remote: StoragePath, local: Path, skip: Callable[[str], bool] = lambda 
     Files already there are kept (the local copy is a cache of the root, never newer than what it pushed)."""
     copied = 0
     for source in files(remote):
-        relative = str(source.relative_to(remote)) if is_local(remote) else source.path[len(remote.path) :].lstrip("/")
+        relative = source.relative_to(remote).as_posix()
         if skip(relative):
             continue
         target = local / relative

@@ -8,7 +8,6 @@ publishing the same forecast again overwrites its own file and nothing else.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 
 from bi_pipeline.forecasting.baselines import attach_actuals
 from bi_pipeline.forecasting.metrics import SERIES, mase, mase_scales, score
-from bi_pipeline.storage import StoragePath, files, read_bytes, write_file
+from bi_pipeline.storage import StoragePath, files, read_parquet, write_file
 
 COLUMNS = ["model_version", "cutoff", "published_periods", "scored_periods", "series", "MASE", "WAPE", "WQL"]
 
@@ -38,7 +37,7 @@ def load_archive(archive: StoragePath) -> pd.DataFrame:
     published = list(files(archive, "cutoff=*__v*.parquet"))
     if not published:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(io.BytesIO(read_bytes(f))) for f in published], ignore_index=True)
+    return pd.concat([read_parquet(f) for f in published], ignore_index=True)
 
 
 def live_accuracy(archive: pd.DataFrame, history: pd.DataFrame, season_length: int) -> pd.DataFrame:
