@@ -91,7 +91,7 @@ def fit_calibration(
 
     level_scale = 1.0
     if level:
-        base = smooth_floor(rows.centre + rows.distance) if floor else rows.centre + rows.distance
+        base = smooth_floor(rows.centre + rows.distance, hard=True) if floor else rows.centre + rows.distance
         (level_scale,) = best([(float(f),) for f in LEVEL_GRID], lambda f: rows.loss(base * f), (1.0,))
     powers = POWER_GRID if spread_power else (0.0,)
     spread_scale, power = best(
@@ -146,7 +146,7 @@ class CalibrationRows:
         """The quantiles as the model's forward calibrates them: the spread, the floor, then the level."""
         factor = width_factor(self.width, spread, power, self.reference) if power else spread
         out = self.centre + self.distance * factor
-        return (smooth_floor(out) if floor else out) * level
+        return (smooth_floor(out, hard=True) if floor else out) * level
 
     def loss(self, quantiles: torch.Tensor) -> float:
         """Mean pinball loss over the rows and levels: max(a·d, (a − 1)·d) = a·d + max(−d, 0)."""

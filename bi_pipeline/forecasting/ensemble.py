@@ -43,7 +43,7 @@ from bi_pipeline.decisions.inventory import series_parameters, tune_level_shift,
 from bi_pipeline.forecasting.baselines import attach_actuals, forecasts_from_origins
 from bi_pipeline.forecasting.interface import ForecastModel, Task
 from bi_pipeline.forecasting.lightgbm import LightGBMModel, fit_lightgbm, predict_lightgbm
-from bi_pipeline.forecasting.metrics import QUANTILES, SERIES, mase_scales, quantile_column
+from bi_pipeline.forecasting.metrics import QUANTILES, SERIES, covered_share, mase_scales, quantile_column
 from bi_pipeline.forecasting.modeling import BIForecaster
 from bi_pipeline.forecasting.models import AutoETS, LightGBM, Transformer
 from bi_pipeline.forecasting.transformer import floor_at_zero, forecast
@@ -496,7 +496,7 @@ def choose(
     spread_best = min(range(len(grid)), key=lambda i: (spread_losses[i], grid[i] != weights, preference(grid[i])))
     spread_weights = grid[spread_best]
     blended = quantiles_of(vector(weights), vector(spread_weights))
-    factors = fit_step_factors(blended, y, steps, horizon)
+    factors = fit_step_factors(blended, y, steps, horizon, nonnegative)
     scores = {}
     for alone, name in zip(np.eye(len(members)), members, strict=True):
         scores[name] = {"MASE": point_loss(alone), "WQL": wql(y, quantiles_of(alone, alone))}
@@ -523,11 +523,19 @@ def respread(
     return np.maximum(out, 0.0) if floor else out
 
 
-def fit_step_factors(quantiles: np.ndarray, y: np.ndarray, steps: np.ndarray, horizon: int) -> list[float]:
+def fit_step_factors(
+    quantiles: np.ndarray, y: np.ndarray, steps: np.ndarray, horizon: int, floor: bool = False
+) -> list[float]:
     """Per group of steps (:func:`step_groups`), the factor on the distances from the median that puts
     :data:`COVERAGE_TARGET` of the validation rows of those steps inside the 10–90% interval (split conformal: the
     quantile of each row's own needed factor), within :data:`FACTOR_LIMITS`. A group no validation forecast reaches
-    takes the factor of the latest group before it that one does (1 if none)."""
+    takes the factor of the latest group before it that one does (1 if none).
+
+    With ``floor`` (quantiles kept at or above zero) and actuals of zero, coverage is counted as the metrics count it,
+    a zero on a point mass of the forecast by the share of that mass inside the interval
+    (:func:`bi_pipeline.forecasting.metrics.covered_share`): the factor is then the least that reaches the target,
+    found by bisection. Counted as inside, every zero at a lower quantile of zero would pass for covered, and a set of
+    slow movers would keep intervals too narrow for its sales."""
     groups = step_groups(steps, horizon)
     needed = needed_factors(quantiles, y)
     factors: list[float] = []
@@ -536,9 +544,33 @@ def fit_step_factors(quantiles: np.ndarray, y: np.ndarray, steps: np.ndarray, ho
         if not rows.any():
             factors.append(factors[-1] if factors else 1.0)
             continue
-        factor = float(np.quantile(needed[rows], COVERAGE_TARGET))
+        if floor and (y[rows] <= 0).any():
+            factor = tied_factor(quantiles[rows], y[rows])
+        else:
+            factor = float(np.quantile(needed[rows], COVERAGE_TARGET))
         factors.append(round(min(max(factor, FACTOR_LIMITS[0]), FACTOR_LIMITS[1]), 4))
     return factors
+
+
+def tied_factor(quantiles: np.ndarray, y: np.ndarray, iterations: int = 30) -> float:
+    """The least factor within :data:`FACTOR_LIMITS` whose floored intervals cover :data:`COVERAGE_TARGET` of ``y``
+    with ties split (the upper limit when none does). Coverage grows with the factor (a zero's share of its point
+    mass grows as more lower quantiles reach zero, up to the 90% level), so a bisection finds it."""
+
+    def covered(factor: float) -> float:
+        median = quantiles[:, MEDIAN : MEDIAN + 1]
+        spread = np.maximum(median + (quantiles - median) * factor, 0.0)
+        return float(covered_share(spread, y).mean())
+
+    low, high = FACTOR_LIMITS
+    if covered(low) >= COVERAGE_TARGET:
+        return low
+    if covered(high) < COVERAGE_TARGET:
+        return high
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (low, middle) if covered(middle) >= COVERAGE_TARGET else (middle, high)
+    return high
 
 
 def needed_factors(quantiles: np.ndarray, y: np.ndarray) -> np.ndarray:

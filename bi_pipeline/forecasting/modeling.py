@@ -13,7 +13,8 @@ Design choices, each measured (docs/accuracy.md):
   step adds the effect of that step's covariates, the step position and the static attributes;
 - quantiles that cannot cross: the median plus cumulative softplus gaps on either side;
 - quantiles that cannot go below zero when the measure never did (sales): a sharp softplus floor (smooth_floor) on
-  every member's output, so training learns with the support the forecasts have.
+  every member's output, so training learns with the support the forecasts have; at inference a value the network
+  puts at or below zero is zero, the point mass a count has there.
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ class _Member(nn.Module):
         below = torch.flip(torch.cumsum(torch.flip(gaps[..., : self.median_index], [-1]), -1), [-1])
         above = torch.cumsum(gaps[..., self.median_index + 1 :], -1)
         out = torch.cat([median.unsqueeze(-1) - below, median.unsqueeze(-1), median.unsqueeze(-1) + above], dim=-1)
-        return smooth_floor(out) if self.nonnegative else out
+        return smooth_floor(out, hard=not self.training) if self.nonnegative else out
 
 
 class BIForecaster(PreTrainedModel):
@@ -337,7 +338,8 @@ class BIForecaster(PreTrainedModel):
             factor = spread_factor(quantiles, self.config.spread_scale, power, self.config.spread_reference)
             quantiles = median + (quantiles - median) * factor
         if self.members[0].nonnegative:
-            quantiles = smooth_floor(quantiles)  # a spread factor above 1 can push a lower quantile below zero
+            # A spread factor above 1 can push a lower quantile below zero.
+            quantiles = smooth_floor(quantiles, hard=not self.training)
         if getattr(self.config, "level_scale", 1.0) != 1.0:
             quantiles = quantiles * self.config.level_scale  # positive: the floor holds
         return quantiles, scale
@@ -351,10 +353,16 @@ SPREAD_LIMITS = (0.1, 10.0)
 FLOOR_SHARPNESS = 5.0
 
 
-def smooth_floor(quantiles: torch.Tensor) -> torch.Tensor:
+def smooth_floor(quantiles: torch.Tensor, hard: bool = False) -> torch.Tensor:
     """Quantiles kept above zero by a sharp softplus: monotone, so their order holds, and with a gradient everywhere,
-    so the network learns where the floor is rather than being clipped after the fact."""
-    return nn.functional.softplus(quantiles, beta=FLOOR_SHARPNESS, threshold=20.0)
+    so the network learns where the floor is rather than being clipped after the fact.
+
+    With ``hard`` (inference: the model not training), a value the network puts at or below zero is zero. A softplus
+    alone never reaches zero (a raw 0 becomes 0.14 of the context's scale), so a slow mover's lower quantiles were
+    never 0 and its days without a sale fell below every interval; the point mass at zero is what the forecast of a
+    count needs. Above zero the two are the same softplus, so a series far from zero is forecast exactly as before."""
+    soft = nn.functional.softplus(quantiles, beta=FLOOR_SHARPNESS, threshold=20.0)
+    return torch.where(quantiles > 0, soft, torch.zeros_like(soft)) if hard else soft
 
 
 def spread_factor(

@@ -8,7 +8,8 @@ MASE, which it averages over series. How the two line up, each asserted below:
 - WQL   = utilsforecast ``scaled_crps`` over one pooled id (whose denominator is Σ|y| + machine eps)
         = 2·n·``mqloss`` / Σ|y| over one pooled id
         = Σ_i scaled_crps_i·Σ|y_i| / Σ|y| (the volume-weighted mean of the per-series scaled CRPS).
-- coverage_80 = utilsforecast ``coverage`` at level 80 (``is_between`` with both ends closed) over one pooled id.
+- coverage_80 = coverage_80_closed = utilsforecast ``coverage`` at level 80 (``is_between`` with both ends closed) over
+  one pooled id, where no actual sits on a point mass of its forecast (ties are split: the tests by hand below).
 - RMSSE = mean of utilsforecast's per-series ``rmsse`` at seasonality 1 over the series whose value is finite.
 - MASE  = mean of utilsforecast's per-series ``mase`` over the series whose value is finite: utilsforecast divides by a
   zero in-sample scale (inf) or by a NaN one (history no longer than the season) where the project drops the series.
@@ -24,7 +25,9 @@ from utilsforecast import losses
 from bi_pipeline.forecasting.metrics import (
     QUANTILES,
     bias,
+    closed_coverage,
     coverage,
+    covered_share,
     mase,
     mase_scales,
     quantile_column,
@@ -200,6 +203,7 @@ def test_coverage_matches_utilsforecast(panel):
     _, forecast = panel
     project = coverage(forecast)
     assert 0.0 < project < 1.0
+    assert closed_coverage(forecast) == project  # no ties: the two are one
     pooled = one(losses.coverage(as_utils(forecast, pooled=True), ["mean"], level=80))
     np.testing.assert_allclose(project, pooled, rtol=RTOL)
     frame = as_utils(forecast)
@@ -223,6 +227,7 @@ def test_score_matches_utilsforecast(panel):
         "WAPE": one(losses.wape(pooled, ["mean"])),
         "WQL": one(losses.scaled_crps(pooled, models, quantiles)),
         "coverage_80": one(losses.coverage(pooled, ["mean"], level=80)),
+        "coverage_80_closed": one(losses.coverage(pooled, ["mean"], level=80)),
         "bias": one(losses.bias(pooled, ["mean"])) * len(pooled) / pooled["y"].abs().sum(),
     }
     metrics = score(with_gap, train, SEASON)
@@ -272,7 +277,50 @@ def test_wape_and_bias_by_hand():
 
 def test_coverage_by_hand():
     forecast = frame([10.0, 0.0, 30.0, 5.0], 0.0, q0_1=[10.0, 1.0, 20.0, 6.0], q0_9=[15.0, 2.0, 30.0, 9.0])
-    assert coverage(forecast) == 0.5  # 10 on the lower end and 30 on the upper end count as inside
+    assert closed_coverage(forecast) == 0.5  # 10 on the lower end and 30 on the upper end count as inside
+
+
+def test_coverage_splits_a_tie_on_a_point_mass_by_hand():
+    levels = np.arange(1, 10) / 10
+    rows = np.array(
+        [
+            [0, 0, 1, 2, 3, 4, 5, 6, 7],  # zero at 10% and 20%: P(0) = 0.2, the zero's PIT uniform on [0, 0.2]
+            [0, 0, 0, 0, 0, 1, 2, 3, 4],  # P(0) = 0.5: [0, 0.5]
+            [0] * 9,  # P(0) at least 0.9: [0, 0.9]
+            [0, 1, 2, 3, 4, 5, 6, 7, 8],  # P(0) = 0.1 only: [0, 0.1], the zero is in the lowest tenth
+            [1, 2, 3, 4, 5, 6, 7, 8, 9],  # no mass at 0: below the interval
+            [0, 1, 2, 3, 4, 5, 6, 7, 8],  # 1 on the 20% quantile, no tie
+            [2, 2, 2, 2, 2, 2, 2, 2, 2],  # 2 at every level of a positive forecast: F(2-) = 0.1, F(2) = 0.9
+            [1, 2, 3, 4, 5, 6, 7, 8, 9],  # on the upper end, no tie: inside, as the closed interval says
+            [1, 2, 3, 4, 5, 6, 7, 8, 9],  # above it
+        ],
+        dtype="float64",
+    )
+    y = np.array([0, 0, 0, 0, 0, 1, 2, 9, 9.5])
+    expected = [0.1 / 0.2, 0.4 / 0.5, 0.8 / 0.9, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    np.testing.assert_allclose(covered_share(rows, y), expected, rtol=RTOL)
+    columns = {f"q{level:g}".replace(".", "_"): rows[:, j] for j, level in enumerate(levels)}
+    forecast = frame(y, 0.0, **columns)
+    assert coverage(forecast) == pytest.approx(np.mean(expected), rel=RTOL)
+    # The closed interval counts every zero at a lower quantile of zero as inside, whatever mass the forecast gave it.
+    assert closed_coverage(forecast) == pytest.approx(7 / 9, rel=RTOL)
+
+
+def test_a_calibrated_forecast_of_a_count_covers_near_80_percent_with_ties_split():
+    # Poisson(0.7) demand forecast with its true quantiles 0, 0, 0, 0, 1, 1, 1, 1, 2: the closed interval holds every
+    # day up to 2 (97%). With ties split, a zero counts 0.75 (the grid puts its mass on [0, 0.4]: 0.3 of it between
+    # the 10% and 90% levels), a 1 (on [0.5, 0.8]) and a 2 (the 90% quantile, no tie on the grid) count 1: about 84%,
+    # near the 80% a calibrated forecast holds; nine levels cannot tell more of a count's steps.
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    y = rng.poisson(0.7, 200_000).astype("float64")
+    rows = np.tile(stats.poisson(0.7).ppf(np.arange(1, 10) / 10), (len(y), 1))
+    assert rows[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    inside = covered_share(rows, y).mean()
+    assert inside == pytest.approx(0.75 * np.mean(y == 0) + np.mean((y == 1) | (y == 2)), rel=RTOL)
+    assert 0.8 < inside < 0.85
+    assert ((y >= rows[:, 0]) & (y <= rows[:, -1])).mean() > 0.96
 
 
 def test_wql_by_hand():
@@ -299,6 +347,7 @@ def test_score_by_hand():
             "WAPE": 5 / 30,
             "WQL": 0.0,
             "coverage_80": 1.0,
+            "coverage_80_closed": 1.0,
             "bias": -1 / 30,
         },
         rel=RTOL,
