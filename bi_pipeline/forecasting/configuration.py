@@ -62,6 +62,9 @@ class TrainConfig(TrainingSettings):
     # Let each series' level follow the model's own recent errors on it (feedback.recent_level_ratio), from this many
     # recent origins; 0: off.
     level_feedback_origins: int = 4
+    # Where the context is shorter than a year (daily data), let each series' spread follow last year's level over
+    # the horizon against its context's (feedback.seasonal_spread_ratio); False: off.
+    seasonal_spread: bool = True
     mixup: float = 0.5  # share of each training batch replaced by mixtures of two series at the same dates
 
     def to_dict(self) -> dict:
@@ -126,6 +129,7 @@ def model_config(panel: Panel, horizon: int, config: TrainConfig) -> BIForecaste
         static_cardinalities=spec.static_cardinalities,
         num_static_numeric=spec.static_numeric_count,
         feature_spec=spec.to_dict(),
+        seasonal_spread=config.seasonal_spread,
     )
 
 

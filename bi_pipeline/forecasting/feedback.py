@@ -1,9 +1,11 @@
 """Per-series feedback from the model's own past forecasts: each series' level follows its recent errors (level
-feedback) and its spread its past errors (error spread), both fitted on the validation periods (docs/model.md)."""
+feedback) and its spread its past errors (error spread), both fitted on the validation periods; and, where the context
+is shorter than a year, its spread follows last year's seasonal level (seasonal spread) (docs/model.md)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from bi_pipeline.forecasting.inference import actuals, past_forecasts, quantile_forecasts
 from bi_pipeline.forecasting.modeling import (
@@ -88,6 +90,47 @@ def fit_error_spread(model: BIForecaster, panel: Panel, cutoff: int, validation:
     }
 
 
+# A year in periods, for :func:`seasonal_spread_ratio` (daily: 52 weeks, so that weekdays stay aligned).
+YEAR = {"D": 364, "W": 52, "M": 12}
+# Of each window last year: at least this share of the periods observed, or the ratio is not read.
+YEAR_COVERED = 0.9
+
+
+def seasonal_spread_ratio(
+    panel: Panel, origin: int, series: np.ndarray, context: int, horizon: int, frequency: str
+) -> np.ndarray:
+    """Per series: its store's median sales per period a year before the ``horizon`` periods forecast, over their
+    median over the ``context`` periods before them (the store's sales: the sum over its series), within
+    :data:`LEVEL_RATIO_LIMITS`; 1 where the context already holds a year or the history does not reach a year and a
+    context back. A series whose windows last year are mostly unobserved takes its store's ratio and adds nothing to
+    it; a store with no such series, or whose median is zero, gets 1. Every period it reads lies before ``origin``, a
+    year before the periods forecast.
+
+    The network scales each window by its context's mean (``BIForecaster.scale``), so its intervals are as wide as
+    the context's level says. A daily context (8 weeks) holds no season of a year: the network learns the level a
+    season brings from the calendar, but its widths stay those of the context. Ahead of December, when a store × item
+    sells three quarters of its autumn level, the intervals stayed as wide as in the autumn (docs/accuracy.md).
+    The store's sales, not each series' own: a slow mover's few sales in 4 weeks say little about its season. Their
+    median, not their mean: a store closed for a few days last year did not have a season then. A context of a year or
+    more shows the season: left as it is."""
+    year = YEAR.get(frequency, 0)
+    ratio = np.ones(len(series))
+    start = origin - year - context + 1
+    if context >= year or start < 0 or not len(series):
+        return ratio
+    window = np.where(panel.observed, np.abs(panel.values), np.nan)[:, start : origin - year + 1 + horizon]
+    usable = (np.isfinite(window[:, :context]).mean(1) >= YEAR_COVERED) & (
+        np.isfinite(window[:, context:]).mean(1) >= YEAR_COVERED
+    )
+    store = pd.factorize(panel.keys["store_id"].to_numpy())[0]
+    totals = np.zeros((store.max() + 1, window.shape[1]))
+    np.add.at(totals, store[usable], np.nan_to_num(window[usable].astype("float64")))
+    before, during = np.median(totals[:, :context], axis=1), np.median(totals[:, context:], axis=1)
+    with np.errstate(all="ignore"):
+        pooled = np.where((before > 0) & (during > 0), during / before, 1.0)
+    return np.clip(pooled[store[series]], *LEVEL_RATIO_LIMITS)
+
+
 LEVEL_POWER_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -139,6 +182,15 @@ def adjusted_forecasts(
         ratio = past_error_ratio(model, panel, origin, series, int(cfg.error_spread_windows))
         factor = error_spread_factor(ratio, cfg.error_spread_reference, power)
         values = respread(values, factor, list(cfg.quantiles).index(0.5))
+    if spread and getattr(cfg, "seasonal_spread", False):
+        frequency = cfg.feature_spec.get("frequency", "D")
+        factor = seasonal_spread_ratio(panel, origin, series, int(cfg.context_length), cfg.horizon, frequency)
+        if (factor != 1.0).any():
+            widened = respread(values, factor, list(cfg.quantiles).index(0.5))
+            if cfg.feature_spec.get("nonnegative", False):
+                # A factor above 1 must not take a quantile the network kept at or above zero below it.
+                widened = np.where((widened < 0) & (values >= 0), 0.0, widened)
+            values = widened
     return values
 
 

@@ -137,6 +137,7 @@ class BIForecasterConfig(PretrainedConfig):
         error_spread_windows: int = 0,
         level_feedback_power: float = 0.0,
         level_feedback_origins: int = 0,
+        seasonal_spread: bool = False,
         training_targets_end: str | None = None,
         **kwargs,
     ) -> None:
@@ -173,6 +174,10 @@ class BIForecasterConfig(PretrainedConfig):
         # model's forecasts from its ``level_feedback_origins`` latest origins (feedback.recent_level_ratio).
         self.level_feedback_power = level_feedback_power
         self.level_feedback_origins = level_feedback_origins
+        # Where the context is shorter than a year, each series' spread follows last year's level over the horizon
+        # against its context's (feedback.seasonal_spread_ratio); applied at forecast time. Off in versions saved
+        # before it.
+        self.seasonal_spread = seasonal_spread
         # The last period whose targets the model was trained on: an incremental update learns the periods after it.
         self.training_targets_end = training_targets_end
         super().__init__(**kwargs)

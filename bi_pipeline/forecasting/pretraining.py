@@ -44,6 +44,7 @@ RECIPE = {
     "calibrate_spread_power": False,
     "error_spread_windows": 0,
     "level_feedback_origins": 0,
+    "seasonal_spread": False,
     "seasonal_profile": "off",  # the corpus is built without it; the fine-tuning adds it as a fresh input
     "recency_halflife": 0.0,  # the corpus's years are all alike: no reason to draw its recent windows more often
 }

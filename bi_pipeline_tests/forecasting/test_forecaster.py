@@ -55,6 +55,7 @@ from bi_pipeline.forecasting.feedback import (
     past_error_ratio,
     recent_level_ratio,
     respread,
+    seasonal_spread_ratio,
 )
 from bi_pipeline.forecasting.inference import INPUTS
 from bi_pipeline.forecasting.interface import Task
@@ -540,6 +541,70 @@ def test_the_error_spread_applied_at_forecast_time_is_the_one_fitted(panel, monk
     after = adjusted_forecasts(model, panel, series, origin)
     expected = respread(before, error_spread_factor(ratio, reference, 0.5) * scale, QUANTILES.index(0.5))
     np.testing.assert_allclose(after, expected, rtol=1e-4)
+
+
+def daily_year_history() -> pd.DataFrame:
+    """500 days of seven store × item series, each at its own level but for last year's horizon window around origin
+    480 (context 56, horizon 28: its context days 61–116, its horizon days 117–144), where each holds its own."""
+    dates = pd.date_range("2021-01-01", periods=500, freq="D")
+    weekday = 1 + 0.2 * (dates.dayofweek.to_numpy() >= 5)
+    shapes = [  # store, level, level in last year's horizon window, first day
+        ("S0", 60.0, 45.0, 0),
+        ("S0", 20.0, 20.0, 0),
+        ("S1", 60.0, 10.0, 0),
+        ("S2", 60.0, 200.0, 100),
+        ("S2", 60.0, 45.0, 0),
+        ("S3", 60.0, 0.0, 0),
+        ("S4", 60.0, 60.0, 0),
+    ]
+    frames = []
+    for item, (store, level, horizon_level, first) in enumerate(shapes):
+        sales = np.full(500, level)
+        sales[117:145] = horizon_level
+        if store == "S4":
+            sales[120:125] = 0.0  # closed for five days
+        frame = pd.DataFrame({"date": dates, "store_id": store, "item_id": f"I{item}", "sales": sales * weekday})
+        frames.append(frame[first:])
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_the_seasonal_spread_ratio_is_last_years_store_level_over_the_horizon_against_its_context():
+    history = daily_year_history()
+    panel = build_panel(history, fit_spec(history, "D"), horizon=28)
+    series = np.arange(panel.series)
+    ratio = seasonal_spread_ratio(panel, 480, series, 56, 28, "D")
+    # The median day of each window is a weekday, the weekend lift aside. S0 sums its items: (45 + 20) ÷ (60 + 20).
+    # S1's 10 ÷ 60 is held at the lower limit. In S2 the series that started on day 100 has most of last year's
+    # context unobserved: it takes the store's 45 ÷ 60 and adds nothing to it. S3 sold nothing in the window: no
+    # ratio. S4 was closed for five of its days, which is not a season.
+    np.testing.assert_allclose(ratio, [65 / 80, 65 / 80, LEVEL_RATIO_LIMITS[0], 0.75, 0.75, 1.0, 1.0])
+    np.testing.assert_allclose(seasonal_spread_ratio(panel, 480, series[[4, 0]], 56, 28, "D"), [0.75, 65 / 80])
+    # Nothing after last year's horizon (day 144) is read: the forecast dates' own year is not.
+    later = dataclasses.replace(panel, values=panel.values.copy())
+    later.values[:, 145:] *= 3.0
+    np.testing.assert_allclose(seasonal_spread_ratio(later, 480, series, 56, 28, "D"), ratio)
+    # A context of a year or more already shows the season; a history too short to reach a year back gives no ratio.
+    np.testing.assert_allclose(seasonal_spread_ratio(panel, 480, series, 364, 28, "D"), np.ones(7))
+    np.testing.assert_allclose(seasonal_spread_ratio(panel, 400, series, 56, 28, "D"), np.ones(7))
+    weekly = build_panel(weekly_history(periods=160), fit_spec(weekly_history(periods=160), "W"), horizon=8)
+    np.testing.assert_allclose(seasonal_spread_ratio(weekly, 150, np.arange(6), 52, 8, "W"), np.ones(6))
+
+
+def test_forecasts_from_a_daily_context_take_the_seasonal_spread_ratio_on_their_distances_from_the_median():
+    history = daily_year_history()
+    panel = build_panel(history, fit_spec(history, "D"), horizon=28)
+    config = tiny(epochs=1, error_spread_windows=0, level_feedback_origins=0)
+    assert config.seasonal_spread and not BIForecasterConfig().seasonal_spread  # versions saved before: off
+    model = train_forecaster(panel, 28, 471, config).model
+    assert model.config.seasonal_spread and model.config.context_length == 56
+    seasonal = forecast(model, panel, 480)
+    model.config.seasonal_spread = False
+    plain = forecast(model, panel, 480)
+    factor = np.repeat(seasonal_spread_ratio(panel, 480, np.arange(7), 56, 28, "D"), 28)[:, None]
+    median = plain[["q0.5"]].to_numpy()
+    expected = np.maximum(median + (plain[QCOLS].to_numpy() - median) * factor, 0.0)
+    np.testing.assert_allclose(seasonal[QCOLS].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert (seasonal["q0.9"] - seasonal["q0.1"]).iloc[:28].sum() < (plain["q0.9"] - plain["q0.1"]).iloc[:28].sum()
 
 
 def test_level_feedback_follows_the_models_recent_errors_on_each_series():
