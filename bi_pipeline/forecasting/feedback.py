@@ -118,7 +118,9 @@ def seasonal_spread_ratio(
     start = origin - year - context + 1
     if context >= year or start < 0 or not len(series):
         return ratio
-    window = np.where(panel.observed, np.abs(panel.values), np.nan)[:, start : origin - year + 1 + horizon]
+    end = origin - year + 1 + horizon
+    # Only last year's two windows: the whole panel is read at every forecast origin, and can be millions of cells.
+    window = np.where(panel.observed[:, start:end], np.abs(panel.values[:, start:end]), np.nan)
     usable = (np.isfinite(window[:, :context]).mean(1) >= YEAR_COVERED) & (
         np.isfinite(window[:, context:]).mean(1) >= YEAR_COVERED
     )
@@ -183,7 +185,7 @@ def adjusted_forecasts(
         factor = error_spread_factor(ratio, cfg.error_spread_reference, power)
         values = respread(values, factor, list(cfg.quantiles).index(0.5))
     if spread and getattr(cfg, "seasonal_spread", False):
-        frequency = cfg.feature_spec.get("frequency", "D")
+        frequency = cfg.feature_spec.get("frequency", "")  # unknown: no year to read back
         factor = seasonal_spread_ratio(panel, origin, series, int(cfg.context_length), cfg.horizon, frequency)
         if (factor != 1.0).any():
             widened = respread(values, factor, list(cfg.quantiles).index(0.5))
