@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
+from bi_pipeline import suite
 from bi_pipeline.forecasting.interface import MODELS
 from bi_pipeline.generate import GenerationSpec
 from bi_pipeline.suite import SPEED, SUITE, SuiteSet, aggregate, prepare, run_suite, speed_table, table
@@ -39,8 +41,18 @@ def test_run_suite_backtests_every_model_and_aggregates_per_half(tmp_path, monke
         ),
         SuiteSet("absent", "check", "a shared file", 4, shared="nothing/here.csv", columns={}),
     )
+    resolved = []
+
+    def resolve(config, frequency, horizon, progress=None):  # the synthetic checkpoint's own tests pretrain one
+        resolved.append((config.init_from, frequency, horizon))
+        return dataclasses.replace(config, init_from=None)
+
+    monkeypatch.setattr(suite, "resolve_init_from", resolve)
     lines = []
-    report = run_suite(entries, tmp_path / "work", tiny(epochs=1), say=lines.append)
+    report = run_suite(entries, tmp_path / "work", tiny(epochs=1, init_from="synthetic"), say=lines.append)
+    # `synthetic` is resolved per set, for its frequency and horizon, before its backtest trains.
+    assert resolved == [("synthetic", "W", 4), ("synthetic", "W", 4)]
+    assert all(r["pretraining_seconds"] >= 0 and r["init_from"] is None for r in report["sets"].values())
     assert set(report["sets"]) == {"tiny_weekly", "tiny_totals"}
     assert "absent" in report["skipped"] and any("skipped" in line for line in lines)
     totals = report["sets"]["tiny_totals"]
