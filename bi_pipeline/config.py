@@ -29,6 +29,7 @@ SALES_GRAINS = ("rows", "transactions")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CALENDAR_EFFECTS = ("easter", "all", "off")
 PROFILE_SETTINGS = ("auto", "on", "off")
+MONTH_TURN_SETTINGS = ("auto", "off")
 EXECUTORS = ("multiprocess", "in_process", "celery")
 PREFIX = "BI_PIPELINE_"
 
@@ -301,6 +302,12 @@ class TrainingSettings:
         "off",
         "each series' long-history seasonal profile as an input; helps fine-tuning from `synthetic` (docs/accuracy.md)",
         choices=PROFILE_SETTINGS,
+    )
+    month_turn: str = setting(
+        "auto",
+        "auto: weekly sales adjusted for where a week lies in its month, when the panel shows that effect "
+        "(docs/model.md); off",
+        choices=MONTH_TURN_SETTINGS,
     )
     init_from: str | None = setting(
         None, "a save_pretrained directory or hub id to fine-tune from; `synthetic`: the generator-corpus checkpoint"

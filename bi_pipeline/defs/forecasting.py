@@ -81,7 +81,13 @@ def features(
     cutoff_date = pd.Timestamp(dates[-horizon - 1])
     train = integrated_sales[integrated_sales["date"] <= cutoff_date]
     lag = seasonal_profile_lag(forecasting.seasonal_profile, frequency, horizon, train)
-    spec = fit_spec(train, frequency, profile_lag=lag, calendar_effects=forecasting.calendar_effects)
+    spec = fit_spec(
+        train,
+        frequency,
+        profile_lag=lag,
+        calendar_effects=forecasting.calendar_effects,
+        month_turn=forecasting.month_turn,
+    )
     unused = unused_columns(train, spec)
     if unused:
         context.log.info("columns the model does not read: " + "; ".join(f"{c}: {why}" for c, why in unused.items()))
@@ -105,6 +111,7 @@ def features(
             "validation_periods": validation,
             "rows_by_split": json.dumps({k: int(v) for k, v in counts.items()}),
             "future_features": ", ".join(spec.future_names),
+            "month_turn": spec.month_turn_adjustment.describe() if spec.month_turn_adjustment else "none",
             "static_features": ", ".join([*spec.static_categorical, *spec.static_numeric]) or "none",
             # Every column the model leaves out, and why: nothing is left out silently.
             "columns_not_used": dg.MetadataValue.md(

@@ -261,7 +261,9 @@ def replay_benchmark(
         end = pd.Timestamp(dates[end_idx])
         upto = history[history["date"] <= end]
         lag = seasonal_profile_lag(base.seasonal_profile, frequency, horizon, upto)
-        spec = fit_spec(upto, frequency, profile_lag=lag, calendar_effects=base.calendar_effects)
+        spec = fit_spec(
+            upto, frequency, profile_lag=lag, calendar_effects=base.calendar_effects, month_turn=base.month_turn
+        )
         panel, cutoff = _panel_upto(history, end, spec, horizon)
         started = time.perf_counter()
         full = train_forecaster(panel, horizon, cutoff, base)

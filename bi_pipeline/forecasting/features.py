@@ -15,6 +15,7 @@ import pandas as pd
 
 from bi_pipeline.forecasting.calendar import calendar_names, effect_names
 from bi_pipeline.forecasting.metrics import SERIES
+from bi_pipeline.forecasting.month_turn import MonthTurn, fit_month_turn
 
 CORE_COLUMNS = {"date", "store_id", "item_id", "sales", "observed", "price", "promo", "period", "source_file"}
 
@@ -55,6 +56,9 @@ class FeatureSpec:
     # The measure was never negative in the training range (sales): the network's quantiles keep to that support
     # (modeling.smooth_floor). Specs saved before it existed load as False.
     nonnegative: bool = False
+    # The month-turn adjustment (month_turn.MonthTurn.to_list) the network's sales are divided by; None: none. Specs
+    # saved before it existed load as None.
+    month_turn: list | None = None
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -69,6 +73,10 @@ class FeatureSpec:
         categorical = values.get("static_categorical") or []
         values["static_categorical"] = dict(categorical) if isinstance(categorical, list) else dict(categorical)
         return cls(**values)
+
+    @property
+    def month_turn_adjustment(self) -> MonthTurn | None:
+        return MonthTurn.from_list(self.month_turn)
 
     @property
     def future_names(self) -> list[str]:
@@ -131,13 +139,15 @@ def fit_spec(
     continuous_covariates: bool = False,
     profile_lag: int = 0,
     calendar_effects: str = "easter",
+    month_turn: str = "auto",
 ) -> FeatureSpec:
     """Encodings fitted on ``history`` (the training range): which covariates and attributes, and their scales.
 
     By default only flag-like covariates (holidays, events: values 0/1) are used: continuous ones such as CPI,
     temperature or fuel price are not really known in advance, and on Walmart they made forecasts worse
     (docs/accuracy.md).
-    ``continuous_covariates`` takes them too."""
+    ``continuous_covariates`` takes them too. ``month_turn`` (auto, off): whether weekly sales are adjusted for the
+    month's first days where the panel shows that effect (:mod:`bi_pipeline.forecasting.month_turn`)."""
     covariates = _numeric_covariates(history, covariates)
     if not continuous_covariates:
         covariates = [c for c in covariates if set(np.unique(history[c].dropna())).issubset({0.0, 1.0})]
@@ -186,6 +196,7 @@ def fit_spec(
         profile_lag=int(profile_lag),
         calendar_effects=calendar_effects,
         nonnegative=bool((history["sales"].dropna() >= 0).all()),
+        month_turn=adjustment.to_list() if (adjustment := fit_month_turn(history, frequency, month_turn)) else None,
     )
 
 

@@ -133,8 +133,10 @@ class Transformer(ForecastModel):
         lag = seasonal_profile_lag(self.config.seasonal_profile, task.frequency, task.horizon, train)
         # The task's covariates are the candidates; the spec keeps the flag-like ones (holidays, events).
         candidates = list(task.covariates) or None
-        effects = self.config.calendar_effects
-        spec = fit_spec(train, task.frequency, candidates, profile_lag=lag, calendar_effects=effects)
+        effects, month_turn = self.config.calendar_effects, self.config.month_turn
+        spec = fit_spec(
+            train, task.frequency, candidates, profile_lag=lag, calendar_effects=effects, month_turn=month_turn
+        )
         panel = build_panel(train, spec, future=future, horizon=task.horizon, reference_end=train["date"].max())
         self.fit_panel(panel, len(panel.dates) - task.horizon - 1, task)
         self._train = train

@@ -82,6 +82,9 @@ def build_panel(
     last = np.where(present.any(1), t - 1 - present[:, ::-1].argmax(1), -1)
     # Gaps inside a span are interpolated for the model's input; they never count in a loss (observed is False).
     values = _interpolate(values, first, last)
+    factors = month_turn_factors(spec, dates)
+    if factors is not None:
+        values = (values / factors[None, :]).astype("float32")
 
     frame = history
     if future is not None and len(future):
@@ -142,6 +145,13 @@ def build_panel(
             if name in firsts.columns:
                 static_num[:, j] = ((firsts[name].astype("float64") - mean) / std).fillna(0.0).to_numpy()
     return Panel(keys, dates, values, observed, first, last, future_arr, static_cat, static_num, spec)
+
+
+def month_turn_factors(spec: FeatureSpec, dates: pd.DatetimeIndex) -> np.ndarray | None:
+    """Each date's month-turn factor (:mod:`bi_pipeline.forecasting.month_turn`): a panel's values are the sales
+    divided by it, and the network's forecasts are multiplied by it. None where the spec has no adjustment."""
+    adjustment = spec.month_turn_adjustment
+    return None if adjustment is None else adjustment.factors(pd.DatetimeIndex(dates))
 
 
 def _interpolate(values: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -227,6 +237,7 @@ def panel_frame(panel: Panel, split_at: dict[str, int] | None = None) -> pd.Data
     file), so :func:`panel_from_frame` gives the same panel back."""
     n, t = panel.values.shape
     grid = np.arange(t)[None, :]
+    factors = month_turn_factors(panel.spec, panel.dates)  # the frame holds sales as they landed
     rows, cols = np.nonzero((grid >= panel.first[:, None]) & (grid <= panel.last[:, None]))
     # Keys and split as categoricals, static codes as int32: at M5 scale (54M rows) the frame is a third smaller.
     keys = {c: pd.Categorical(panel.keys[c].astype(str)) for c in ("store_id", "item_id")}
@@ -235,7 +246,7 @@ def panel_frame(panel: Panel, split_at: dict[str, int] | None = None) -> pd.Data
             "store_id": pd.Categorical.from_codes(keys["store_id"].codes[rows], keys["store_id"].categories),
             "item_id": pd.Categorical.from_codes(keys["item_id"].codes[rows], keys["item_id"].categories),
             "date": panel.dates[cols],
-            "target": panel.values[rows, cols],
+            "target": panel.values[rows, cols] * (1.0 if factors is None else factors[cols]),
             "observed": panel.observed[rows, cols],
         }
     )
@@ -274,6 +285,9 @@ def panel_from_frame(frame: pd.DataFrame, upto: pd.Timestamp | None = None, hori
     present = np.zeros((n, t), dtype=bool)
     present[row, col] = True
     frame_last = np.where(present.any(1), t - 1 - present[:, ::-1].argmax(1), -1)
+    factors = month_turn_factors(spec, dates)
+    if factors is not None:
+        values = (values / factors[None, :]).astype("float32")
     if upto is not None:
         hidden = dates > upto
         values[:, hidden], observed[:, hidden], present[:, hidden] = np.nan, False, False

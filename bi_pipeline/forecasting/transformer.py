@@ -11,9 +11,7 @@ from bi_pipeline.forecasting.metrics import QUANTILES, quantile_column
 from bi_pipeline.forecasting.modeling import (
     BIForecaster,
 )
-from bi_pipeline.forecasting.panel import (
-    Panel,
-)
+from bi_pipeline.forecasting.panel import Panel, month_turn_factors
 
 
 def forecast(
@@ -32,6 +30,9 @@ def forecast(
     values = adjusted_forecasts(model, panel, series, origin, batch_size=batch_size)
     n = len(series)
     dates = panel.dates[origin + 1 : origin + 1 + horizon]
+    factors = month_turn_factors(panel.spec, dates)
+    if factors is not None:  # the network forecasts month-turn-adjusted sales
+        values = values * factors[None, :, None]
     out = pd.DataFrame(
         {
             "store_id": np.repeat(panel.keys["store_id"].to_numpy()[series], horizon),
