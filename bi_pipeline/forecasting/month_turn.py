@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bi_pipeline.config import MONTH_TURN_SETTINGS
 from bi_pipeline.forecasting.metrics import SERIES
 
 ANCHORS = ("end", "start")  # the week is the 7 days ending on its date, or starting on it
@@ -36,7 +37,6 @@ MAX_EFFECT = 0.35  # log: no band moves a week by more than about 40%
 MIN_PERIODS = 52  # a year of weeks: a dozen month turns
 NEIGHBOURHOOD = 5  # periods, centred: the level a week is compared with
 REFITS = 3  # fits, each with the neighbours adjusted by the one before (the first: unadjusted)
-SETTINGS = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -110,13 +110,11 @@ def lad_fit(deviation: np.ndarray, shares: np.ndarray, iterations: int = 100) ->
 
 def fit_month_turn(history: pd.DataFrame, frequency: str, setting: str = "auto") -> MonthTurn | None:
     """The panel's month-turn adjustment, or None: off, not weekly, under a year of weeks, or too little explained."""
-    if setting not in SETTINGS:
-        raise ValueError(f"month turn {setting!r}: choose one of {', '.join(SETTINGS)}")
+    if setting not in MONTH_TURN_SETTINGS:
+        raise ValueError(f"month turn {setting!r}: choose one of {', '.join(MONTH_TURN_SETTINGS)}")
     if setting == "off" or frequency != "W" or history["date"].nunique() < MIN_PERIODS:
         return None
     logs = log_sales(history)
-    if len(neighbourhood_deviation(logs)) < MIN_PERIODS - NEIGHBOURHOOD:
-        return None
     best: MonthTurn | None = None
     for anchor in ANCHORS:
         shares = band_shares(logs.index, anchor)
@@ -124,8 +122,8 @@ def fit_month_turn(history: pd.DataFrame, frequency: str, setting: str = "auto")
         for _ in range(REFITS):
             deviation = neighbourhood_deviation(logs, adjustment)
             values, rows = deviation.to_numpy(), logs.index.get_indexer(deviation.index)
-            base = float(np.abs(values - np.median(values)).sum())
-            if base <= 0:
+            base = float(np.abs(values - np.median(values)).sum()) if len(values) else 0.0
+            if len(values) < MIN_PERIODS - NEIGHBOURHOOD or base <= 0:  # too few weeks with neighbours, or flat
                 return None
             effects, loss = lad_fit(values, shares[rows])
             adjustment = shares @ effects
